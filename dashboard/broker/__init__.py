@@ -1,0 +1,259 @@
+"""The broker: stores each topic's recent events and fans them out to subscribers.
+
+The backend is picked by the URL's scheme (`memory://`, `redis://`). Every backend shares the local
+fan-out below; a backend only says how an event is stored and how history is read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from dashboard.errors import DashboardError, UnknownTopic
+from dashboard.events import Event, Message
+
+RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
+
+
+class Subscription:
+    """One subscriber: a bounded backlog of encoded frames and a waiter to wake.
+
+    The broker pushes frames synchronously; the SSE response drains them, all waiting frames in
+    one write. A subscriber whose backlog passes `max_backlog` is cut off (it can resume with
+    Last-Event-ID) so that it never delays the publisher or anyone else.
+    """
+
+    __slots__ = (
+        "_held",
+        "_pending",
+        "_waiter",
+        "closed",
+        "last_id",
+        "max_backlog",
+        "mux",
+        "overflowed",
+        "topics",
+    )
+
+    def __init__(self, topics: tuple[str, ...], *, mux: bool, max_backlog: int) -> None:
+        self.topics = topics
+        self.mux = mux
+        self.max_backlog = max_backlog
+        self.last_id = 0
+        self.closed = False
+        self.overflowed = False
+        self._pending: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        # Live messages are held here while the backlog is read, then queued after it.
+        self._held: list[Message] | None = []
+
+    def push(self, message: Message) -> bool:
+        """Queue one message; False when it was not queued (duplicate, closed, or cut off now)."""
+        if self._held is not None:
+            self._held.append(message)
+            return True
+        if self.closed or message.id <= self.last_id:
+            return False
+        if len(self._pending) >= self.max_backlog:
+            self.overflowed = True
+            self.close()
+            return False
+        self.last_id = message.id
+        self._pending.append(message.mux_frame if self.mux else message.frame)
+        self._wake()
+        return True
+
+    def start(self, backlog: list[Message]) -> None:
+        """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live."""
+        held, self._held = self._held or [], None
+        for message in sorted((*backlog, *held), key=lambda m: m.id):
+            if message.id > self.last_id:
+                self.last_id = message.id
+                self._pending.append(message.mux_frame if self.mux else message.frame)
+        if self._pending:
+            self._wake()
+
+    def close(self) -> None:
+        """End the stream: the SSE response sends what it has and finishes."""
+        if self.overflowed:
+            self._pending.clear()
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """All waiting frames as one chunk; b"" when `timeout` passes idle; None once closed."""
+        if not self._pending and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                return b""
+            finally:
+                self._waiter = None
+        if self._pending:
+            chunk = b"".join(self._pending)
+            self._pending.clear()
+            return chunk
+        return None
+
+
+@dataclass
+class TopicState:
+    """What the broker keeps per topic in this process."""
+
+    name: str
+    history: deque[Message]
+    subscribers: set[Subscription] = field(default_factory=set)
+    published: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    recent: deque[float] = field(default_factory=deque)
+
+    @property
+    def last_id(self) -> int | None:
+        return self.history[-1].id if self.history else None
+
+    def rate(self, now: float | None = None) -> float:
+        """Events per second over the last RATE_WINDOW seconds."""
+        now = time.monotonic() if now is None else now
+        while self.recent and self.recent[0] < now - RATE_WINDOW:
+            self.recent.popleft()
+        return len(self.recent) / RATE_WINDOW
+
+
+class Broker(ABC):
+    """Stores events per topic and delivers them to local subscribers; see the module docs."""
+
+    def __init__(self, *, history: int = 1000, max_backlog: int = 1024) -> None:
+        self.default_history = history
+        self.max_backlog = max_backlog
+        self.topics: dict[str, TopicState] = {}
+
+    # -- backend verbs -------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open connections the backend needs."""
+
+    async def disconnect(self) -> None:
+        """Close every subscription and the backend's connections."""
+        self.close_subscriptions()
+
+    @abstractmethod
+    async def publish(self, topic: str, event: Event) -> Message:
+        """Store `event` on `topic` with a new id and deliver it; returns the stored message."""
+
+    @abstractmethod
+    async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
+        """The stored messages of `topic` with an id above `after_id` (all when None), oldest first."""
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    # -- shared by every backend ---------------------------------------------------------------
+    def add_topic(self, name: str, history: int | None = None) -> None:
+        self.topics[name] = TopicState(name, deque(maxlen=history or self.default_history))
+
+    def topic(self, name: str) -> TopicState:
+        try:
+            return self.topics[name]
+        except KeyError:
+            raise UnknownTopic(f"unknown topic {name!r}") from None
+
+    def deliver(self, message: Message) -> None:
+        """Fan one stored message out to this process's subscribers of its topic."""
+        state = self.topics[message.topic]
+        state.history.append(message)
+        state.published += 1
+        state.recent.append(time.monotonic())
+        delivered = 0
+        for sub in tuple(state.subscribers):
+            if sub.push(message):
+                delivered += 1
+            elif sub.overflowed:
+                state.dropped += 1
+                self._forget(sub)
+        state.delivered += delivered
+
+    async def subscribe(
+        self,
+        topics: Iterable[str],
+        last_id: int | None = None,
+        *,
+        mux: bool = False,
+        replay: int | None = None,
+    ) -> Subscription:
+        """Subscribe to `topics`: what is stored after `last_id` first, then live, with no gap and no
+        duplicate. Without `last_id`, the last `replay` stored events (all when None) come first."""
+        names = tuple(dict.fromkeys(topics))
+        states = [self.topic(n) for n in names]
+        sub = Subscription(names, mux=mux, max_backlog=self.max_backlog)
+        if last_id is not None:
+            sub.last_id = last_id
+        # Registered before history is read, so nothing published meanwhile is missed; the
+        # subscription holds live messages until the backlog is queued, and drops duplicates by id.
+        for state in states:
+            state.subscribers.add(sub)
+        backlog: list[Message] = []
+        try:
+            for name in names:
+                backlog.extend(await self.read_history(name, last_id))
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+        if last_id is None and replay is not None:
+            backlog.sort(key=lambda m: m.id)
+            backlog = backlog[len(backlog) - replay :] if replay > 0 else []
+        sub.start(backlog)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        self._forget(sub)
+
+    def _forget(self, sub: Subscription) -> None:
+        for name in sub.topics:
+            state = self.topics.get(name)
+            if state is not None:
+                state.subscribers.discard(sub)
+
+    def close_subscriptions(self) -> None:
+        """End every open stream (server shutdown)."""
+        for state in self.topics.values():
+            for sub in tuple(state.subscribers):
+                sub.close()
+            state.subscribers.clear()
+
+
+def check_requested_id(requested: str, last_id: int) -> int:
+    """The id a feed asked for, when it can keep ids increasing; ValueError saying why otherwise."""
+    try:
+        wanted = int(requested)
+    except ValueError:
+        raise ValueError(f"Event.id must be an integer, got {requested!r}") from None
+    if wanted <= last_id:
+        raise ValueError(f"Event.id {wanted} is not above the last id {last_id}; leave id unset")
+    return wanted
+
+
+class BrokerConfigError(DashboardError):
+    """The broker URL names no known backend."""
+
+
+def from_url(url: str, *, history: int = 1000, max_backlog: int = 1024) -> Broker:
+    """The broker for `url`: `memory://` or `redis://host:port/db`."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from dashboard.broker.memory import MemoryBroker
+
+        return MemoryBroker(history=history, max_backlog=max_backlog)
+    raise BrokerConfigError(f"unsupported broker URL {url!r}: use memory://")

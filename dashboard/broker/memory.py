@@ -1,0 +1,47 @@
+"""The in-process broker: history in memory, ids from a clock-based sequence."""
+
+from __future__ import annotations
+
+import time
+
+from dashboard.broker import Broker, check_requested_id
+from dashboard.events import Event, Message, encode_data
+
+
+class MemoryBroker(Broker):
+    """Keeps each topic's history in a ring in this process.
+
+    Ids are microseconds since the epoch, bumped to stay strictly increasing, so a browser that
+    reconnects after a server restart still resumes in order and misses nothing published since.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._last_id = 0
+
+    def next_id(self, requested: str | None = None) -> int:
+        if requested is None:
+            self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+        else:
+            self._last_id = check_requested_id(requested, self._last_id)
+        return self._last_id
+
+    async def publish(self, topic: str, event: Event) -> Message:
+        self.topic(topic)
+        message = Message.build(
+            self.next_id(event.id), topic, event.event, encode_data(event.data), time.time()
+        )
+        self.deliver(message)
+        return message
+
+    async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
+        history = self.topic(topic).history
+        if after_id is None:
+            return list(history)
+        newer: list[Message] = []
+        for message in reversed(history):
+            if message.id <= after_id:
+                break
+            newer.append(message)
+        newer.reverse()
+        return newer

@@ -1,0 +1,144 @@
+"""The `dashboard` command: serve, check, feeds."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from dashboard import __version__
+from dashboard.config import Config, load_config
+from dashboard.errors import ConfigError, DashboardError
+from dashboard.feed import installed_feeds
+
+log = logging.getLogger("dashboard")
+
+
+def _load(path: str | None) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{len(exc.issues)} error(s) in the configuration:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    print(f"{config.source}: OK, {len(config.topics)} topic(s): {', '.join(config.topics) or 'none'}")
+    return 0
+
+
+def cmd_feeds(args: argparse.Namespace) -> int:
+    for name, feed_type in installed_feeds().items():
+        try:
+            description = feed_type.load().description()
+        except DashboardError as exc:
+            description = f"(cannot load: {exc})"
+        print(f"{name:<16} {feed_type.origin:<12} {description}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dashboard.web.app import create_app
+
+    config = _load(args.config)
+    if config is None:
+        print("refusing to start: fix the configuration (see `dashboard check`)", file=sys.stderr)
+        return 1
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    app = create_app(config)
+    runtime = app.state.runtime
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+            # Open streams would otherwise hold the graceful shutdown until they time out.
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+            loop.call_soon_threadsafe(runtime.close_streams)
+            super().handle_exit(sig, frame)
+
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=args.access_log,
+    )
+    server = Server(uv_config)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
+        shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
+        print(f"config: {config.source}", flush=True)
+        for name, topic in config.topics.items():
+            print(f"  topic {name:<20} feed {topic.feed}", flush=True)
+
+    async def run() -> None:
+        announcer = asyncio.create_task(announce())
+        try:
+            await server.serve()
+        finally:
+            announcer.cancel()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dashboard", description="A real-time dashboard server with pluggable feeds."
+    )
+    parser.add_argument("--version", action="version", version=f"sse-dashboard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config_help = "config file (default: ./config.yaml, else the built-in offline default)"
+    serve = sub.add_parser(
+        "serve", help="serve the dashboard", description="Serve the dashboard and its feeds."
+    )
+    serve.add_argument("--config", metavar="PATH", help=config_help)
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000; 0 picks one)")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser(
+        "check",
+        help="validate a config",
+        description="Validate a config: exit 0, or print every error with file:line and exit 1.",
+    )
+    check.add_argument("--config", metavar="PATH", help=config_help)
+    check.set_defaults(func=cmd_check)
+
+    feeds = sub.add_parser(
+        "feeds", help="list installed feed types", description="List the installed feed types."
+    )
+    feeds.set_defaults(func=cmd_feeds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)

@@ -1,0 +1,262 @@
+"""Configuration: YAML -> pydantic models, `${VAR}` substitution, and errors with file:line."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from dashboard.errors import ConfigError, ConfigIssue, DashboardError
+from dashboard.feed import Feed, resolve_feed
+
+TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+DEFAULT_CONFIG = """\
+# Built-in default: works offline, with no keys.
+topics:
+  clock:
+    feed: demo
+    options: {mode: clock, interval: 1.0}
+  walk:
+    feed: demo
+    options: {mode: walk, interval: 0.5}
+"""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    keepalive: float = Field(15.0, gt=0, description="seconds between keepalive comments on idle streams")
+    retry_ms: int = Field(2000, ge=0, description="the `retry:` hint sent at the start of each stream")
+    max_backlog: int = Field(
+        1024, ge=1, description="frames a subscriber may fall behind before it is cut off"
+    )
+    max_body: int = Field(1 << 20, ge=1, description="largest request body accepted, in bytes")
+
+
+class BrokerConfig(Strict):
+    url: str = "memory://"
+    history: int = Field(1000, ge=1, description="events kept per topic for replay, unless the topic says")
+
+
+class AuthConfig(Strict):
+    publish_tokens: list[str] = Field(default_factory=list)
+    api_tokens: list[str] = Field(default_factory=list)
+
+
+class SupervisorConfig(Strict):
+    initial_backoff: float = Field(1.0, gt=0)
+    max_backoff: float = Field(60.0, gt=0)
+
+
+class TopicConfig(Strict):
+    feed: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    history: int | None = Field(None, ge=1)
+    title: str | None = None
+
+    _feed_class: type[Feed] | None = PrivateAttr(None)
+    _feed_options: Any = PrivateAttr(None)
+
+    @property
+    def feed_class(self) -> type[Feed]:
+        assert self._feed_class is not None, "topic not resolved"
+        return self._feed_class
+
+    def make_feed(self, topic: str) -> Feed:
+        return self.feed_class(topic, self._feed_options)
+
+
+class PanelConfig(Strict):
+    topic: str
+    title: str | None = None
+    view: Literal["chart", "stat", "list", "log", "chat", "json"] | None = None
+    size: Literal["s", "m", "l", "xl"] = "m"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    topics: dict[str, TopicConfig] = Field(default_factory=dict)
+    panels: list[PanelConfig] | None = None
+
+    source: str = Field("<default>", exclude=True, description="where the config was read from")
+
+    def effective_panels(self) -> list[PanelConfig]:
+        """The configured panels with defaults filled in: one per topic when none are given."""
+        panels = self.panels if self.panels is not None else [PanelConfig(topic=t) for t in self.topics]
+        return [
+            panel.model_copy(
+                update={
+                    "title": panel.title or self.topics[panel.topic].title or panel.topic,
+                    "view": panel.view or self.topics[panel.topic].feed_class.default_view,
+                }
+            )
+            for panel in panels
+        ]
+
+
+# -- loading ---------------------------------------------------------------------------------
+class _Source:
+    """A YAML document as plain data, with the line of every path in it."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.file = file
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.issues: list[ConfigIssue] = []
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            self.data = self._build(loader, node, ()) if node is not None else {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.issues.append(ConfigIssue(file, mark.line + 1 if mark else None, f"invalid YAML: {problem}"))
+            self.data = {}
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node)
+                if key in out:
+                    self._issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = self._build(loader, value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(loader, item, (*path, i)) for i, item in enumerate(node.value)]
+        value = loader.construct_object(node)
+        if isinstance(value, str):
+            value = self._substitute(value, node.start_mark.line + 1)
+        return value
+
+    def _substitute(self, value: str, line: int) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            self._issue(
+                line,
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+            )
+            return ""
+
+        return _ENV_VAR.sub(replace, value)
+
+    def _issue(self, line: int | None, message: str) -> None:
+        self.issues.append(ConfigIssue(self.file, line, message))
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = ".".join(str(p) for p in error["loc"][:-1]) or "the top level"
+        return f"unknown key {error['loc'][-1]!r} in {parent}"
+    if error["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {error['msg']}"
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Validate a config given as YAML text; ConfigError lists every problem at once."""
+    source = _Source(text, file)
+    issues = source.issues
+    data = source.data
+    if not isinstance(data, dict):
+        raise ConfigError([*issues, ConfigIssue(file, 1, "the config must be a mapping of sections")])
+
+    topics = data.get("topics")
+    if isinstance(topics, dict):
+        for name in topics:
+            if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        source.line_of(("topics", name)),
+                        f"bad topic name {name!r}: use 1-64 of a-z, 0-9, '_', '.', '-', "
+                        "starting with a letter or digit",
+                    )
+                )
+
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**data, "source": file})
+    except ValidationError as exc:
+        for error in exc.errors():
+            issues.append(ConfigIssue(file, source.line_of(error["loc"]), _describe(error)))
+
+    if config is not None:
+        for name, topic in config.topics.items():
+            _resolve_topic(name, topic, source, issues)
+        for i, panel in enumerate(config.panels or []):
+            if panel.topic not in config.topics:
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        source.line_of(("panels", i, "topic")),
+                        f"panels.{i}.topic: no topic named {panel.topic!r}",
+                    )
+                )
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+    assert config is not None
+    return config
+
+
+def _resolve_topic(name: str, topic: TopicConfig, source: _Source, issues: list[ConfigIssue]) -> None:
+    try:
+        cls = resolve_feed(topic.feed)
+    except DashboardError as exc:
+        issues.append(
+            ConfigIssue(source.file, source.line_of(("topics", name, "feed")), f"topics.{name}.feed: {exc}")
+        )
+        return
+    try:
+        options = cls.Options.model_validate(topic.options)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = ("topics", name, "options", *error["loc"])
+            issues.append(ConfigIssue(source.file, source.line_of(loc), _describe({**error, "loc": loc})))
+        return
+    topic._feed_class = cls
+    topic._feed_options = options
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The config at `path`; else ./config.yaml; else the built-in offline default."""
+    if path is None:
+        default = Path("config.yaml")
+        if not default.exists():
+            return parse_config(DEFAULT_CONFIG, "<built-in default>")
+        path = default
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), None, f"cannot read config: {exc.strerror}")]) from exc
+    return parse_config(text, str(path))

@@ -1,0 +1,112 @@
+"""Runs each topic's feed in its own task and restarts a failed one with capped, jittered backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dashboard.events import Event
+from dashboard.feed import Feed
+
+log = logging.getLogger("dashboard.supervisor")
+
+STATUS_EVENT = "status"
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter in [delay/2, delay], capped at `maximum` seconds."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class FeedRunner:
+    """One topic's feed and what is known of its health."""
+
+    topic: str
+    feed: Feed
+    state: str = "starting"  # starting, running, restarting, finished, idle, stopped
+    restarts: int = 0
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "restarts": self.restarts, "last_error": self.last_error}
+
+
+class Supervisor:
+    """Owns the feed tasks: starts them, restarts them on failure, cancels them on shutdown."""
+
+    def __init__(self, publish, backoff: Backoff | None = None, *, stable_after: float = 30.0) -> None:
+        self._publish = publish
+        self.backoff = backoff or Backoff()
+        self.stable_after = stable_after  # a run this long resets the backoff
+        self.runners: dict[str, FeedRunner] = {}
+
+    def add(self, topic: str, feed: Feed) -> FeedRunner:
+        runner = FeedRunner(topic, feed)
+        self.runners[topic] = runner
+        return runner
+
+    def start(self) -> None:
+        for runner in self.runners.values():
+            if runner.feed.has_stream():
+                runner.task = asyncio.create_task(self._run(runner), name=f"feed:{runner.topic}")
+            else:
+                runner.state = "idle"
+
+    async def stop(self) -> None:
+        tasks = [r.task for r in self.runners.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for runner in self.runners.values():
+            runner.state = "stopped"
+
+    async def _run(self, runner: FeedRunner) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                if runner.restarts:
+                    await self._status(runner, "running")
+                else:
+                    runner.state = "running"
+                async for event in runner.feed.stream():
+                    if not isinstance(event, Event):
+                        raise TypeError(
+                            f"feed {runner.topic!r} yielded {type(event).__name__}, expected dashboard.Event"
+                        )
+                    await self._publish(runner.topic, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt = 1 if time.monotonic() - started >= self.stable_after else attempt + 1
+                runner.restarts += 1
+                runner.last_error = f"{type(exc).__name__}: {exc}"
+                delay = self.backoff.delay(attempt)
+                log.exception("feed %r failed; restarting in %.1fs", runner.topic, delay)
+                await self._status(runner, "restarting", error=runner.last_error, retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
+            else:
+                log.info("feed %r finished", runner.topic)
+                await self._status(runner, "finished")
+                return
+
+    async def _status(self, runner: FeedRunner, state: str, **extra: Any) -> None:
+        runner.state = state
+        data = {"state": state, "restarts": runner.restarts, **extra}
+        try:
+            await self._publish(runner.topic, Event(data=data, event=STATUS_EVENT))
+        except Exception:
+            log.exception("could not publish status of feed %r", runner.topic)

@@ -1,0 +1,1 @@
+"""The Starlette application: routes, streams, pages and JSON APIs."""

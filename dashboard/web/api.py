@@ -1,0 +1,40 @@
+"""JSON APIs: topics and health."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+async def topics(request: Request) -> JSONResponse:
+    """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""
+    runtime = request.app.state.runtime
+    body = {}
+    for name, topic in runtime.config.topics.items():
+        state = runtime.broker.topic(name)
+        runner = runtime.supervisor.runners[name]
+        body[name] = {
+            "feed": topic.feed,
+            "title": topic.title or name,
+            "subscribers": len(state.subscribers),
+            "last_event_id": state.last_id,
+            "rate": round(state.rate(), 3),
+            "published": state.published,
+            "delivered": state.delivered,
+            "dropped": state.dropped,
+            "status": runner.as_json(),
+        }
+    return JSONResponse({"topics": body})
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """GET /healthz: liveness and readiness; 503 while the broker is down or the server stops."""
+    runtime = request.app.state.runtime
+    broker_ok = runtime.broker.healthy
+    status = "stopping" if runtime.stopping else ("ok" if broker_ok else "degraded")
+    body = {
+        "status": status,
+        "broker": {"url_scheme": runtime.config.broker.url.split(":", 1)[0], "ok": broker_ok},
+        "feeds": {name: runner.state for name, runner in runtime.supervisor.runners.items()},
+    }
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)

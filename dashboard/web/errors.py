@@ -1,0 +1,122 @@
+"""HTTP errors as JSON `{"error": {"code", "message"}}`, from one place; bounded request bodies."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dashboard.errors import BrokerUnavailable, UnknownTopic
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+class HTTPError(Exception):
+    """An error answered to the client as JSON with `status`."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
+    body = {"error": {"code": code or _CODES.get(status, "error"), "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPError)
+    return error_response(exc.status, exc.message, exc.code, exc.headers)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def _unknown_topic(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, str(exc), "unknown_topic")
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(503, str(exc), "broker_unavailable", {"Retry-After": "1"})
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(500, "internal server error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPError: _http_error,
+    HTTPException: _starlette_error,
+    UnknownTopic: _unknown_topic,
+    BrokerUnavailable: _broker_unavailable,
+    Exception: _internal,
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPError(400, "Content-Length is not a number") from None
+        if size > limit:
+            raise HTTPError(413, f"request body of {size} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON; 400 with the parser's message when it is not JSON."""
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_bearer(request: Request, tokens: list[str], what: str) -> None:
+    """401 unless the request carries one of `tokens` as a Bearer token (compared in constant time)."""
+    token = bearer_token(request)
+    if token is None:
+        raise HTTPError(
+            401, f"{what} requires 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
+        raise HTTPError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
