@@ -57,11 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     runtime = app.state.runtime
 
+    loop: asyncio.AbstractEventLoop | None = None
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
             # Open streams would otherwise hold the graceful shutdown until they time out.
-            loop = asyncio.get_event_loop_policy().get_event_loop()
-            loop.call_soon_threadsafe(runtime.close_streams)
+            if loop is not None:
+                loop.call_soon_threadsafe(runtime.close_streams)
             super().handle_exit(sig, frame)
 
     uv_config = uvicorn.Config(
@@ -85,6 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  topic {name:<20} feed {topic.feed}", flush=True)
 
     async def run() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
         announcer = asyncio.create_task(announce())
         try:
             await server.serve()

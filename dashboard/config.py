@@ -203,6 +203,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                     )
                 )
 
+    # Feeds are resolved from the raw data, so their errors show even when other sections are wrong.
+    resolved: dict[str, tuple[type[Feed], Feed.Options]] = {}
+    if isinstance(topics, dict):
+        for name, raw in topics.items():
+            if isinstance(raw, dict) and isinstance(raw.get("feed"), str):
+                found = _resolve_topic(name, raw["feed"], raw.get("options") or {}, source)
+                if found is not None:
+                    resolved[name] = found
+
     config: Config | None = None
     try:
         config = Config.model_validate({**data, "source": file})
@@ -212,7 +221,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
 
     if config is not None:
         for name, topic in config.topics.items():
-            _resolve_topic(name, topic, source, issues)
+            if name in resolved:
+                topic._feed_class, topic._feed_options = resolved[name]
         for i, panel in enumerate(config.panels or []):
             if panel.topic not in config.topics:
                 issues.append(
@@ -228,23 +238,22 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     return config
 
 
-def _resolve_topic(name: str, topic: TopicConfig, source: _Source, issues: list[ConfigIssue]) -> None:
+def _resolve_topic(
+    name: str, feed: str, options: Any, source: _Source
+) -> tuple[type[Feed], Feed.Options] | None:
+    """The feed class and validated options of one topic; None after recording why not."""
     try:
-        cls = resolve_feed(topic.feed)
+        cls = resolve_feed(feed)
     except DashboardError as exc:
-        issues.append(
-            ConfigIssue(source.file, source.line_of(("topics", name, "feed")), f"topics.{name}.feed: {exc}")
-        )
-        return
+        source._issue(source.line_of(("topics", name, "feed")), f"topics.{name}.feed: {exc}")
+        return None
     try:
-        options = cls.Options.model_validate(topic.options)
+        return cls, cls.Options.model_validate(options)
     except ValidationError as exc:
         for error in exc.errors():
             loc = ("topics", name, "options", *error["loc"])
-            issues.append(ConfigIssue(source.file, source.line_of(loc), _describe({**error, "loc": loc})))
-        return
-    topic._feed_class = cls
-    topic._feed_options = options
+            source._issue(source.line_of(loc), _describe({**error, "loc": loc}))
+        return None
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -40,11 +40,25 @@ class Server:
     url: str = ""
 
     def start(self, timeout: float = 30.0) -> Server:
-        cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config), "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dashboard",
+            "serve",
+            "--config",
+            str(self.config),
+            "--port",
+            str(self.port),
+        ]
         logfile = self.log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
+        return self.wait_for_url(timeout)
+
+    def wait_for_url(self, timeout: float = 30.0) -> Server:
+        """Wait until the server prints the URL it serves on."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -125,7 +139,7 @@ def read_events(
 
 @contextmanager
 def sse_stream(client: httpx.Client, path: str, headers: dict[str, str] | None = None) -> Iterator:
-    """An open SSE connection: yields an iterator of ServerSentEvent."""
+    """An open SSE connection: yields an iterator of its events (the opening `retry:` hint left out)."""
     with connect_sse(client, "GET", path, headers=headers or {}) as source:
         assert source.response.status_code == 200, source.response.read()
-        yield source.iter_sse()
+        yield (sse for sse in source.iter_sse() if sse.id or sse.data)

@@ -1,0 +1,57 @@
+"""The `dashboard` command: help, feeds, and the offline default with no config at all."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, Server, read_events
+
+
+def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dashboard", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "check", "feeds"])
+def test_each_command_has_useful_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "usage: dashboard" in result.stdout
+    if command != "feeds":
+        assert "--config" in result.stdout and "config.yaml" in result.stdout
+
+
+def test_feeds_lists_builtins_with_a_description():
+    result = run("feeds")
+    assert result.returncode == 0
+    line = next(line for line in result.stdout.splitlines() if line.startswith("demo "))
+    assert "built-in" in line and "random walk" in line
+
+
+def test_offline_default_without_any_config_file(tmp_path):
+    """In a folder with no config.yaml, `dashboard serve` uses the built-in default."""
+    server = Server(config=tmp_path / "unused", log=tmp_path / "server.log")
+    cmd = [sys.executable, "-m", "dashboard", "serve", "--port", "0"]
+    with (tmp_path / "server.log").open("wb") as log:
+        server.proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        server.wait_for_url()
+        output = server.output()
+        assert "config: <built-in default>" in output
+        with server.client() as client:
+            topics = client.get("/api/topics").json()["topics"]
+            assert topics, "the default config serves no topic"
+            for name in topics:
+                assert read_events(client, f"/sse/{name}", 1)
+            assert client.get("/").status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,139 @@
+"""Configuration errors: every class reported at once, each with file:line and a plain sentence."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dashboard.config import load_config, parse_config
+from dashboard.errors import ConfigError
+from tests.support import ROOT
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(textwrap.dedent(text), "cfg.yaml")
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_valid_config_with_env_substitution(monkeypatch):
+    monkeypatch.setenv("DASH_PORT", "9100")
+    config = parse_config(
+        textwrap.dedent(
+            """
+            server: {port: "${DASH_PORT}", host: "${DASH_HOST:-0.0.0.0}"}
+            topics:
+              cpu.total_1: {feed: demo, options: {interval: 0.5}, history: 10}
+            panels:
+              - {topic: cpu.total_1, view: chart}
+            """
+        )
+    )
+    assert config.server.port == 9100
+    assert config.server.host == "0.0.0.0"
+    assert config.topics["cpu.total_1"].history == 10
+    [panel] = config.effective_panels()
+    assert (panel.title, panel.view) == ("cpu.total_1", "chart")
+
+
+def test_default_panels_one_per_topic_with_the_feed_view():
+    config = parse_config("topics: {a: {feed: demo}, b: {feed: demo}}")
+    assert [(p.topic, p.view) for p in config.effective_panels()] == [("a", "json"), ("b", "json")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server:\n  hots: x\n", "cfg.yaml:2: unknown key 'hots' in server"),
+        ("server:\n  port: lots\n", "cfg.yaml:2: server.port: Input should be a valid integer"),
+        (
+            "topics:\n  a:\n    feed: nope\n",
+            "cfg.yaml:3: topics.a.feed: unknown feed type 'nope'; known: demo",
+        ),
+        ("topics:\n  Bad Name:\n    feed: demo\n", "cfg.yaml:2: bad topic name 'Bad Name'"),
+        (
+            "topics:\n  a:\n    feed: demo\n    options:\n      interval: -1\n",
+            "cfg.yaml:5: topics.a.options.interval",
+        ),
+        ("topics:\n  a:\n    feed: demo\n    options: {colour: red}\n", "cfg.yaml:4: unknown key 'colour'"),
+        ("topics:\n  a:\n    feed: demo\n    history: 0\n", "cfg.yaml:4: topics.a.history"),
+        ("topics:\n  a:\n    options: {}\n", "cfg.yaml:2: topics.a.feed: required key is missing"),
+        ("broker:\n  url: ${NOPE_NOT_SET}\n", "cfg.yaml:2: environment variable NOPE_NOT_SET is not set"),
+        (
+            "topics: {a: {feed: demo}}\npanels:\n  - {topic: b}\n",
+            "cfg.yaml:3: panels.0.topic: no topic named 'b'",
+        ),
+        ("topics: {a: {feed: demo}}\npanels:\n  - {topic: a, view: pie}\n", "cfg.yaml:3: panels.0.view"),
+        ("server: {port: 1}\nserver: {port: 2}\n", "cfg.yaml:2: duplicate key 'server'"),
+        ("topics:\n  a: {feed: demo\n", "cfg.yaml:3: invalid YAML"),
+        ("- just\n- a list\n", "cfg.yaml:1: the config must be a mapping"),
+        (
+            "topics:\n  a: {feed: 'no.such.module:Feed'}\n",
+            "cfg.yaml:2: topics.a.feed: cannot import 'no.such.module'",
+        ),
+        ("topics:\n  a: {feed: 'dashboard:Event'}\n", "is not a subclass of dashboard.Feed"),
+    ],
+)
+def test_each_class_of_error_has_a_location_and_a_sentence(text, expected):
+    errors = errors_of(text)
+    assert any(expected in e for e in errors), errors
+
+
+def test_every_error_is_reported_at_once():
+    errors = errors_of(
+        """
+        server:
+          port: nope
+          colour: blue
+        topics:
+          Bad!: {feed: demo}
+          ok: {feed: missing}
+        """
+    )
+    assert len(errors) == 4, errors
+    assert [e.split(":")[1] for e in errors] == ["3", "4", "6", "7"]
+
+
+def test_unknown_feed_lists_the_known_ones():
+    [error] = errors_of("topics: {a: {feed: metricz}}")
+    assert "known: demo" in error and "package.module:Class" in error
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dashboard", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_exits_1_with_every_error_and_0_when_fixed(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  prot: 1\ntopics:\n  a: {feed: nope}\n")
+    result = run_cli("check", "--config", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:2: unknown key 'prot' in server" in result.stderr
+    assert f"{bad}:4: topics.a.feed: unknown feed type 'nope'" in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("topics:\n  a: {feed: demo}\n")
+    result = run_cli("check", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topics:\n  a: {feed: nope}\n")
+    result = run_cli("serve", "--config", str(bad), "--port", "0")
+    assert result.returncode == 1
+    assert "unknown feed type 'nope'" in result.stderr
+    assert "refusing to start" in result.stderr
+
+
+def test_committed_config_is_valid():
+    result = run_cli("check", "--config", str(ROOT / "config.yaml"))
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,87 @@
+"""Resume with Last-Event-ID: no loss and no duplicate across many reconnects while events flow."""
+
+import random
+import time
+
+import pytest
+
+from tests.support import read_events
+
+CONFIG = """
+broker: {history: 100000}
+topics:
+  fast: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 200}}
+  slow: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 40}}
+"""
+
+
+def assert_contiguous(numbers: list[int], what: str) -> None:
+    assert numbers, f"no events seen on {what}"
+    expected = list(range(numbers[0], numbers[0] + len(numbers)))
+    missing = sorted(set(expected) - set(numbers))
+    dupes = len(numbers) - len(set(numbers))
+    assert numbers == expected, f"{what}: {len(missing)} missing (first {missing[:5]}), {dupes} duplicated"
+
+
+@pytest.mark.parametrize("path", ["/sse/fast", "/sse?topic=fast&topic=slow"], ids=["single", "mux"])
+def test_random_reconnects_lose_nothing_and_repeat_nothing(serve, path):
+    rng = random.Random(1234)
+    server = serve(CONFIG)
+    seen: list[tuple[str, int, int]] = []  # (event name, id, n)
+    last_id = None
+    sep = "&" if "?" in path else "?"
+    with server.client() as client:
+        for _ in range(25):
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            url = path if last_id else f"{path}{sep}replay=0"
+            for event in read_events(client, url, rng.randint(1, 40), headers=headers):
+                seen.append((event.event, int(event.id), event.json()["n"]))
+                last_id = event.id
+            time.sleep(rng.uniform(0, 0.05))  # events keep flowing while we are away
+
+    ids = [i for _, i, _ in seen]
+    assert ids == sorted(ids) and len(ids) == len(set(ids)), "ids repeat or go backwards"
+    for name in {e for e, _, _ in seen}:
+        assert_contiguous([n for e, _, n in seen if e == name], name)
+    if "topic=" in path:
+        assert {e for e, _, _ in seen} == {"fast", "slow"}
+
+
+def test_resume_from_an_id_older_than_history_starts_from_what_is_kept(serve):
+    server = serve(
+        """
+        topics:
+          t: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 100}, history: 5}
+        """
+    )
+    with server.client() as client:
+        first = read_events(client, "/sse/t", 1)[0]
+        read_events(client, "/sse/t?replay=0", 10)  # let more than `history` events pass
+        replayed = read_events(client, "/sse/t", 5, headers={"Last-Event-ID": first.id})
+        ns = [e.json()["n"] for e in replayed]
+        assert ns == list(range(ns[0], ns[0] + 5)) and ns[0] > first.json()["n"] + 1
+
+
+def test_fresh_connection_replays_history_then_goes_live(serve):
+    server = serve(
+        """
+        topics:
+          t: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 50}, history: 20}
+        """
+    )
+    with server.client() as client:
+        read_events(client, "/sse/t?replay=0", 25)  # history is full now
+        events = read_events(client, "/sse/t", 30)
+        ns = [e.json()["n"] for e in events]
+        assert_contiguous(ns, "t")
+        assert ns[0] > 1, "history should have been trimmed to the newest 20"
+        limited = read_events(client, "/sse/t?replay=3", 3)
+        assert len({e.id for e in limited}) == 3
+
+
+def test_last_event_id_as_query_parameter(serve):
+    server = serve('topics: {t: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 50}}}')
+    with server.client() as client:
+        first = read_events(client, "/sse/t", 3)
+        resumed = read_events(client, f"/sse/t?last_event_id={first[0].id}", 2)
+        assert [e.id for e in resumed] == [e.id for e in first[1:]]

@@ -1,0 +1,52 @@
+"""A feed that raises is restarted with backoff, reported as status, and never harms the others."""
+
+import time
+
+from tests.support import sse_stream
+
+CONFIG = """
+supervisor: {initial_backoff: 0.05, max_backoff: 0.2}
+topics:
+  flaky: {feed: "tests.sample_feeds:Flaky", options: {fail_after: 3}}
+  steady: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 50}}
+  wrong: {feed: "tests.sample_feeds:NotAnEvent"}
+"""
+
+
+def test_crashing_feed_restarts_and_others_keep_flowing(serve):
+    server = serve(CONFIG)
+    statuses, steady = [], []
+    deadline = time.monotonic() + 20
+    with server.client() as client, sse_stream(client, "/sse?topic=flaky&topic=steady&replay=0") as events:
+        for event in events:
+            if event.event == "flaky:status":
+                statuses.append(event.json())
+            elif event.event == "steady":
+                steady.append(event.json()["n"])
+            restarting = [s for s in statuses if s["state"] == "restarting"]
+            if len(restarting) >= 3 and len(steady) >= 50:
+                break
+            assert time.monotonic() < deadline, f"statuses {statuses}, steady {len(steady)}"
+        topics = client.get("/api/topics").json()["topics"]
+        health = client.get("/healthz").json()
+
+    assert steady == list(range(steady[0], steady[0] + len(steady))), "the healthy feed skipped events"
+    first = restarting[0]
+    assert first["error"] == "RuntimeError: flaky feed broke on purpose"
+    assert 0 < first["retry_in"] <= 0.2
+    assert any(s["state"] == "running" for s in statuses), "recovery is reported too"
+    assert topics["flaky"]["status"]["restarts"] >= 3
+    assert topics["steady"]["status"] == {"state": "running", "restarts": 0, "last_error": None}
+    assert health["status"] == "ok"
+    log = server.output()
+    assert "feed 'flaky' failed; restarting" in log and "Traceback" in log
+
+
+def test_a_feed_yielding_something_else_is_told_what_is_expected(serve):
+    server = serve(CONFIG)
+    with server.client() as client:
+        deadline = time.monotonic() + 10
+        while (status := client.get("/api/topics").json()["topics"]["wrong"]["status"])["restarts"] < 1:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    assert status["last_error"] == "TypeError: feed 'wrong' yielded dict, expected dashboard.Event"
