@@ -55,3 +55,30 @@ def test_offline_default_without_any_config_file(tmp_path):
             assert client.get("/").status_code == 200
     finally:
         server.stop()
+
+
+def test_entry_point_feeds_are_listed_and_usable_by_name(tmp_path):
+    """A package that registers under `dashboard.feeds` is a feed type by its entry-point name."""
+    (tmp_path / "ticker_plugin.py").write_text((ROOT / "tests" / "sample_feeds.py").read_text())
+    dist = tmp_path / "ticker_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ticker-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[dashboard.feeds]\nticker = ticker_plugin:Ticker\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "dashboard", "feeds"], capture_output=True, text=True, env=env, timeout=60
+    )
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("ticker "))
+    assert "entry point" in line and "Counts up at a fixed rate." in line
+
+    config = tmp_path / "config.yaml"
+    config.write_text("topics:\n  count: {feed: ticker, options: {rate_hz: 5}}\n")
+    checked = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
