@@ -10,7 +10,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -23,9 +23,11 @@ RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rat
 class Subscription:
     """One subscriber: a bounded backlog of encoded frames and a waiter to wake.
 
-    The broker pushes frames synchronously; the SSE response drains them, all waiting frames in
-    one write. A subscriber whose backlog passes `max_backlog` is cut off (it can resume with
-    Last-Event-ID) so that it never delays the publisher or anyone else.
+    The broker pushes frames synchronously. When the stream has a direct `writer` and nothing is
+    waiting or being sent, a frame goes straight to the socket (no task switch per subscriber);
+    otherwise it waits in the backlog and the SSE response sends all waiting frames in one write.
+    A subscriber whose backlog passes `max_backlog` is cut off (it can resume with Last-Event-ID)
+    so that it never delays the publisher or anyone else.
     """
 
     __slots__ = (
@@ -37,7 +39,10 @@ class Subscription:
         "max_backlog",
         "mux",
         "overflowed",
+        "sending",
         "topics",
+        "writer",
+        "wrote",
     )
 
     def __init__(self, topics: tuple[str, ...], *, mux: bool, max_backlog: int) -> None:
@@ -51,6 +56,10 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         # Live messages are held here while the backlog is read, then queued after it.
         self._held: list[Message] | None = []
+        #: writes an HTTP chunk to the socket now, or returns False (paused, gone); set by the stream
+        self.writer: Callable[[bytes], bool] | None = None
+        self.sending = False  # the stream is inside a send: a direct write would overtake it
+        self.wrote = False  # something was written since the last heartbeat tick
 
     def push(self, message: Message) -> bool:
         """Queue one message; False when it was not queued (duplicate, closed, or cut off now)."""
@@ -59,14 +68,31 @@ class Subscription:
             return True
         if self.closed or message.id <= self.last_id:
             return False
+        self.last_id = message.id
+        writer = self.writer
+        if (
+            writer is not None
+            and not self._pending
+            and not self.sending
+            and writer(message.mux_chunk if self.mux else message.chunk)
+        ):
+            self.wrote = True
+            return True
         if len(self._pending) >= self.max_backlog:
             self.overflowed = True
             self.close()
             return False
-        self.last_id = message.id
         self._pending.append(message.mux_frame if self.mux else message.frame)
         self._wake()
         return True
+
+    def push_frame(self, frame: bytes, chunk: bytes) -> None:
+        """Send a frame that is no event (a keepalive): directly when possible, else queued."""
+        writer = self.writer
+        if not (writer is not None and not self._pending and not self.sending and writer(chunk)):
+            self._pending.append(frame)
+            self._wake()
+        self.wrote = True
 
     def start(self, backlog: list[Message]) -> None:
         """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live."""
@@ -90,19 +116,18 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next_chunk(self, timeout: float) -> bytes | None:
-        """All waiting frames as one chunk; b"" when `timeout` passes idle; None once closed."""
-        if not self._pending and not self.closed:
+    async def next_chunk(self) -> bytes | None:
+        """All waiting frames as one chunk, once there are some; None once closed."""
+        while not self._pending and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                return b""
+                await self._waiter
             finally:
                 self._waiter = None
         if self._pending:
             chunk = b"".join(self._pending)
             self._pending.clear()
+            self.wrote = True
             return chunk
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from dashboard import broker as brokers
 from dashboard.config import Config
@@ -34,6 +36,7 @@ class Runtime:
         )
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff)
+        self.heartbeat = sse.Heartbeat(config.server.keepalive)
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         for name, topic in config.topics.items():
@@ -55,10 +58,12 @@ class Runtime:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.broker.connect()
         self.supervisor.start()
+        heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
         try:
             yield
         finally:
             self.close_streams()
+            heartbeat.cancel()
             await self.supervisor.stop()
             await self.broker.disconnect()
 
@@ -73,6 +78,14 @@ def feed_routes(runtime: Runtime) -> list[BaseRoute]:
     return mounts
 
 
+class DashboardApp(Starlette):
+    """Starlette, keeping the server's own `send` in the scope for the streams' direct writes."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[sse.RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: Config) -> Starlette:
     runtime = Runtime(config)
     routes: list[BaseRoute] = [
@@ -84,6 +97,6 @@ def create_app(config: Config) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=runtime.lifespan)
+    app = DashboardApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=runtime.lifespan)
     app.state.runtime = runtime
     return app

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
-from dashboard.events import encode_comment, encode_retry
+from dashboard.events import encode_comment, encode_retry, http_chunk
 from dashboard.web.errors import HTTPError
 
 log = logging.getLogger("dashboard.sse")
@@ -20,31 +21,82 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 KEEPALIVE = encode_comment("keepalive")
+KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
+RAW_SEND = "dashboard.raw_send"  # the server's own `send`, kept in the scope by DashboardApp
+
+
+class Heartbeat:
+    """One timer for every open stream: a keepalive comment to each that was silent for a period."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.subscriptions: set[Subscription] = set()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for sub in self.subscriptions:
+                if not sub.wrote:
+                    sub.push_frame(KEEPALIVE, KEEPALIVE_CHUNK)
+                sub.wrote = False
+
+
+def direct_writer(scope: Scope) -> Callable[[bytes], bool] | None:
+    """A function writing HTTP chunks straight to the client's socket, when the server allows it.
+
+    Under uvicorn's httptools protocol, the publisher can then put a frame on each subscriber's
+    socket itself instead of waking one task per subscriber: that is most of the cost of fan-out.
+    It honours the protocol's flow control (returns False while writing is paused, and the frame
+    then goes through the ordinary ASGI `send`). Anywhere else: None, and ASGI `send` is used.
+    """
+    cycle = getattr(scope.get(RAW_SEND), "__self__", None)
+    if (
+        scope.get("method") != "GET"
+        or type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl"
+        or getattr(cycle, "chunked_encoding", None) is not True
+    ):
+        return None
+    transport, flow = cycle.transport, cycle.flow
+
+    def write(chunk: bytes) -> bool:
+        if cycle.disconnected or flow.write_paused:
+            return False
+        transport.write(chunk)
+        return True
+
+    return write
 
 
 class EventStream:
-    """An ASGI response that drains one subscription: all waiting frames go out in one write."""
+    """An ASGI response that streams one subscription until it closes or the client leaves."""
 
-    def __init__(self, broker: Broker, sub: Subscription, *, retry_ms: int, keepalive: float) -> None:
+    def __init__(self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, *, retry_ms: int) -> None:
         self.broker = broker
         self.sub = sub
+        self.heartbeat = heartbeat
         self.retry_ms = retry_ms
-        self.keepalive = keepalive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.sub
         watcher = asyncio.create_task(self._close_on_disconnect(receive))
+        self.heartbeat.subscriptions.add(sub)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": encode_retry(self.retry_ms), "more_body": True})
-            while (chunk := await sub.next_chunk(self.keepalive)) is not None:
-                await send({"type": "http.response.body", "body": chunk or KEEPALIVE, "more_body": True})
+            sub.writer = direct_writer(scope)
+            while (chunk := await sub.next_chunk()) is not None:
+                sub.sending = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sub.sending = False
+            sub.writer = None
             if not watcher.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write
         finally:
+            sub.writer = None
             watcher.cancel()
+            self.heartbeat.subscriptions.discard(sub)
             self.broker.unsubscribe(sub)
 
     async def _close_on_disconnect(self, receive: Receive) -> None:
@@ -82,8 +134,7 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     for name in topics:
         broker.topic(name)  # UnknownTopic -> 404
     sub = await broker.subscribe(topics, last_event_id(request), mux=mux, replay=replay_count(request))
-    server = runtime.config.server
-    return EventStream(broker, sub, retry_ms=server.retry_ms, keepalive=server.keepalive)
+    return EventStream(broker, sub, runtime.heartbeat, retry_ms=runtime.config.server.retry_ms)
 
 
 async def topic_stream(request: Request) -> EventStream:
