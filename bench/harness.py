@@ -220,15 +220,24 @@ async def _client_main(port, path, count, sample, ctl, out, hold_open):
     measuring = [False]
     request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
 
+    established = [0]
+    all_established = asyncio.Event()
+
     async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request)
         sampled = i < sample
+        first = True
         try:
             while True:
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
+                if first:  # the response has started: this stream is open
+                    first = False
+                    established[0] += 1
+                    if established[0] == count:
+                        all_established.set()
                 if measuring[0]:
                     counts[0] += chunk.count(b"data:")
                     if sampled:
@@ -242,6 +251,7 @@ async def _client_main(port, path, count, sample, ctl, out, hold_open):
         tasks.append(asyncio.create_task(one(i)))
         if i % 200 == 199:
             await asyncio.sleep(0.01)
+    await all_established.wait()
     ctl["connected"].release()
     while not ctl["start"].is_set():
         await asyncio.sleep(0.02)
