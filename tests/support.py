@@ -40,7 +40,16 @@ class Server:
     url: str = ""
 
     def start(self, timeout: float = 30.0) -> Server:
-        cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config), "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dashboard",
+            "serve",
+            "--config",
+            str(self.config),
+            "--port",
+            str(self.port),
+        ]
         logfile = self.log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
