@@ -257,38 +257,42 @@ def test_webhooks_are_refused_without_a_configured_secret(serve):
 
 def test_bad_webhook_bodies_are_json_errors_and_do_not_disturb_streams(serve):
     server = serve(CONFIG)
-    with server.client() as client, server.client() as other:
-        with sse_stream(client, "/sse/inbox") as inbox, sse_stream(other, "/sse/ticks") as ticks:
-            not_json = b"{not json"
-            answers = [
-                other.post(HOOK, content=not_json, headers=signed(not_json)),
-                other.post(HOOK, content=b"x" * 9000, headers=signed(b"x" * 9000)),
-                other.post(HOOK, content=iter([b"x" * 4000] * 3), headers=signed(b"x" * 12000)),
-                post_signed(other, {"no": "title"}),
-                post_signed(other, {"title": "t", "ts": "soon"}),
-                post_signed(other, []),
-                other.post("/feeds/nope/webhook", content=b"{}", headers=signed(b"{}")),
-            ]
-            assert [a.status_code for a in answers] == [400, 413, 413, 422, 422, 422, 404], [
-                a.text for a in answers
-            ]
-            assert "line 1 column 2" in answers[0].json()["error"]["message"]
-            assert answers[3].json()["error"]["message"].endswith("needs a title or a message")
-            assert all(a.json()["error"]["message"] for a in answers)
-            good = post_signed(other, {"title": "after the noise"})
-            assert good.status_code == 202
-            received = next(e for e in inbox if e.id)
-            assert int(received.id) == good.json()["ids"][0]
-            assert json.loads(received.data)["title"] == "after the noise"
-            tick_ids = []
-            for event in ticks:
-                if event.id and event.event == "message":
-                    tick_ids.append(int(event.id))
-                if len(tick_ids) >= 10:
-                    break
-            assert tick_ids == sorted(set(tick_ids))
-            topics = other.get("/api/topics").json()["topics"]
-            assert topics["ticks"]["dropped"] == 0 and topics["inbox"]["published"] == 1
+    with (
+        server.client() as client,
+        server.client() as other,
+        sse_stream(client, "/sse/inbox") as inbox,
+        sse_stream(other, "/sse/ticks") as ticks,
+    ):
+        not_json = b"{not json"
+        answers = [
+            other.post(HOOK, content=not_json, headers=signed(not_json)),
+            other.post(HOOK, content=b"x" * 9000, headers=signed(b"x" * 9000)),
+            other.post(HOOK, content=iter([b"x" * 4000] * 3), headers=signed(b"x" * 12000)),
+            post_signed(other, {"no": "title"}),
+            post_signed(other, {"title": "t", "ts": "soon"}),
+            post_signed(other, []),
+            other.post("/feeds/nope/webhook", content=b"{}", headers=signed(b"{}")),
+        ]
+        assert [a.status_code for a in answers] == [400, 413, 413, 422, 422, 422, 404], [
+            a.text for a in answers
+        ]
+        assert "line 1 column 2" in answers[0].json()["error"]["message"]
+        assert answers[3].json()["error"]["message"].endswith("needs a title or a message")
+        assert all(a.json()["error"]["message"] for a in answers)
+        good = post_signed(other, {"title": "after the noise"})
+        assert good.status_code == 202
+        received = next(e for e in inbox if e.id)
+        assert int(received.id) == good.json()["ids"][0]
+        assert json.loads(received.data)["title"] == "after the noise"
+        tick_ids = []
+        for event in ticks:
+            if event.id and event.event == "message":
+                tick_ids.append(int(event.id))
+            if len(tick_ids) >= 10:
+                break
+        assert tick_ids == sorted(set(tick_ids))
+        topics = other.get("/api/topics").json()["topics"]
+        assert topics["ticks"]["dropped"] == 0 and topics["inbox"]["published"] == 1
 
 
 def test_webhook_and_publish_share_duplicate_memory(serve):

@@ -211,34 +211,38 @@ def test_oversize_body_is_refused_before_it_is_all_sent(serve):
 
 def test_bad_requests_do_not_disturb_open_streams(serve):
     server = serve(SMALL_BODY_LIMIT)
-    with server.client() as client, server.client() as other:
-        with sse_stream(client, "/sse/alerts") as alerts, sse_stream(other, "/sse/ticks") as ticks:
-            bad = [
-                other.post("/publish/alerts", json={"title": "t"}),
-                other.post("/publish/alerts", json={"title": "t"}, headers={"Authorization": "Bearer no"}),
-                other.post("/publish/alerts", content=b"{", headers=AUTH),
-                other.post("/publish/alerts", content=b"x" * 10000, headers=AUTH),
-                other.post("/publish/alerts", content=iter([b"x" * 5000] * 3), headers=AUTH),
-                other.post("/publish/nope", json={"title": "t"}, headers=AUTH),
-                other.post("/publish/ticks", json={"title": "t"}, headers=AUTH),
-                other.post("/publish/alerts", json={"level": "x"}, headers=AUTH),
-            ]
-            assert [r.status_code for r in bad] == [401, 401, 400, 413, 413, 404, 409, 422]
-            assert all("error" in r.json() for r in bad)
-            good = other.post("/publish/alerts", json={"title": "still here"}, headers=AUTH)
-            assert good.status_code == 202
-            # The alerts subscriber gets exactly the one good item, nothing else.
-            received = next(e for e in alerts if e.id)
-            assert int(received.id) == good.json()["ids"][0]
-            assert json.loads(received.data)["title"] == "still here"
-            # The ticks subscriber kept streaming, in order, and was never cut off.
-            tick_ids = []
-            for event in ticks:
-                if event.id and event.event == "message":
-                    tick_ids.append(int(event.id))
-                if len(tick_ids) >= 10:
-                    break
-            assert tick_ids == sorted(set(tick_ids))
-            topics = other.get("/api/topics").json()["topics"]
-            assert topics["ticks"]["dropped"] == 0 and topics["ticks"]["subscribers"] == 1
-            assert topics["alerts"]["subscribers"] == 1 and topics["alerts"]["published"] == 1
+    with (
+        server.client() as client,
+        server.client() as other,
+        sse_stream(client, "/sse/alerts") as alerts,
+        sse_stream(other, "/sse/ticks") as ticks,
+    ):
+        bad = [
+            other.post("/publish/alerts", json={"title": "t"}),
+            other.post("/publish/alerts", json={"title": "t"}, headers={"Authorization": "Bearer no"}),
+            other.post("/publish/alerts", content=b"{", headers=AUTH),
+            other.post("/publish/alerts", content=b"x" * 10000, headers=AUTH),
+            other.post("/publish/alerts", content=iter([b"x" * 5000] * 3), headers=AUTH),
+            other.post("/publish/nope", json={"title": "t"}, headers=AUTH),
+            other.post("/publish/ticks", json={"title": "t"}, headers=AUTH),
+            other.post("/publish/alerts", json={"level": "x"}, headers=AUTH),
+        ]
+        assert [r.status_code for r in bad] == [401, 401, 400, 413, 413, 404, 409, 422]
+        assert all("error" in r.json() for r in bad)
+        good = other.post("/publish/alerts", json={"title": "still here"}, headers=AUTH)
+        assert good.status_code == 202
+        # The alerts subscriber gets exactly the one good item, nothing else.
+        received = next(e for e in alerts if e.id)
+        assert int(received.id) == good.json()["ids"][0]
+        assert json.loads(received.data)["title"] == "still here"
+        # The ticks subscriber kept streaming, in order, and was never cut off.
+        tick_ids = []
+        for event in ticks:
+            if event.id and event.event == "message":
+                tick_ids.append(int(event.id))
+            if len(tick_ids) >= 10:
+                break
+        assert tick_ids == sorted(set(tick_ids))
+        topics = other.get("/api/topics").json()["topics"]
+        assert topics["ticks"]["dropped"] == 0 and topics["ticks"]["subscribers"] == 1
+        assert topics["alerts"]["subscribers"] == 1 and topics["alerts"]["published"] == 1
