@@ -16,6 +16,7 @@ import uuid
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.requests import Request
@@ -105,6 +106,17 @@ def signature_of(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def form_payload(body: bytes) -> bytes:
+    """The `payload` field of a form-encoded body (400 when there is none)."""
+    try:
+        fields = parse_qs(body.decode(), strict_parsing=True)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"invalid form body: {exc}") from None
+    if "payload" not in fields:
+        raise HTTPError(400, "a form-encoded webhook body must have a `payload` field holding the JSON")
+    return fields["payload"][0].encode()
+
+
 class Notifications(Feed):
     """Notification items pushed by POST /publish/{topic} or signed webhooks (GitHub, Alertmanager)."""
 
@@ -188,6 +200,8 @@ class Notifications(Feed):
             signature.strip().lower().encode(), signature_of(secret, body).encode()
         ):
             raise HTTPError(401, f"{SIGNATURE_HEADER} does not match the body", "bad_signature")
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body = form_payload(body)  # GitHub's other content type: the JSON in a `payload` field
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from urllib.parse import urlencode
 
 from tests.support import read_events, sse_stream
 
@@ -156,6 +157,22 @@ def test_github_events_are_mapped(serve):
         assert release["title"] == "Release v2.0 published in acme/rocket"
         assert star["title"] == "GitHub star created in acme/rocket by octocat"
         assert all(i["id"].startswith("github:") for i in got)
+
+
+def test_github_form_encoded_payload_is_read(serve):
+    server = serve(CONFIG)
+    with server.client() as client:
+        payload = {"zen": "Design for failure.", "hook": {}, "repository": REPO}
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        headers = signed(body, **{"X-GitHub-Event": "ping", "X-GitHub-Delivery": "form-1"})
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        answer = client.post(HOOK, content=body, headers=headers)
+        assert answer.status_code == 202, answer.text
+        [item] = items(client, 1)
+        assert item["body"] == "Design for failure." and item["id"] == "github:form-1"
+        no_payload = b"other=1"
+        headers = {**signed(no_payload), "Content-Type": "application/x-www-form-urlencoded"}
+        assert client.post(HOOK, content=no_payload, headers=headers).status_code == 400
 
 
 def test_github_redelivery_is_dropped_as_a_duplicate(serve):
