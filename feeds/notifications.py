@@ -218,7 +218,14 @@ class Notifications(Feed):
         except ValueError as exc:
             raise HTTPError(422, f"cannot read the webhook payload: {describe_invalid(exc)}") from None
         events = self.fresh_events(items)
-        ids = [(await self.publish(event)).id for event in events]
+        ids = []
+        for n, event in enumerate(events):
+            try:
+                ids.append((await self.publish(event)).id)
+            except Exception:
+                for unpublished in events[n:]:  # so that the sender's retry is not taken for a duplicate
+                    self._seen.pop(unpublished.data["id"], None)
+                raise
         return JSONResponse(
             {
                 "topic": self.topic,
