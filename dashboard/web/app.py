@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -18,8 +19,9 @@ from dashboard.config import Config
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
 from dashboard.supervisor import Backoff, Supervisor
-from dashboard.web import api, pages, sse
+from dashboard.web import api, pages, publish, sse
 from dashboard.web.errors import EXCEPTION_HANDLERS
+from dashboard.web.telemetry import RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")
 
@@ -88,15 +90,24 @@ class DashboardApp(Starlette):
 
 def create_app(config: Config) -> Starlette:
     runtime = Runtime(config)
+    telemetry = Telemetry(runtime)
     routes: list[BaseRoute] = [
         Route("/", pages.index),
         Route("/sse", sse.multiplexed_stream),
         Route("/sse/{topic}", sse.topic_stream),
         Route("/api/topics", api.topics),
         Route("/healthz", api.healthz),
+        Route("/publish/{topic}", publish.publish, methods=["POST"]),
+        Route("/metrics", telemetry.endpoint),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
-    app = DashboardApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=runtime.lifespan)
+    middleware = [Middleware(RequestMetrics, telemetry=telemetry)]
+    app = DashboardApp(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=runtime.lifespan,
+    )
     app.state.runtime = runtime
     return app

@@ -1,0 +1,50 @@
+"""POST /publish/{topic}: push a JSON body onto a topic whose feed accepts pushed events."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dashboard.errors import UnknownTopic
+from dashboard.web.errors import HTTPError, read_json, require_bearer
+
+
+def describe_invalid(exc: ValueError) -> str:
+    """A one-line message for a rejected body: each pydantic error as `field: problem`."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+async def publish(request: Request) -> JSONResponse:
+    """Check topic, then token, then read the bounded body; the feed turns it into events.
+
+    404 unknown topic, 409 feed takes no pushes, 401 no or wrong token (or none configured),
+    413 body over `server.max_body`, 400 not JSON, 422 the feed rejected it; 202 with the ids.
+    """
+    runtime = request.app.state.runtime
+    topic = request.path_params["topic"]
+    feed = runtime.feeds.get(topic)
+    if feed is None:
+        raise UnknownTopic(f"unknown topic {topic!r}")
+    if not feed.accepts_publish:
+        raise HTTPError(
+            409, f"topic {topic!r} (feed {type(feed).__name__}) does not accept pushed events", "not_pushable"
+        )
+    tokens = [t for t in runtime.config.auth.publish_tokens if t]
+    if not tokens:
+        raise HTTPError(
+            401,
+            "publishing is disabled: no auth.publish_tokens are configured on this server",
+            "publish_disabled",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    require_bearer(request, tokens, "publishing")
+    data = await read_json(request, runtime.config.server.max_body)
+    try:
+        events = feed.on_publish(data)
+    except (ValueError, TypeError) as exc:
+        raise HTTPError(422, f"rejected by feed {type(feed).__name__}: {describe_invalid(exc)}") from None
+    ids = [(await runtime.publish(topic, event)).id for event in events]
+    return JSONResponse({"topic": topic, "ids": ids}, status_code=202)

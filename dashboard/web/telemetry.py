@@ -1,0 +1,148 @@
+"""GET /metrics: the server's own counters in the Prometheus text format.
+
+Broker and supervisor counters are read when Prometheus scrapes (a custom collector), so the
+broadcast path never calls prometheus-client. HTTP requests are counted by a small ASGI middleware
+by route template (`/sse/{topic}`, never the raw path) and status. Metrics other parts of the
+process register in prometheus-client's default registry (AI time to first token, process and
+Python metrics) are served too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from dashboard.web.app import Runtime
+
+UNMATCHED = "<unmatched>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RuntimeCollector(Collector):
+    """Per-topic broker counters and feed restarts, read from the running server at scrape time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        subscribers = GaugeMetricFamily(
+            "dashboard_topic_subscribers", "Connected SSE subscribers per topic", labels=["topic"]
+        )
+        published = CounterMetricFamily(
+            "dashboard_events_published", "Events published per topic", labels=["topic"]
+        )
+        delivered = CounterMetricFamily(
+            "dashboard_events_delivered",
+            "Event deliveries to subscribers per topic (one per subscriber per event)",
+            labels=["topic"],
+        )
+        dropped = CounterMetricFamily(
+            "dashboard_events_dropped",
+            "Events not delivered because the subscriber fell more than server.max_backlog frames "
+            "behind; each drop cuts that subscriber off (it resumes with Last-Event-ID)",
+            labels=["topic"],
+        )
+        restarts = CounterMetricFamily(
+            "dashboard_feed_restarts", "Times a topic's feed failed and was restarted", labels=["topic"]
+        )
+        running = GaugeMetricFamily(
+            "dashboard_feed_running", "1 while the topic's feed is running, else 0", labels=["topic"]
+        )
+        runners = self.runtime.supervisor.runners
+        for name, state in list(self.runtime.broker.topics.items()):
+            subscribers.add_metric([name], len(state.subscribers))
+            published.add_metric([name], state.published)
+            delivered.add_metric([name], state.delivered)
+            dropped.add_metric([name], state.dropped)
+            runner = runners.get(name)
+            if runner is not None:
+                restarts.add_metric([name], runner.restarts)
+                running.add_metric([name], 1 if runner.state == "running" else 0)
+        yield from (subscribers, published, delivered, dropped, restarts, running)
+
+
+class DefaultRegistry(Collector):
+    """Serves what is registered in prometheus-client's process-wide default registry."""
+
+    def describe(self) -> list[Metric]:
+        return []  # names are checked where they are registered, not again here
+
+    def collect(self) -> Iterator[Metric]:
+        return REGISTRY.collect()
+
+
+class Telemetry:
+    """One app's metrics: its own registry (so several apps in one process never clash)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(RuntimeCollector(runtime))
+        self.registry.register(DefaultRegistry())
+        self.http_requests = Counter(
+            "dashboard_http_requests",
+            "HTTP requests by method, route template and status (counted when the response starts)",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    async def endpoint(self, request: Request) -> Response:
+        """GET /metrics"""
+        encoder, content_type = choose_encoder(request.headers.get("accept"))
+        return Response(encoder(self.registry), headers={"Content-Type": content_type})
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that served `scope` (`/feeds/alerts/webhook`, `/sse/{topic}`).
+
+    Starlette leaves the matched route in `scope["route"]`, and each Mount extends `root_path`.
+    """
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    prefix = scope.get("root_path", "")[len(scope.get("_telemetry_root", "")) :]
+    if isinstance(route, Mount):
+        return prefix + "/{path}"
+    return prefix + getattr(route, "path", "")
+
+
+class RequestMetrics:
+    """Pure ASGI middleware counting requests by route template and status; streams pass untouched."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.counter = telemetry.http_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["_telemetry_root"] = scope.get("root_path", "")
+        started = False
+
+        async def send_counted(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self._count(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            if not started:
+                self._count(scope, 500)
+            raise
+
+    def _count(self, scope: Scope, status: int) -> None:
+        method = scope["method"] if scope["method"] in METHODS else "other"  # bounded label values
+        self.counter.labels(method, route_template(scope), str(status)).inc()

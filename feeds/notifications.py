@@ -1,0 +1,237 @@
+"""Notifications pushed to the dashboard: `POST /publish/{topic}` and signed webhooks.
+
+Items are `{id, title, body, level, source, url, ts}`. The webhook (`POST /feeds/{topic}/webhook`)
+takes a generic JSON body, GitHub events and Prometheus Alertmanager alerts (mapped in
+`feeds/_payloads.py`) and only with a valid HMAC-SHA256 signature made with the topic's
+`webhook_secret`; without a secret configured it refuses every webhook. Duplicate ids are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from dashboard import Event, Feed
+from dashboard.web.errors import HTTPError, bearer_token, read_body
+from dashboard.web.publish import describe_invalid
+from feeds._payloads import (
+    BODY_MAX,
+    TITLE_MAX,
+    URL_MAX,
+    from_alertmanager,
+    from_generic,
+    from_github,
+    is_alertmanager,
+)
+
+Level = Literal["info", "success", "warning", "error"]
+LEVEL_ALIASES = {
+    "information": "info",
+    "notice": "info",
+    "debug": "info",
+    "ok": "success",
+    "resolved": "success",
+    "warn": "warning",
+    "err": "error",
+    "critical": "error",
+    "fatal": "error",
+    "failure": "error",
+}
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+class Notification(BaseModel):
+    """One notification item, as published on the topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=TITLE_MAX)
+    body: str = Field("", max_length=BODY_MAX)
+    level: Level = "info"
+    source: str = Field("api", max_length=100)
+    url: str | None = Field(None, max_length=URL_MAX)
+    ts: float = Field(
+        default_factory=lambda: round(time.time(), 3),
+        allow_inf_nan=False,
+        description="seconds since the epoch",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return LEVEL_ALIASES.get(value, value)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("url must be an http:// or https:// link")
+        return value
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts(cls, value: Any) -> Any:
+        """Epoch seconds, or an ISO 8601 time (`2024-05-01T12:00:00Z`)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("ts must be seconds since the epoch or an ISO 8601 time") from None
+            return parsed.timestamp() if parsed.tzinfo else parsed.astimezone().timestamp()
+        return value
+
+
+def signature_of(secret: bytes, body: bytes) -> str:
+    """The `X-Hub-Signature-256` value for `body`: `sha256=` and the HMAC-SHA256 hex digest."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def form_payload(body: bytes) -> bytes:
+    """The `payload` field of a form-encoded body (400 when there is none)."""
+    try:
+        fields = parse_qs(body.decode(), strict_parsing=True)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"invalid form body: {exc}") from None
+    if "payload" not in fields:
+        raise HTTPError(400, "a form-encoded webhook body must have a `payload` field holding the JSON")
+    return fields["payload"][0].encode()
+
+
+class Notifications(Feed):
+    """Notification items pushed by POST /publish/{topic} or signed webhooks (GitHub, Alertmanager)."""
+
+    default_view = "list"
+    accepts_publish = True
+
+    class Options(Feed.Options):
+        webhook_secret: SecretStr | None = Field(
+            None, description="HMAC-SHA256 secret for POST /feeds/{topic}/webhook; unset or empty: refused"
+        )
+        remember_ids: int = Field(10_000, ge=1, description="how many recent ids are kept to drop duplicates")
+
+        @field_validator("webhook_secret", mode="before")
+        @classmethod
+        def _empty_is_none(cls, value: Any) -> Any:
+            return None if value == "" else value
+
+    def __init__(self, topic: str, options: Any = None) -> None:
+        super().__init__(topic, options)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    # -- intake --------------------------------------------------------------------------------
+    def on_publish(self, data: Any) -> list[Event]:
+        """A notification object or a list of them, validated strictly (unknown keys are errors)."""
+        objects = data if isinstance(data, list) else [data]
+        if not objects:
+            raise ValueError("the body is an empty list: send an object or a list of objects")
+        items = []
+        for i, obj in enumerate(objects):
+            if not isinstance(obj, dict):
+                raise ValueError(f"item {i}: expected a JSON object, got {type(obj).__name__}")
+            items.append(Notification.model_validate(obj))
+        return self.fresh_events(items)
+
+    def fresh_events(self, items: list[Notification]) -> list[Event]:
+        """Events for the items whose id was not seen recently (nor earlier in `items`)."""
+        events = []
+        for item in items:
+            if item.id in self._seen:
+                self._seen.move_to_end(item.id)
+                continue
+            self._seen[item.id] = None
+            if len(self._seen) > self.options.remember_ids:
+                self._seen.popitem(last=False)
+            events.append(Event(data=item.model_dump()))
+        return events
+
+    # -- webhook -------------------------------------------------------------------------------
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/webhook", self.webhook, methods=["POST"])]
+
+    def check_credentials(self, request: Request) -> bytes:
+        """The secret, once the request carries a signature or the right bearer token (401 otherwise);
+        403 when no secret is configured, so unsigned webhooks are never accepted."""
+        if self.options.webhook_secret is None:
+            raise HTTPError(
+                403,
+                f"webhooks are disabled for topic {self.topic!r}: set its webhook_secret option",
+                "webhook_disabled",
+            )
+        secret = self.options.webhook_secret.get_secret_value().encode()
+        if request.headers.get(SIGNATURE_HEADER) is not None:
+            return secret
+        token = bearer_token(request)
+        if token is None:
+            raise HTTPError(
+                401,
+                f"webhook requires an {SIGNATURE_HEADER} header (sha256=<HMAC-SHA256 of the body "
+                "with the topic's webhook_secret>) or 'Authorization: Bearer <webhook_secret>'",
+            )
+        if not hmac.compare_digest(token.encode(), secret):
+            raise HTTPError(401, "invalid webhook token")
+        return secret
+
+    async def webhook(self, request: Request) -> JSONResponse:
+        """POST /feeds/{topic}/webhook: verify, parse, map to items, drop duplicates, publish."""
+        secret = self.check_credentials(request)
+        body = await read_body(request, self.context.config.server.max_body)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if signature is not None and not hmac.compare_digest(
+            signature.strip().lower().encode(), signature_of(secret, body).encode()
+        ):
+            raise HTTPError(401, f"{SIGNATURE_HEADER} does not match the body", "bad_signature")
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body = form_payload(body)  # GitHub's other content type: the JSON in a `payload` field
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+        github_event = request.headers.get("x-github-event")
+        try:
+            if github_event:
+                mapped = from_github(github_event, request.headers.get("x-github-delivery"), payload)
+            elif is_alertmanager(payload):
+                mapped = from_alertmanager(payload)
+            else:
+                mapped = from_generic(payload)
+            items = [Notification.model_validate(item) for item in mapped]
+        except ValueError as exc:
+            raise HTTPError(422, f"cannot read the webhook payload: {describe_invalid(exc)}") from None
+        events = self.fresh_events(items)
+        ids = []
+        for n, event in enumerate(events):
+            try:
+                ids.append((await self.publish(event)).id)
+            except Exception:
+                for unpublished in events[n:]:  # so that the sender's retry is not taken for a duplicate
+                    self._seen.pop(unpublished.data["id"], None)
+                raise
+        return JSONResponse(
+            {
+                "topic": self.topic,
+                "ids": ids,
+                "notifications": [event.data["id"] for event in events],
+                "duplicates": len(items) - len(events),
+            },
+            status_code=202,
+        )

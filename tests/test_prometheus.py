@@ -1,0 +1,96 @@
+"""GET /metrics: Prometheus text that prometheus-client's parser reads, with counters that move."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import read_events, sse_stream
+
+CONFIG = """
+auth: {publish_tokens: [tok]}
+supervisor: {initial_backoff: 0.05, max_backoff: 0.1}
+topics:
+  inbox: {feed: notifications}
+  flaky: {feed: "tests.plugin_feeds:Flaky"}
+  ai: {feed: "tests.plugin_feeds:TtftProbe", options: {interval: 0.5}}
+"""
+
+AUTH = {"Authorization": "Bearer tok"}
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics as {(name, sorted labels): value}, read by prometheus-client's parser."""
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain"), response.headers
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    assert key in samples, f"{key} not in /metrics; have {sorted(k for k in samples if k[0] == name)}"
+    return samples[key]
+
+
+def test_metrics_parse_and_counters_move_when_events_flow(serve):
+    server = serve(CONFIG)
+    with server.client() as client, server.client() as reader:
+        before = scrape(client)
+        assert value(before, "dashboard_events_published_total", topic="inbox") == 0
+        assert value(before, "dashboard_topic_subscribers", topic="inbox") == 0
+        with sse_stream(reader, "/sse/inbox") as events:
+            for n in range(3):
+                answer = client.post("/publish/inbox", json={"title": f"n{n}"}, headers=AUTH)
+                assert answer.status_code == 202
+            assert sum(1 for _, e in zip(range(3), (e for e in events if e.id), strict=False)) == 3
+            during = scrape(client)
+        deadline = time.monotonic() + 10
+        while value(after := scrape(client), "dashboard_topic_subscribers", topic="inbox") != 0:
+            assert time.monotonic() < deadline, "the closed stream is still counted as a subscriber"
+            time.sleep(0.05)
+    assert value(during, "dashboard_topic_subscribers", topic="inbox") == 1
+    assert value(during, "dashboard_events_published_total", topic="inbox") == 3
+    assert value(during, "dashboard_events_delivered_total", topic="inbox") == 3
+    assert value(during, "dashboard_events_dropped_total", topic="inbox") == 0
+    # A failing feed's restarts are counted.
+    assert value(after, "dashboard_feed_restarts_total", topic="flaky") >= 1
+    assert value(after, "dashboard_feed_running", topic="inbox") == 0  # push-only: no task runs
+
+
+def test_http_requests_are_counted_by_route_template_and_status(serve):
+    server = serve(CONFIG)
+    with server.client() as client:
+        with sse_stream(client, "/sse/inbox"):
+            pass
+        client.post("/publish/inbox", json={"title": "x"})  # 401
+        client.post("/publish/inbox", json={"title": "x"}, headers=AUTH)  # 202
+        client.get("/no/such/page")  # 404, no route
+        client.get("/sse/nope")  # 404 on a known route
+        samples = scrape(client)
+    requests = "dashboard_http_requests_total"
+    assert value(samples, requests, method="GET", route="/sse/{topic}", status="200") == 1
+    assert value(samples, requests, method="GET", route="/sse/{topic}", status="404") == 1
+    assert value(samples, requests, method="POST", route="/publish/{topic}", status="401") == 1
+    assert value(samples, requests, method="POST", route="/publish/{topic}", status="202") == 1
+    assert value(samples, requests, method="GET", route="<unmatched>", status="404") == 1
+    routes = {dict(labels)["route"] for name, labels in samples if name == requests}
+    assert not any("inbox" in r or "nope" in r or "no/such" in r for r in routes), routes
+
+
+def test_metrics_include_the_default_registry(serve):
+    """Histograms other parts of the server register (the AI relay's) are served too."""
+    server = serve(CONFIG)
+    with server.client() as client:
+        read_events(client, "/sse/ai", 1)
+        samples = scrape(client)
+    count = value(
+        samples, "dashboard_ai_time_to_first_token_seconds_count", provider="probe", model="probe-model"
+    )
+    assert count >= 1
+    assert any(name.startswith("process_") for name, _ in samples)  # prometheus-client's own collectors
