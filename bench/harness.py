@@ -226,7 +226,7 @@ async def _client_main(port, path, count, sample, ctl, out, hold_open):
     async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request)
-        sampled = i < sample
+        sampled = i % max(1, count // max(1, sample)) == 0  # spread over the whole fan-out
         first = True
         try:
             while True:
