@@ -85,9 +85,14 @@ class Hostile(Feed):
                 }
             )
             yield Event(data=HOSTILE_SCRIPT)  # a plain text event
-            yield Event(event="prompt", data={"completion": completion, "prompt": HOSTILE_SCRIPT, "model": HOSTILE_HTML})
+            yield Event(
+                event="prompt",
+                data={"completion": completion, "prompt": HOSTILE_SCRIPT, "model": HOSTILE_HTML},
+            )
             yield Event(event="token", data={"completion": completion, "text": HOSTILE_HTML})
-            yield Event(event="error", data={"completion": completion, "code": "x", "message": HOSTILE_SCRIPT})
+            yield Event(
+                event="error", data={"completion": completion, "code": "x", "message": HOSTILE_SCRIPT}
+            )
             await asyncio.sleep(self.options.interval)
 
 
@@ -153,7 +158,9 @@ class ScriptedChat(Feed):
         while True:
             completion, prompt = await self.queue.get()
             started = loop.time()
-            yield Event(event="prompt", data={"completion": completion, "prompt": prompt, "model": "scripted"})
+            yield Event(
+                event="prompt", data={"completion": completion, "prompt": prompt, "model": "scripted"}
+            )
             sent = 0
             first = None
             for i in range(self.options.words):

@@ -52,7 +52,9 @@ def panel(page, title: str):
 
 def log_numbers(page, title: str) -> list[int]:
     """The `n` of every counter event shown in a log panel, oldest first."""
-    texts = panel(page, title).locator(".log-line:not([data-type]) .log-text, .log-line[data-type=message] .log-text")
+    texts = panel(page, title).locator(
+        ".log-line:not([data-type]) .log-text, .log-line[data-type=message] .log-text"
+    )
     return [json.loads(t)["n"] for t in texts.all_text_contents()]
 
 
@@ -82,7 +84,8 @@ def test_panels_fill_from_history_then_update_live(serve, open_page):
     # Live: numbers keep coming with no gap, and every view shows data.
     seen = max(log_numbers(page, "Event log"))
     page.wait_for_function(
-        """([n]) => [...document.querySelectorAll('.log-text')].some(t => t.textContent.includes('"n":' + n))""",
+        """([n]) => [...document.querySelectorAll('.log-text')]
+                      .some(t => t.textContent.includes('"n":' + n))""",
         arg=[seen + 3],
     )
     numbers = log_numbers(page, "Event log")
@@ -123,9 +126,14 @@ def test_hostile_event_text_is_shown_as_text_and_nothing_runs(serve, open_page):
     assert page.evaluate("window.__pwned") is None
     assert page.locator("img, b, .panel script").count() == 0
     assert page.locator("script").count() == len(page.locator("script[src]").all())
-    assert HOSTILE_HTML in panel(page, "List").locator(".list-item:has(.list-body) .list-head").first.text_content()
+    assert (
+        HOSTILE_HTML
+        in panel(page, "List").locator(".list-item:has(.list-body) .list-head").first.text_content()
+    )
     assert HOSTILE_SCRIPT in panel(page, "List").locator(".list-body").first.text_content()
-    assert HOSTILE_SCRIPT in panel(page, "List").locator(".list-item:not(:has(.list-body))").first.text_content()
+    assert (
+        HOSTILE_SCRIPT in panel(page, "List").locator(".list-item:not(:has(.list-body))").first.text_content()
+    )
     assert HOSTILE_SCRIPT in panel(page, "Log").locator(".log-lines").text_content()
     assert HOSTILE_HTML in panel(page, "Stat").locator(".stat-value").text_content()
     assert HOSTILE_HTML in panel(page, "Chart").locator(".u-legend").text_content()
@@ -142,7 +150,9 @@ def test_hostile_event_text_is_shown_as_text_and_nothing_runs(serve, open_page):
 def test_one_sse_connection_whatever_the_number_of_panels(serve, open_page):
     panels = "\n".join(
         f"  - {{topic: t{i % 4}, title: P{i}, view: {view}}}"
-        for i, view in enumerate(["json", "log", "stat", "chart", "list", "json", "log", "stat", "chart", "json"])
+        for i, view in enumerate(
+            ["json", "log", "stat", "chart", "list", "json", "log", "stat", "chart", "json"]
+        )
     )
     topics = "\n".join(f"  t{i}: {{feed: demo, options: {{mode: walk, interval: 0.2}}}}" for i in range(4))
     server = serve(f"topics:\n{topics}\npanels:\n{panels}\n")
@@ -227,7 +237,9 @@ def test_chat_view_streams_an_answer_as_text_and_stop_cancels_it(serve, open_pag
     box.locator("textarea").fill("Say <b>many</b> words")
     box.locator("textarea").press("Enter")
     answer = box.locator(".chat-text").first
-    page.wait_for_function("() => (document.querySelector('.chat-text') || {}).textContent?.includes('word10 ')")
+    page.wait_for_function(
+        "() => (document.querySelector('.chat-text') || {}).textContent?.includes('word10 ')"
+    )
     assert box.locator(".chat-prompt").first.text_content() == "Say <b>many</b> words"
     assert box.locator(".chat-answer").first.get_attribute("data-state") == "streaming"
     stop = box.locator("button[data-role=stop]")
@@ -268,7 +280,11 @@ def test_chat_panel_streams_from_the_simulated_provider_and_stop_cancels_it(serv
 
 
 def test_no_secret_reaches_the_page_and_csp_forbids_inline_code(serve, open_page):
-    secrets = {"DASH_PUBLISH_TOKEN": "pub-5ecret-9f1c", "DASH_API_TOKEN": "api-5ecret-77aa", "DASH_HOOK": "hook-5ecret-e2"}
+    secrets = {
+        "DASH_PUBLISH_TOKEN": "pub-5ecret-9f1c",
+        "DASH_API_TOKEN": "api-5ecret-77aa",
+        "DASH_HOOK": "hook-5ecret-e2",
+    }
     server = serve(
         f"""
         auth:
@@ -325,8 +341,9 @@ def test_themes_keyboard_and_phone(serve, open_page):
     phone = open_page(server.url, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     phone.page.locator(".chart-box canvas").wait_for()
     assert phone.page.evaluate("document.documentElement.scrollWidth") <= 390
-    lefts = phone.page.locator("section.panel").evaluate_all("els => els.map(e => e.getBoundingClientRect().left)")
+    lefts = phone.page.locator("section.panel").evaluate_all(
+        "els => els.map(e => e.getBoundingClientRect().left)"
+    )
     assert len(set(round(x) for x in lefts)) == 1, lefts
     phone.screenshot("dashboard-phone.png")
     assert path.exists()
-
