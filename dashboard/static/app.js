@@ -61,6 +61,8 @@
   }
 
   function deliver(topic, type, event) {
+    // A topic named "error" or "open" shares its name with the EventSource's own events.
+    if (!(event instanceof MessageEvent)) return;
     const id = Number(event.lastEventId);
     if (id && id <= (lastId.get(topic) || 0)) return; // already shown
     if (id) lastId.set(topic, id);
@@ -127,12 +129,14 @@
         source.addEventListener(topic + ":" + type, (e) => deliver(topic, type, e));
       }
     }
-    source.onopen = () => {
+    source.onopen = (e) => {
+      if (e instanceof MessageEvent) return; // an event of a topic named "open"
       downSince = 0;
       manualRetry = 0;
       setConnection("live");
     };
-    source.onerror = () => {
+    source.onerror = (e) => {
+      if (e instanceof MessageEvent) return; // an event of a topic named "error"
       if (!downSince) downSince = Date.now();
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (an error status, e.g. 503 while the server stops): retry ourselves.

@@ -5,12 +5,13 @@
 "use strict";
 
 window.Dashboard.views.chart = function (panel) {
-  const { el, isObject, numericFields, formatNumber, palette, cssVar, onThemeChange } = window.Dashboard.util;
+  const { el, isObject, numericFields, formatNumber, clock, palette, cssVar, onThemeChange } = window.Dashboard.util;
   const o = panel.options;
   const fixed = Array.isArray(o.fields) && o.fields.length ? o.fields.map(String) : null;
   const fields = fixed ? fixed.slice() : [];
   const windowS = Number(o.window) > 0 ? Number(o.window) : 300;
   const MAX_POINTS = 5000;
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
   const eventType = typeof o.event === "string" ? o.event : "message";
   const unit = o.unit ? String(o.unit) : "";
 
@@ -50,11 +51,11 @@ window.Dashboard.views.chart = function (panel) {
         },
       },
       axes: [
-        { ...axis },
+        { ...axis, space: 70, incrs: TIME_STEPS, values: (u, ticks) => ticks.map((t) => clock(t * 1000)) },
         { ...axis, size: 56, values: (u, ticks) => ticks.map((v) => formatNumber(v) + unit) },
       ],
       series: [
-        {},
+        { label: "time", value: (u, t) => (t === null || t === undefined ? "–" : clock(t * 1000)) },
         ...fields.map((name, i) => ({
           label: name,
           stroke: colours[i % colours.length],
@@ -65,12 +66,15 @@ window.Dashboard.views.chart = function (panel) {
       ],
     };
     plot = new uPlot(opts, [xs, ...ys], box);
+    if (xs.length) plot.setLegend({ idx: xs.length - 1 });
   }
 
   function redraw() {
     frame = 0;
     if (!plot) build();
     else plot.setData([xs, ...ys]);
+    // The legend shows the latest values unless the pointer is over the chart.
+    if (plot && xs.length && !(plot.cursor.left >= 0)) plot.setLegend({ idx: xs.length - 1 });
   }
 
   function schedule() {

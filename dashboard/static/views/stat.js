@@ -36,11 +36,10 @@ window.Dashboard.views.stat = function (panel) {
       hi += 1;
       lo -= 1;
     }
-    const step = 100 / (points - 1);
-    const start = 100 - (values.length - 1) * step;
-    const coords = values.map((v, i) => (start + i * step).toFixed(2) + "," + (28 - ((v - lo) / (hi - lo)) * 26).toFixed(2));
+    const step = 100 / (values.length - 1);
+    const coords = values.map((v, i) => (i * step).toFixed(2) + "," + (28 - ((v - lo) / (hi - lo)) * 26).toFixed(2));
     line.setAttribute("points", coords.join(" "));
-    area.setAttribute("points", start.toFixed(2) + ",30 " + coords.join(" ") + " 100,30");
+    area.setAttribute("points", "0,30 " + coords.join(" ") + " 100,30");
   }
 
   return {
