@@ -132,6 +132,7 @@ class ScriptedChat(Feed):
     class Options(Feed.Options):
         words: int = 200
         delay: float = 0.05
+        max_queue: int = 10  # prompts waiting; more get 429
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -144,6 +145,8 @@ class ScriptedChat(Feed):
 
     async def prompt(self, request: Request) -> JSONResponse:
         body = await request.json()
+        if self.queue.qsize() >= self.options.max_queue:
+            return JSONResponse({"error": {"code": "busy", "message": "queue full"}}, status_code=429)
         completion = f"cmpl-{next(self.ids)}"
         await self.queue.put((completion, body["prompt"]))
         return JSONResponse({"completion": completion}, status_code=202)

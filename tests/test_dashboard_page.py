@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.browser import ARTIFACTS
 from tests.feeds_for_tests import HOSTILE_HTML, HOSTILE_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +43,14 @@ def wait_published(server, topic: str, count: int, timeout: float = 20.0) -> Non
                 return
             time.sleep(0.05)
     raise AssertionError(f"topic {topic!r} did not publish {count} events within {timeout}s")
+
+
+def wait_published_more(server, topic: str, more: int) -> int:
+    """Wait for `more` events beyond what `topic` has published now; returns the new total."""
+    with server.client() as client:
+        now = client.get("/api/topics").json()["topics"][topic]["published"]
+    wait_published(server, topic, now + more)
+    return now + more
 
 
 def panel(page, title: str):
@@ -94,6 +101,20 @@ def test_panels_fill_from_history_then_update_live(serve, open_page):
     assert panel(page, "Walk now").locator(".spark-line").get_attribute("points")
     assert panel(page, "Random walk").locator("canvas").count() == 1
     assert '"time"' in panel(page, "Clock (latest event)").locator(".json-latest").text_content()
+    # Hovering the log pauses it: new events wait, counted, until the pointer leaves.
+    lines = log.locator(".log-line")
+    log.locator(".log-lines").hover()
+    held = lines.count()
+    wait_published_more(server, "counter", 3)
+    page.wait_for_function(
+        "() => /paused · [3-9]|paused · \\d\\d/.test(document.querySelector('.log-paused').textContent)"
+    )
+    assert lines.count() == held
+    page.mouse.move(0, 0)
+    page.wait_for_function("([n]) => document.querySelectorAll('.log-line').length >= n", arg=[held + 3])
+    assert log.locator(".log-paused").is_hidden()
+    numbers = log_numbers(page, "Event log")
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
     for title in ("Random walk", "Counter", "Event log", "Notifications"):
         assert panel(page, title).locator("[data-role=status]").text_content() == "running", title
         assert "ago" in panel(page, title).locator("[data-role=age]").text_content() or "just now" in (
@@ -202,6 +223,37 @@ def test_reconnects_after_restart_and_misses_no_event(serve, open_page):
     assert csp_errors(opened) == []
 
 
+def test_a_refused_stream_shows_offline_and_is_retried_until_it_comes_back(serve, open_page):
+    config = f"""
+        server: {{retry_ms: 300}}
+        topics:
+          counter: {{feed: "{TESTS}:Counter", options: {{interval: 0.1}}}}
+        panels:
+          - {{topic: counter, title: Log, view: log, options: {{status: false}}}}
+        """
+    server = serve(config)
+    opened = open_page(server.url)
+    page = opened.page
+    page.wait_for_function("() => document.querySelectorAll('.log-line').length >= 3")
+    # The server comes back without the topic: /sse answers 404 and EventSource gives up for good.
+    server.stop()
+    server.config.write_text("topics:\n  other: {feed: demo}\n")
+    server.start()
+    page.wait_for_selector("#connection[data-state=offline]")
+    before = log_numbers(page, "Log")
+    # With the topic back, the page's own retry reconnects and resumes from the last id it saw.
+    server.stop()
+    server.config.write_text(textwrap.dedent(config))
+    server.start()
+    page.wait_for_selector("#connection[data-state=live]")
+    page.wait_for_function(
+        "([n]) => document.querySelectorAll('.log-line').length >= n", arg=[len(before) + 5]
+    )
+    after = log_numbers(page, "Log")[len(before) :]
+    assert after == list(range(1, len(after) + 1)), after
+    assert len([url for url in opened.requests if "/sse" in url]) >= 2
+
+
 def test_crashing_feed_shows_restarting_with_its_error_as_text(serve, open_page):
     server = serve(
         f"""
@@ -259,6 +311,17 @@ def test_chat_view_streams_an_answer_as_text_and_stop_cancels_it(serve, open_pag
     assert answer.text_content().split() == words
     assert stop.is_disabled()
     assert csp_errors(opened) == []
+
+
+def test_chat_view_says_busy_on_429_and_keeps_the_prompt(serve, open_page):
+    server = serve(f'topics:\n  chat: {{feed: "{TESTS}:ScriptedChat", options: {{max_queue: 0}}}}\n')
+    page = open_page(server.url).page
+    box = page.locator("section.panel[data-topic=chat]")
+    box.locator("textarea").fill("Are you there?")
+    box.locator("button[data-role=send]").click()
+    box.locator("[data-role=note]", has_text="Busy").wait_for()
+    assert box.locator("textarea").input_value() == "Are you there?"
+    assert box.locator(".chat-exchange").count() == 0
 
 
 @pytest.mark.skipif(not (ROOT / "feeds" / "ai.py").exists(), reason="ai feed not merged yet")
@@ -326,7 +389,6 @@ def test_themes_keyboard_and_phone(serve, open_page):
         assert (sum(channels) / 3 > 128) == (scheme == "light"), background
         path = opened.screenshot(f"dashboard-{scheme}.png")
         assert csp_errors(opened) == []
-    shutil.copy(ARTIFACTS / "dashboard-light.png", ARTIFACTS / "screenshot.png")
 
     # Keyboard: Tab reaches the prompt box and the Send button, with a visible focus ring.
     page.locator("body").focus()
