@@ -82,10 +82,13 @@
         console.error("panel", topic, "could not show an event:", err);
       }
     }
-    updateAges();
+    if (!agesFrame) agesFrame = requestAnimationFrame(updateAges); // once per frame, not per event
   }
 
+  let agesFrame = 0;
+
   function updateAges() {
+    agesFrame = 0;
     const now = Date.now();
     for (const list of byTopic.values()) {
       for (const panel of list) {
