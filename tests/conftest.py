@@ -1,5 +1,6 @@
 import pytest
 
+from tests.browser import browser, open_page  # noqa: F401  (real Chromium fixtures)
 from tests.support import ServerFactory
 
 

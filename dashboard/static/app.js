@@ -1,66 +1,164 @@
-// The live dashboard: one multiplexed EventSource for every panel; feed text lands as text only.
+// The live dashboard: one multiplexed EventSource for every panel on the page.
+//
+// `event:` is the topic (`cpu`) or `topic:type` (`chat:token`, `cpu:status`). Each event has an id;
+// the browser resumes with Last-Event-ID by itself, and when it gives up (the server answered with
+// an error) we open a new stream with `?last_event_id=` so that nothing is missed or repeated.
 "use strict";
 
 (function () {
+  const { views, util } = window.Dashboard;
   const grid = document.getElementById("panels");
   const connection = document.getElementById("connection");
-  const panels = new Map();
+  const OFFLINE_AFTER_MS = 10000; // reconnecting this long -> "offline" (still retrying)
+
+  // -- panels ------------------------------------------------------------------------------------
+  const byTopic = new Map();
+  const lastId = new Map(); // topic -> last id shown: replays never show an event twice
+
   for (const el of document.querySelectorAll(".panel")) {
-    const topic = el.dataset.topic;
-    if (!panels.has(topic)) panels.set(topic, []);
-    panels.get(topic).push({
+    const panel = {
       el,
-      latest: el.querySelector('[data-role="latest"]'),
-      status: el.querySelector('[data-role="status"]'),
-      age: el.querySelector('[data-role="age"]'),
+      topic: el.dataset.topic,
+      view: el.dataset.view,
+      events: JSON.parse(el.dataset.events || "[]"),
+      options: JSON.parse(el.dataset.options || "{}"),
+      body: el.querySelector('[data-role="body"]'),
+      statusEl: el.querySelector('[data-role="status"]'),
+      ageEl: el.querySelector('[data-role="age"]'),
+      errorEl: el.querySelector('[data-role="error"]'),
       updated: 0,
-    });
+      state: "waiting",
+    };
+    const make = views[panel.view] || views.json;
+    try {
+      panel.handler = make(panel);
+    } catch (err) {
+      console.error("panel", panel.topic, "view", panel.view, "failed to start:", err);
+      panel.handler = views.json(panel);
+    }
+    if (!byTopic.has(panel.topic)) byTopic.set(panel.topic, []);
+    byTopic.get(panel.topic).push(panel);
   }
 
-  function parse(data) {
-    try { return JSON.parse(data); } catch (e) { return data; }
+  function setState(panel, state, detail) {
+    panel.state = state;
+    panel.el.dataset.status = state;
+    panel.statusEl.dataset.state = state;
+    panel.statusEl.textContent = state;
+    panel.errorEl.hidden = !detail;
+    panel.errorEl.textContent = detail || "";
   }
 
-  function show(topic, type, event) {
-    const value = parse(event.data);
-    for (const panel of panels.get(topic) || []) {
+  function showStatus(panel, status) {
+    const state = util.isObject(status) && typeof status.state === "string" ? status.state : "unknown";
+    let detail = "";
+    if (state === "restarting") {
+      detail = status.error ? String(status.error) : "the feed failed";
+      if (typeof status.retry_in === "number") detail += " (retry in " + util.formatNumber(status.retry_in) + "s)";
+    }
+    setState(panel, state, detail);
+    panel.statusEl.title = util.isObject(status) && status.restarts ? "restarts: " + status.restarts : "";
+  }
+
+  function deliver(topic, type, event) {
+    // A topic named "error" or "open" shares its name with the EventSource's own events.
+    if (!(event instanceof MessageEvent)) return;
+    const id = Number(event.lastEventId);
+    if (id && id <= (lastId.get(topic) || 0)) return; // already shown
+    if (id) lastId.set(topic, id);
+    const data = util.parse(event.data);
+    const meta = { id: event.lastEventId, time: util.idTime(event.lastEventId) || Date.now(), type };
+    for (const panel of byTopic.get(topic) || []) {
       if (type === "status") {
-        panel.status.textContent = value && value.state ? value.state : String(value);
-        panel.el.dataset.status = panel.status.textContent;
+        showStatus(panel, data);
+        if (panel.handler.status) panel.handler.status(data, meta);
         continue;
       }
-      panel.latest.textContent = typeof value === "string" ? value : JSON.stringify(value, null, 2);
-      panel.el.dataset.lastId = event.lastEventId;
-      panel.updated = Date.now();
-      if (panel.el.dataset.status !== "restarting") panel.status.textContent = "live";
+      panel.updated = Math.max(panel.updated, meta.time);
+      if (panel.state === "waiting") setState(panel, "running");
+      try {
+        panel.handler.event(type, data, meta);
+      } catch (err) {
+        console.error("panel", topic, "could not show an event:", err);
+      }
+    }
+    if (!agesFrame) agesFrame = requestAnimationFrame(updateAges); // once per frame, not per event
+  }
+
+  let agesFrame = 0;
+
+  function updateAges() {
+    agesFrame = 0;
+    const now = Date.now();
+    for (const list of byTopic.values()) {
+      for (const panel of list) {
+        if (panel.updated) {
+          const label = util.ago(panel.updated, now);
+          if (panel.ageEl.textContent !== label) panel.ageEl.textContent = label;
+          const stale = panel.options.stale_after;
+          panel.el.classList.toggle("stale", typeof stale === "number" && now - panel.updated > stale * 1000);
+        }
+        if (panel.handler.tick) panel.handler.tick(now);
+      }
     }
   }
 
+  // -- the connection ----------------------------------------------------------------------------
+  const topics = JSON.parse(grid.dataset.topics || "[]");
+  let source = null;
+  let downSince = 0;
+  let manualRetry = 0;
+
   function setConnection(state) {
+    if (connection.dataset.state === state) return;
     connection.dataset.state = state;
     connection.textContent = state;
   }
 
-  const topics = JSON.parse(grid.dataset.topics);
-  const query = topics.map((t) => "topic=" + encodeURIComponent(t)).join("&");
-  const source = new EventSource("/sse?" + query);
-  for (const topic of topics) {
-    source.addEventListener(topic, (e) => show(topic, "message", e));
+  function resumeFrom() {
+    let max = 0;
+    for (const id of lastId.values()) max = Math.max(max, id);
+    return max;
   }
-  for (const [topic, list] of panels) {
-    for (const type of JSON.parse(list[0].el.dataset.events)) {
-      source.addEventListener(topic + ":" + type, (e) => show(topic, type, e));
-    }
-  }
-  source.onopen = () => setConnection("live");
-  source.onerror = () => setConnection(source.readyState === EventSource.CLOSED ? "offline" : "reconnecting");
 
-  setInterval(() => {
-    const now = Date.now();
-    for (const list of panels.values()) {
-      for (const panel of list) {
-        if (panel.updated) panel.age.textContent = Math.round((now - panel.updated) / 1000) + "s ago";
+  function connect() {
+    const params = topics.map((t) => "topic=" + encodeURIComponent(t));
+    const from = resumeFrom();
+    if (from) params.push("last_event_id=" + from);
+    source = new EventSource("sse?" + params.join("&"));
+    for (const [topic, list] of byTopic) {
+      source.addEventListener(topic, (e) => deliver(topic, "message", e));
+      for (const type of list[0].events) {
+        source.addEventListener(topic + ":" + type, (e) => deliver(topic, type, e));
       }
     }
+    source.onopen = (e) => {
+      if (e instanceof MessageEvent) return; // an event of a topic named "open"
+      downSince = 0;
+      manualRetry = 0;
+      setConnection("live");
+    };
+    source.onerror = (e) => {
+      if (e instanceof MessageEvent) return; // an event of a topic named "error"
+      if (!downSince) downSince = Date.now();
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (an error status, e.g. 503 while the server stops): retry ourselves.
+        setConnection("offline");
+        source = null;
+        manualRetry = Math.min(manualRetry + 1, 6);
+        setTimeout(connect, 500 * 2 ** (manualRetry - 1));
+      } else {
+        setConnection(Date.now() - downSince > OFFLINE_AFTER_MS ? "offline" : "reconnecting");
+      }
+    };
+  }
+
+  if (topics.length) connect();
+  setInterval(() => {
+    updateAges();
+    if (downSince && source && source.readyState !== EventSource.OPEN && Date.now() - downSince > OFFLINE_AFTER_MS) {
+      setConnection("offline");
+    }
   }, 1000);
+  window.addEventListener("offline", () => setConnection("offline"));
 })();

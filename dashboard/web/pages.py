@@ -23,23 +23,32 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+# The views the page knows (dashboard/static/views/*.js); a feed suggesting another gets "json".
+VIEWS = ("chart", "stat", "list", "log", "chat", "json")
+
 
 async def index(request: Request) -> Response:
     """GET /: one panel per configured panel, all fed by one multiplexed EventSource."""
     runtime = request.app.state.runtime
     config = runtime.config
     panels = []
-    for panel in config.effective_panels():
+    for number, panel in enumerate(config.effective_panels(), 1):
         feed_class = config.topics[panel.topic].feed_class
+        # Only what the page needs: never the topic's feed options (they may hold secrets).
         panels.append(
             {
+                "id": f"panel-{number}",
                 "topic": panel.topic,
                 "title": panel.title,
-                "view": panel.view,
+                "view": panel.view if panel.view in VIEWS else "json",
                 "size": panel.size,
                 "events": [STATUS_EVENT, *feed_class.event_types],
+                "options": panel.options,
             }
         )
-    return templates.TemplateResponse(
-        request, "index.html", {"panels": panels, "topics": list(config.topics)}, headers=SECURITY_HEADERS
-    )
+    context = {
+        "panels": panels,
+        "topics": list(dict.fromkeys(panel["topic"] for panel in panels)),
+        "views": sorted({panel["view"] for panel in panels}),  # each view's script is loaded once
+    }
+    return templates.TemplateResponse(request, "index.html", context, headers=SECURITY_HEADERS)

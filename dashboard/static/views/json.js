@@ -1,0 +1,15 @@
+// json view: the latest event, pretty-printed as text.
+"use strict";
+
+window.Dashboard.views.json = function (panel) {
+  const { el, clock } = window.Dashboard.util;
+  const about = el("p", { className: "json-about" });
+  const pre = el("pre", { className: "json-latest", attrs: { tabindex: "0" } });
+  panel.body.append(about, pre);
+  return {
+    event(type, data, meta) {
+      pre.textContent = typeof data === "string" ? data : JSON.stringify(data, null, 2);
+      about.textContent = (type === "message" ? "" : type + " · ") + clock(meta.time);
+    },
+  };
+};
