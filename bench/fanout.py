@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench.harness import TARGETS, Skipped, drive, machine, start
+from bench.harness import TARGETS, Run, Skipped, drive, machine, start
+
+__all__ = ["Run", "measure", "report"]
 
 
 def measure(subscribers: int, rate: float, seconds: float) -> dict[str, object]:
