@@ -15,6 +15,8 @@ from dashboard import broker as brokers
 from dashboard.config import Config
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
+from dashboard.relay import Relay
+from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, sse
 from dashboard.web.errors import EXCEPTION_HANDLERS
@@ -36,6 +38,7 @@ class Runtime:
         self.supervisor = Supervisor(self.publish, backoff)
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
+        self.relay = Relay(config.ai)
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
@@ -60,6 +63,7 @@ class Runtime:
         finally:
             self.close_streams()
             await self.supervisor.stop()
+            await self.relay.aclose()
             await self.broker.disconnect()
 
 
@@ -81,6 +85,8 @@ def create_app(config: Config) -> Starlette:
         Route("/sse/{topic}", sse.topic_stream),
         Route("/api/topics", api.topics),
         Route("/healthz", api.healthz),
+        Route("/v1/chat/completions", relay_routes.chat_completions, methods=["POST"]),
+        Route("/v1/models", relay_routes.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
