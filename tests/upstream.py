@@ -311,6 +311,10 @@ class Scenario:
             await self.send(b": keepalive\n\n")
             await asyncio.sleep(0.1)
 
+    async def s_silent(self, n: int) -> None:
+        """Takes the request and says nothing at all."""
+        await asyncio.sleep(30)
+
     async def s_idle(self, n: int) -> None:
         await self.start_stream()
         for f in answer_frames(self.provider, self.body)[:3]:
@@ -378,6 +382,11 @@ ai:
       models: ["h-*"]
       retries: {{attempts: 1}}
       timeouts: {{connect: 0.5, first_token: 0.8, idle: 0.8, total: 2.0}}
+    - name: slowpoke
+      base_url: {upstream_url}/a/v1
+      models: ["z-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{first_token: 5, idle: 5, total: 1.5}}
     - name: blackhole
       base_url: http://127.0.0.1:{blackhole_port}/v1
       models: ["c-*"]
