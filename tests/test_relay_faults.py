@@ -135,7 +135,8 @@ def test_client_disconnect_closes_the_upstream_within_a_second(server, upstream,
     model = "t-slow"
     before = len(upstream.requests(model))
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        body = {"model": model, "messages": [{"role": "user", "content": f"leave {stream}"}], "stream": stream}
+        messages = [{"role": "user", "content": f"leave {stream}"}]
+        body = {"model": model, "messages": messages, "stream": stream}
         if stream:
             with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 lines = response.iter_lines()
