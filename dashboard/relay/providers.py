@@ -60,7 +60,13 @@ class Provider:
             self.headers["authorization"] = f"Bearer {key}"
         self.headers.update(config.headers)
         self.redactor = Redactor([key, *config.headers.values()])
-        self._client: httpx.AsyncClient | None = None
+        t = self.timeouts
+        # Read gaps are timed by the relay itself (first token, idle), so it can say which expired.
+        self._timeouts = {"connect": t.connect, "read": None, "write": t.first_token, "pool": t.connect}
+        base = "http://simulated.invalid/v1" if self.simulated else (config.base_url or "").rstrip("/")
+        self.chat_url = httpx.URL(base + "/chat/completions")
+        self.models_url = httpx.URL(base + "/models")
+        self.transport = self._make_transport()
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.config.models)
@@ -69,27 +75,25 @@ class Provider:
         """The model names written out in full (patterns without wildcards)."""
         return [m for m in self.config.models if not any(c in m for c in "*?[")]
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
-
-    def _make_client(self) -> httpx.AsyncClient:
-        t = self.timeouts
-        # Read gaps are timed by the relay itself (first token, idle), so it can say which expired.
-        timeout = httpx.Timeout(connect=t.connect, read=None, write=t.first_token, pool=t.connect)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30)
+    def _make_transport(self) -> httpx.AsyncBaseTransport:
         if self.simulated:
             from dashboard.relay.simulated import SimulatedTransport
 
-            return httpx.AsyncClient(
-                transport=SimulatedTransport(self.config.simulation),
-                base_url="http://simulated.invalid/v1",
-                timeout=timeout,
-            )
-        base_url = (self.config.base_url or "").rstrip("/")
-        return httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
+            return SimulatedTransport(self.config.simulation)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30)
+        return httpx.AsyncHTTPTransport(limits=limits)
+
+    def request(self, method: str, url: httpx.URL, content: bytes = b"") -> httpx.Request:
+        return httpx.Request(
+            method, url, headers=self.headers, content=content, extensions={"timeout": self._timeouts}
+        )
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Straight to the transport: the relay needs no cookies, redirects or auth flows, and this
+        is the hot path (httpx's client layers cost more than the rest of the relay together)."""
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
 
     def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         prices = self.config.prices
@@ -98,6 +102,4 @@ class Provider:
         return (prompt_tokens * prices.input + completion_tokens * prices.output) / 1_000_000
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.transport.aclose()

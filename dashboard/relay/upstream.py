@@ -268,14 +268,12 @@ async def _complete_once(
 ) -> tuple[bytes, dict[str, Any]]:
     loop = asyncio.get_running_loop()
     first = min(deadline, loop.time() + provider.timeouts.first_token)
-    request = provider.client.build_request(
-        "POST", "chat/completions", content=payload, headers=provider.headers
-    )
+    request = provider.request("POST", provider.chat_url, payload)
     response: httpx.Response | None = None
     try:
         try:
             async with asyncio.timeout_at(first):
-                response = await provider.client.send(request, stream=True)
+                response = await provider.send(request)
         except TimeoutError:
             raise _first_token_expired(provider, deadline, first) from None
         if response.status_code >= 400:
@@ -348,11 +346,10 @@ class UpstreamStream:
         provider = self.provider
         loop = asyncio.get_running_loop()
         first = min(self.deadline, loop.time() + provider.timeouts.first_token)
-        client = provider.client
-        request = client.build_request("POST", "chat/completions", content=payload, headers=provider.headers)
+        request = provider.request("POST", provider.chat_url, payload)
         try:
             async with asyncio.timeout_at(first):
-                self.response = response = await client.send(request, stream=True)
+                self.response = response = await provider.send(request)
                 if response.status_code >= 400:
                     raise await _status_error(provider, response, first)
                 ctype = response.headers.get("content-type", "")
@@ -524,7 +521,9 @@ async def list_models(relay: Relay, ttl: float = 60.0) -> list[dict[str, Any]]:
             return []
         try:
             async with asyncio.timeout(provider.timeouts.connect + 5):
-                response = await provider.client.get("models", headers=provider.headers)
+                response = await provider.send(provider.request("GET", provider.models_url))
+                await response.aread()
+            await response.aclose()
             response.raise_for_status()
             data = response.json().get("data") or []
             return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
