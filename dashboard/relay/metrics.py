@@ -36,6 +36,7 @@ class Measure:
     """Timestamps (perf_counter seconds) and counts of one completion, from request to end."""
 
     model: str
+    label: str = ""  # the model as a metrics label: a configured name or pattern, never free text
     started: float = field(default_factory=now)
     first_attempt: float | None = None  # the relay is done preparing and asks a provider
     first_event_in: float | None = None  # the serving provider's first event arrived
@@ -88,6 +89,6 @@ class Measure:
         COMPLETIONS.labels(provider, self.outcome).inc()
         ttft, overhead = self.ttft(), self.overhead()
         if ttft is not None:
-            TIME_TO_FIRST_TOKEN.labels(provider, self.model).observe(ttft)
+            TIME_TO_FIRST_TOKEN.labels(provider, self.label or self.model).observe(ttft)
         if overhead is not None:
             RELAY_OVERHEAD.labels(provider).observe(overhead)

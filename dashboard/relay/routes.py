@@ -74,9 +74,10 @@ async def chat_completions(request: Request) -> Any:
     relay: Relay = runtime.relay
     measure.model = body["model"]
     try:
-        relay.route(body["model"])
+        providers = relay.route(body["model"])
     except RelayError as exc:
         return _relay_error_response(exc)
+    measure.label = relay.model_label(providers[0], body["model"])
     if body.get("stream"):
         return RelayedStream(relay, body, measure)
     return RelayedCompletion(relay, body, measure)
