@@ -124,10 +124,10 @@ def test_total_timeout_is_named_mid_stream(server):
 def test_timeouts_on_non_streamed_requests_are_named_too(server):
     with pytest.raises(openai.InternalServerError) as info:
         ask(server, "h-silent", stream=False)
-    assert info.value.code == "first_token_timeout"
+    assert info.value.code == "first_token_timeout", info.value.message
     with pytest.raises(openai.InternalServerError) as info:
         ask(server, "z-no-first-token", stream=False)  # a body that trickles for ever
-    assert info.value.code == "total_timeout"
+    assert info.value.code == "total_timeout", info.value.message
 
 
 @pytest.mark.parametrize("stream", [True, False])
