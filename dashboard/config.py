@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
 from dashboard.errors import ConfigError, ConfigIssue, DashboardError
 from dashboard.feed import Feed, resolve_feed
@@ -18,7 +18,15 @@ _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 DEFAULT_CONFIG = """\
 # Built-in default: works offline, with no keys.
+ai:
+  providers:
+    - {name: simulated, type: simulated, models: [simulated]}
 topics:
+  assistant:
+    feed: ai
+    title: Assistant (simulated)
+    history: 5000
+    options: {model: simulated}
   clock:
     feed: demo
     options: {mode: clock, interval: 1.0}
@@ -58,6 +66,80 @@ class SupervisorConfig(Strict):
     max_backoff: float = Field(60.0, gt=0)
 
 
+class AITimeouts(Strict):
+    """Seconds each phase of an upstream request may take; each has its own error when it expires."""
+
+    connect: float = Field(5.0, gt=0, description="to open the connection to the provider")
+    first_token: float = Field(60.0, gt=0, description="from sending the request to the first event")
+    idle: float = Field(30.0, gt=0, description="longest gap between two events of a stream")
+    total: float = Field(600.0, gt=0, description="the whole completion, retries included")
+
+
+class AIPrices(Strict):
+    """US dollars per million tokens, for the cost reported with each completion."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class AIRetries(Strict):
+    """Retries before the first token is relayed: connect errors, 429 and 5xx."""
+
+    attempts: int = Field(3, ge=1, description="tries per provider, the first included")
+    backoff: float = Field(0.5, ge=0, description="first backoff in seconds, doubled each retry, jittered")
+    max_backoff: float = Field(8.0, ge=0)
+    max_retry_after: float = Field(
+        30.0, ge=0, description="longest Retry-After honoured; a longer one moves on to the next provider"
+    )
+
+
+class AISimulation(Strict):
+    """The pace of the built-in simulated provider."""
+
+    tokens_per_s: float = Field(40.0, gt=0)
+    first_token_ms: float = Field(300.0, ge=0)
+
+
+class AIProvider(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    type: Literal["openai", "simulated"] = "openai"
+    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1")
+    api_key: SecretStr | None = Field(None, description="from the environment: ${OPENAI_API_KEY}")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns of model names")
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: AITimeouts = Field(default_factory=AITimeouts)
+    retries: AIRetries = Field(default_factory=AIRetries)
+    prices: AIPrices | None = None
+    include_usage: bool = Field(
+        True, description="ask streams for a usage chunk (stream_options.include_usage) to measure tokens"
+    )
+    simulation: AISimulation = Field(default_factory=AISimulation)
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> AIProvider:
+        if self.type == "openai" and not self.base_url:
+            raise ValueError(f"provider {self.name!r} needs a base_url (or type: simulated)")
+        return self
+
+
+def _simulated_only() -> list[AIProvider]:
+    return [AIProvider(name="simulated", type="simulated", models=["simulated"])]
+
+
+class AIConfig(Strict):
+    """OpenAI-compatible providers behind /v1 and the `ai` feed; the first whose models match is used."""
+
+    providers: list[AIProvider] = Field(default_factory=_simulated_only)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AIConfig:
+        names = [p.name for p in self.providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"provider names must be unique: {', '.join(duplicates)}")
+        return self
+
+
 class TopicConfig(Strict):
     feed: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -89,6 +171,7 @@ class Config(Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    ai: AIConfig = Field(default_factory=AIConfig)
     topics: dict[str, TopicConfig] = Field(default_factory=dict)
     panels: list[PanelConfig] | None = None
 

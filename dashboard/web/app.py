@@ -18,6 +18,8 @@ from dashboard import broker as brokers
 from dashboard.config import Config
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
+from dashboard.relay import Relay
+from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
 from dashboard.web.errors import EXCEPTION_HANDLERS
@@ -41,6 +43,7 @@ class Runtime:
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
+        self.relay = Relay(config.ai)
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
@@ -67,6 +70,7 @@ class Runtime:
             self.close_streams()
             heartbeat.cancel()
             await self.supervisor.stop()
+            await self.relay.aclose()
             await self.broker.disconnect()
 
 
@@ -99,6 +103,8 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", api.healthz),
         Route("/publish/{topic}", publish.publish, methods=["POST"]),
         Route("/metrics", telemetry.endpoint),
+        Route("/v1/chat/completions", relay_routes.chat_completions, methods=["POST"]),
+        Route("/v1/models", relay_routes.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]

@@ -1,0 +1,108 @@
+"""The relay's errors, grouped by cause; each knows the HTTP status and OpenAI error it becomes."""
+
+from __future__ import annotations
+
+from dashboard.errors import DashboardError
+
+
+class RelayError(DashboardError):
+    """Base class: a completion could not be relayed (or was cut short)."""
+
+    status = 502
+    code = "upstream_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def as_openai(self) -> dict:
+        """The body of an OpenAI-shaped error: `{"error": {...}}`."""
+        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+
+
+class NoProvider(RelayError):
+    """No configured provider serves the requested model."""
+
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+
+# -- timeouts --------------------------------------------------------------------------------
+class RelayTimeout(RelayError):
+    """One of the four timeouts expired; `which` names it."""
+
+    status = 504
+    type = "timeout"
+    which = ""
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return f"{self.which}_timeout"
+
+
+class ConnectTimeout(RelayTimeout):
+    """The connection to the provider was not open in time."""
+
+    which = "connect"
+
+
+class FirstTokenTimeout(RelayTimeout):
+    """The provider sent no event in time after the request."""
+
+    which = "first_token"
+
+
+class IdleTimeout(RelayTimeout):
+    """The provider went quiet between two events for too long."""
+
+    which = "idle"
+
+
+class TotalTimeout(RelayTimeout):
+    """The completion as a whole took too long."""
+
+    which = "total"
+
+
+# -- the provider failed -------------------------------------------------------------------------
+class UpstreamUnreachable(RelayError):
+    """The provider could not be connected to."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamStatus(RelayError):
+    """The provider answered with an error status (its message is passed on, keys redacted)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.upstream_status = status
+        if status == 429:
+            self.status, self.code, self.type = 429, code or "rate_limited", "rate_limit_error"
+        elif 400 <= status < 500 and status not in (401, 403):
+            # The request itself was refused (bad parameters, unknown model): the client's to fix.
+            self.status, self.code, self.type = status, code or "upstream_rejected", "invalid_request_error"
+        else:
+            # 5xx, or 401/403: the provider or the relay's own credentials, never the client's.
+            self.status, self.code, self.type = 502, code or "upstream_error", "server_error"
+
+
+class UpstreamProtocolError(RelayError):
+    """The provider's answer is not a well-formed OpenAI response or event stream."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamIncomplete(RelayError):
+    """The provider's stream broke off before the answer was complete."""
+
+    code = "upstream_incomplete"
+
+
+class UpstreamStreamError(RelayError):
+    """The provider sent an error object in the middle of a stream."""
+
+    code = "upstream_stream_error"

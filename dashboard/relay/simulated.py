@@ -1,0 +1,151 @@
+"""The built-in simulated provider: an OpenAI-compatible upstream that needs no key and no network.
+
+It is an httpx transport, so the relay reads it exactly as it reads a real provider: the same
+request, the same SSE parsing (its frames are even cut at random places), the same timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from dashboard.config import AISimulation
+
+MODEL = "simulated"
+_ANSWER = (
+    "This answer comes from the dashboard's built-in simulated provider: no key, no network, "
+    "just a stream paced like a real model. You asked: \u201c{prompt}\u201d. To talk to a real model, add "
+    "a provider under ai.providers in config.yaml with its base_url and an api_key read from the "
+    "environment, such as ${{OPENAI_API_KEY}}; the key stays on the server. Every completion reports "
+    "its time to first token, the relay's own overhead, tokens per second and, when prices are "
+    "configured, its cost."
+)
+
+
+def _words(text: str) -> list[str]:
+    """The answer as tokens: each word with its leading space, as models stream them."""
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _count_tokens(body: dict[str, Any]) -> int:
+    text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict))
+    return max(1, len(text.split()))
+
+
+def _frame(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, body: dict[str, Any], pace: AISimulation) -> None:
+        self.body = body
+        self.pace = pace
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body, pace = self.body, self.pace
+        prompt = _last_user_text(body)[:200]
+        tokens = _words(_ANSWER.format(prompt=prompt))
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens, finish = tokens[:limit], "length"
+        base = {"id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}", "object": "chat.completion.chunk"}
+        base |= {"created": int(time.time()), "model": MODEL, "system_fingerprint": "simulated"}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return _frame({**base, "choices": [choice]})
+
+        await asyncio.sleep(pace.first_token_ms / 1000)
+        yield chunk({"role": "assistant", "content": ""})
+        for token in tokens:
+            frame = chunk({"content": token})
+            cut = random.randrange(1, len(frame))  # as a network would: anywhere
+            yield frame[:cut]
+            yield frame[cut:]
+            await asyncio.sleep(random.uniform(0.5, 1.5) / pace.tokens_per_s)
+        yield chunk({}, finish)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            prompt_tokens = _count_tokens(body)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
+            }
+            yield _frame({**base, "choices": [], "usage": usage})
+        yield _frame("[DONE]")
+
+
+class SimulatedTransport(httpx.AsyncBaseTransport):
+    """Serves POST /v1/chat/completions (streamed or not) and GET /v1/models in process."""
+
+    def __init__(self, pace: AISimulation) -> None:
+        self.pace = pace
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/models"):
+            model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "simulated"}
+            return httpx.Response(200, json={"object": "list", "data": [model]})
+        if request.method != "POST" or not path.endswith("/chat/completions"):
+            return _error(404, f"no route {request.method} {path}", "not_found")
+        try:
+            body = json.loads(await request.aread())
+        except ValueError:
+            return _error(400, "the body is not JSON", "invalid_json")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "messages must be a list", "invalid_request")
+        if body.get("stream"):
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, headers=headers, stream=_Stream(body, self.pace))
+        return httpx.Response(200, json=await _completion(body, self.pace))
+
+
+async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any]:
+    tokens = _words(_ANSWER.format(prompt=_last_user_text(body)[:200]))
+    await asyncio.sleep(pace.first_token_ms / 1000 + len(tokens) / pace.tokens_per_s / 4)
+    prompt_tokens = _count_tokens(body)
+    return {
+        "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(tokens)},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        },
+    }
+
+
+def _error(status: int, message: str, code: str) -> httpx.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    return httpx.Response(status, json=body)

@@ -1,0 +1,541 @@
+"""The relay's core: routes a request to providers, retries and falls back until the first event,
+then reads the chosen provider's stream under the idle and total timeouts.
+
+Both `POST /v1/chat/completions` and the `ai` feed go through `Relay.open_stream` / `Relay.complete`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, TypeVar
+
+import httpx
+
+from dashboard.config import AIConfig
+from dashboard.relay.errors import (
+    ConnectTimeout,
+    FirstTokenTimeout,
+    IdleTimeout,
+    NoProvider,
+    RelayError,
+    TotalTimeout,
+    UpstreamIncomplete,
+    UpstreamProtocolError,
+    UpstreamStatus,
+    UpstreamStreamError,
+    UpstreamUnreachable,
+)
+from dashboard.relay.metrics import Measure, now
+from dashboard.relay.providers import Provider
+from dashboard.relay.sse import SSEEvent, SSEParser, SSEProtocolError
+from dashboard.supervisor import Backoff
+
+log = logging.getLogger("dashboard.relay")
+# httpx logs every request at INFO; the relay logs one line per completion instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+T = TypeVar("T")
+_DONE = b"[DONE]"
+_RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+_MAX_BODY = 64 << 20  # a non-streamed answer larger than this is not a chat completion
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One upstream data event: its bytes (passed on as they are) and its JSON."""
+
+    data: bytes
+    obj: dict[str, Any]
+    relay: bool = True  # False for the usage chunk the relay asked for and the client did not
+
+    def text(self) -> str:
+        """The text this chunk adds to the answer (content, or reasoning when that is all it has)."""
+        choices = self.obj.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        delta = choices[0].get("delta") or {}
+        if not isinstance(delta, dict):
+            return ""
+        content = delta.get("content")
+        return content if isinstance(content, str) else ""
+
+
+def _has_token(obj: dict[str, Any]) -> bool:
+    choices = obj.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        return False
+    delta = choices[0].get("delta")
+    return isinstance(delta, dict) and bool(
+        delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
+    )
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header, when there is one."""
+    ms = response.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+class Relay:
+    """The configured providers, and how one request finds one that answers."""
+
+    def __init__(self, config: AIConfig) -> None:
+        self.providers = [Provider(p) for p in config.providers]
+        self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+
+    def route(self, model: str) -> list[Provider]:
+        """The providers that serve `model`, in the configured order (the first is tried first)."""
+        providers = [p for p in self.providers if p.serves(model)]
+        if not providers:
+            served = ", ".join(sorted({m for p in self.providers for m in p.config.models})) or "none"
+            raise NoProvider(f"no provider serves model {model!r} (configured models: {served})")
+        return providers
+
+    def model_label(self, provider: Provider, model: str) -> str:
+        """The metrics label for `model`: itself when listed, else the pattern it matched (bounded)."""
+        if model in provider.config.models:
+            return model
+        return next((p for p in provider.config.models if fnmatchcase(model, p)), "other")
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(p.aclose() for p in self.providers), return_exceptions=True)
+
+    # -- streams ---------------------------------------------------------------------------------
+    async def open_stream(self, body: dict[str, Any], measure: Measure) -> UpstreamStream:
+        """A stream from the first provider that sends an event; retries and fallbacks happen here,
+        and only here, so nothing is ever sent to the client twice."""
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        payloads: dict[bool, bytes] = {}
+
+        async def attempt(provider: Provider, deadline: float) -> UpstreamStream:
+            add_usage = provider.config.include_usage and not client_wants_usage
+            if add_usage not in payloads:
+                out = {**body, "stream": True}
+                if add_usage:
+                    out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+                payloads[add_usage] = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+            stream = UpstreamStream(provider, measure, deadline, strip_usage=add_usage)
+            await stream.open(payloads[add_usage])
+            return stream
+
+        return await self._first_answer(body, measure, attempt)
+
+    async def complete(self, body: dict[str, Any], measure: Measure) -> tuple[bytes, dict[str, Any]]:
+        """A non-streamed completion: the provider's JSON body (secrets redacted) and its parse."""
+        payload = json.dumps({**body, "stream": False}, separators=(",", ":"), ensure_ascii=False).encode()
+
+        async def attempt(provider: Provider, deadline: float) -> tuple[bytes, dict[str, Any]]:
+            return await _complete_once(provider, payload, measure, deadline)
+
+        return await self._first_answer(body, measure, attempt)
+
+    async def _first_answer(
+        self,
+        body: dict[str, Any],
+        measure: Measure,
+        attempt: Callable[[Provider, float], Awaitable[T]],
+    ) -> T:
+        providers = self.route(str(body.get("model")))
+        measure.first_attempt = now()
+        loop = asyncio.get_running_loop()
+        start = loop.time() - (measure.first_attempt - measure.started)
+        errors: list[str] = []
+        error: RelayError | None = None
+        for provider in providers:
+            deadline = start + provider.timeouts.total
+            retries = provider.retries
+            backoff = Backoff(retries.backoff, retries.max_backoff)
+            measure.provider, measure.simulated = provider.name, provider.simulated
+            for n in range(1, retries.attempts + 1):
+                measure.attempts += 1
+                try:
+                    return await attempt(provider, deadline)
+                except RelayError as exc:
+                    error = exc
+                errors.append(f"{provider.name}: {error.message}")
+                if not getattr(error, "retry", False) or n == retries.attempts:
+                    break
+                wait = getattr(error, "retry_after", None)
+                if wait is None:
+                    wait = backoff.delay(n) if retries.backoff > 0 else 0.0
+                elif wait > retries.max_retry_after:
+                    break  # not worth waiting for: the next provider may answer now
+                if loop.time() + wait >= deadline:
+                    break
+                log.info("provider %r: %s; retrying in %.2fs", provider.name, error.message, wait)
+                await asyncio.sleep(wait)
+            if not getattr(error, "fallback", False):
+                break
+            if provider is not providers[-1]:
+                log.warning("provider %r failed (%s); falling back", provider.name, error.message)
+        assert error is not None
+        if len(errors) > 1:
+            error.message = f"{error.message} (attempts: {'; '.join(errors)})"
+            error.args = (error.message,)
+        raise error
+
+
+def _mark(error: RelayError, *, retry: bool, fallback: bool, retry_after: float | None = None) -> RelayError:
+    error.retry, error.fallback, error.retry_after = retry, fallback, retry_after  # type: ignore[attr-defined]
+    return error
+
+
+def _transport_error(provider: Provider, exc: httpx.TransportError, *, sent: bool) -> RelayError:
+    """A transport failure as a relay error; `sent`: the provider had started to answer."""
+    name = provider.name
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        error: RelayError = ConnectTimeout(
+            f"connect timeout ({provider.timeouts.connect:g}s) expired reaching provider {name!r}"
+        )
+        return _mark(error, retry=True, fallback=True)
+    if isinstance(exc, httpx.ConnectError):
+        reason = provider.redactor.text(str(exc)) or type(exc).__name__
+        return _mark(
+            UpstreamUnreachable(f"cannot connect to provider {name!r}: {reason}"), retry=True, fallback=True
+        )
+    what = "broke off the stream" if sent else "closed the connection before answering"
+    reason = provider.redactor.text(str(exc)) or type(exc).__name__
+    return _mark(UpstreamIncomplete(f"provider {name!r} {what}: {reason}"), retry=not sent, fallback=not sent)
+
+
+async def _status_error(provider: Provider, response: httpx.Response, deadline: float) -> RelayError:
+    """An error status from the provider, with its own message (redacted) when it gave one."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            raw = await response.aread()
+    except (TimeoutError, httpx.TransportError):
+        raw = b""
+    message, code = "", None
+    try:
+        obj = json.loads(raw[:65536])
+        err = obj.get("error", obj) if isinstance(obj, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except ValueError:
+        message = raw[:300].decode("utf-8", "replace").strip()
+    status = response.status_code
+    text = f"provider {provider.name!r} answered {status}"
+    if message:
+        text += f": {provider.redactor.text(message)}"
+    wait = retry_after(response) if status in (429, 503) else None
+    headers = {"Retry-After": str(max(1, round(wait)))} if status == 429 and wait is not None else None
+    error = UpstreamStatus(status, text, code=code if status == 429 else None, headers=headers)
+    if status in (401, 403):
+        error.message = f"{text} (check the provider's api_key on the server)"
+        error.args = (error.message,)
+    retry = status in _RETRY_STATUSES or status >= 500
+    return _mark(error, retry=retry, fallback=retry or status in (401, 403, 404), retry_after=wait)
+
+
+def _first_token_expired(provider: Provider, deadline: float, first: float) -> RelayError:
+    if deadline <= first:
+        return TotalTimeout(
+            f"total timeout ({provider.timeouts.total:g}s) expired waiting for {provider.name!r}"
+        )
+    return FirstTokenTimeout(
+        f"first token timeout ({provider.timeouts.first_token:g}s) expired: "
+        f"provider {provider.name!r} sent no event in time"
+    )
+
+
+async def _complete_once(
+    provider: Provider, payload: bytes, measure: Measure, deadline: float
+) -> tuple[bytes, dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    first = min(deadline, loop.time() + provider.timeouts.first_token)
+    request = provider.request("POST", provider.chat_url, payload)
+    response: httpx.Response | None = None
+    try:
+        try:
+            async with asyncio.timeout_at(first):
+                response = await provider.send(request)
+        except TimeoutError:
+            raise _first_token_expired(provider, deadline, first) from None
+        if response.status_code >= 400:
+            raise await _status_error(provider, response, deadline)
+        measure.first_event_in = now()
+        parts: list[bytes] = []
+        size = 0
+        raw = response.aiter_bytes()
+        while True:
+            try:
+                async with asyncio.timeout_at(min(deadline, loop.time() + provider.timeouts.idle)):
+                    part = await anext(raw, None)
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise TotalTimeout(f"total timeout ({provider.timeouts.total:g}s) expired") from None
+                raise IdleTimeout(f"idle timeout ({provider.timeouts.idle:g}s) expired mid-answer") from None
+            if part is None:
+                break
+            size += len(part)
+            if size > _MAX_BODY:
+                raise UpstreamProtocolError(f"provider {provider.name!r} sent more than {_MAX_BODY} bytes")
+            parts.append(part)
+        data = provider.redactor.data(b"".join(parts))
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise _mark(
+                UpstreamProtocolError(
+                    f"provider {provider.name!r} answered 200 with a body that is not JSON"
+                ),
+                retry=False,
+                fallback=True,
+            ) from None
+        if not isinstance(obj, dict) or "choices" not in obj:
+            raise _mark(
+                UpstreamProtocolError(f"provider {provider.name!r} answered 200 without choices"),
+                retry=False,
+                fallback=True,
+            )
+        usage = obj.get("usage")
+        measure.usage = usage if isinstance(usage, dict) else None
+        choices = obj.get("choices") or [{}]
+        if isinstance(choices[0], dict):
+            measure.finish_reason = choices[0].get("finish_reason")
+        return data, obj
+    except httpx.TransportError as exc:
+        raise _transport_error(provider, exc, sent=False) from None
+    finally:
+        if response is not None:
+            await response.aclose()
+
+
+class UpstreamStream:
+    """One provider's event stream for one completion. `open()` returns once the first data event
+    is in hand (or raises a relay error that may be retried); iterating yields batches of chunks
+    and raises a relay error if the stream fails, times out or breaks off."""
+
+    def __init__(self, provider: Provider, measure: Measure, deadline: float, *, strip_usage: bool) -> None:
+        self.provider = provider
+        self.measure = measure
+        self.deadline = deadline
+        self.strip_usage = strip_usage
+        self.parser = SSEParser()
+        self.response: httpx.Response | None = None
+        self._raw: AsyncIterator[bytes] | None = None
+        self._ready: list[SSEEvent] = []
+        self.finished = False  # [DONE] seen, or a finish_reason and then a clean end
+
+    async def open(self, payload: bytes) -> None:
+        provider = self.provider
+        loop = asyncio.get_running_loop()
+        first = min(self.deadline, loop.time() + provider.timeouts.first_token)
+        request = provider.request("POST", provider.chat_url, payload)
+        try:
+            async with asyncio.timeout_at(first):
+                self.response = response = await provider.send(request)
+                if response.status_code >= 400:
+                    raise await _status_error(provider, response, first)
+                ctype = response.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    raise await self._not_a_stream(response, ctype)
+                self._raw = response.aiter_bytes()
+                while not self._ready:
+                    part = await anext(self._raw, None)
+                    if part is None:
+                        raise _mark(
+                            UpstreamIncomplete(
+                                f"provider {provider.name!r} ended the stream before any event"
+                            ),
+                            retry=True,
+                            fallback=True,
+                        )
+                    self._ready = self._feed(part)
+            self.measure.first_event_in = now()
+        except TimeoutError:
+            await self.aclose()
+            raise _first_token_expired(provider, self.deadline, first) from None
+        except httpx.TransportError as exc:
+            await self.aclose()
+            raise _transport_error(provider, exc, sent=False) from None
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _not_a_stream(self, response: httpx.Response, ctype: str) -> RelayError:
+        raw = (await response.aread())[:65536]
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict | str):
+            err = obj["error"]
+            message = err.get("message", "") if isinstance(err, dict) else err
+            text = (
+                f"provider {self.provider.name!r} sent an error: {self.provider.redactor.text(str(message))}"
+            )
+            return _mark(UpstreamStreamError(text), retry=False, fallback=True)
+        return _mark(
+            UpstreamProtocolError(
+                f"provider {self.provider.name!r} answered a stream request with {ctype or 'no content type'}"
+            ),
+            retry=False,
+            fallback=True,
+        )
+
+    def _feed(self, part: bytes) -> list[SSEEvent]:
+        try:
+            return self.parser.feed(part)
+        except SSEProtocolError as exc:
+            raise UpstreamProtocolError(f"provider {self.provider.name!r}: {exc}") from None
+
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
+        """The stream's chunks, a batch per network read; ends after [DONE]."""
+        provider, measure = self.provider, self.measure
+        loop = asyncio.get_running_loop()
+        idle = provider.timeouts.idle
+        assert self._raw is not None, "open() first"
+        while True:
+            if self._ready:
+                batch, error = self._chunks(self._ready)
+                self._ready = []
+                if batch:
+                    yield batch
+                if error is not None:
+                    raise error
+            if self.finished:
+                return
+            try:
+                async with asyncio.timeout_at(min(self.deadline, loop.time() + idle)):
+                    part = await anext(self._raw, None)
+            except TimeoutError:
+                if loop.time() >= self.deadline:
+                    raise TotalTimeout(
+                        f"total timeout ({provider.timeouts.total:g}s) expired "
+                        f"mid-answer from {provider.name!r}"
+                    ) from None
+                raise IdleTimeout(
+                    f"idle timeout ({idle:g}s) expired: provider {provider.name!r} went quiet mid-answer"
+                ) from None
+            except httpx.TransportError as exc:
+                raise _transport_error(provider, exc, sent=True) from None
+            if part is None:
+                if measure.finish_reason is not None and not self.parser.pending:
+                    self.finished = True  # complete, only the [DONE] marker was left out
+                    return
+                raise UpstreamIncomplete(
+                    f"provider {provider.name!r} ended the stream before the answer was complete"
+                )
+            self._ready = self._feed(part)
+
+    def _chunks(self, events: list[SSEEvent]) -> tuple[list[Chunk], RelayError | None]:
+        """The data events as chunks, up to [DONE] or the first bad event (returned as the error)."""
+        out: list[Chunk] = []
+        try:
+            self._convert(events, out)
+        except RelayError as exc:
+            return out, exc
+        return out, None
+
+    def _convert(self, events: list[SSEEvent], out: list[Chunk]) -> None:
+        measure = self.measure
+        for event in events:
+            data = event.data
+            if data == _DONE:
+                self.finished = True
+                break
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                raise UpstreamProtocolError(
+                    f"provider {self.provider.name!r} sent an event that is not JSON"
+                ) from None
+            if not isinstance(obj, dict):
+                raise UpstreamProtocolError(
+                    f"provider {self.provider.name!r} sent an event that is not an object"
+                )
+            if event.event == "error" or obj.get("error"):
+                err = obj.get("error", obj)
+                message = err.get("message", "") if isinstance(err, dict) else str(err)
+                raise UpstreamStreamError(
+                    f"provider {self.provider.name!r} sent an error mid-stream: "
+                    f"{self.provider.redactor.text(str(message)) or 'no message'}"
+                )
+            chunk = Chunk(self.provider.redactor.data(data), obj)
+            usage = obj.get("usage")
+            if usage:
+                measure.usage = usage if isinstance(usage, dict) else None
+                if self.strip_usage and not obj.get("choices"):
+                    chunk.relay = False
+            choices = obj.get("choices")
+            if choices and isinstance(choices[0], dict):
+                if choices[0].get("finish_reason"):
+                    measure.finish_reason = choices[0]["finish_reason"]
+                if _has_token(obj):
+                    measure.text_chunks += 1
+            out.append(chunk)
+
+    def handed_on(self, batch: list[Chunk]) -> None:
+        """Note the time a batch reached the client (for TTFT and the relay's own overhead)."""
+        measure = self.measure
+        if measure.first_token_out is None:
+            t = now()
+            if measure.first_event_out is None:
+                measure.first_event_out = t
+            if any(_has_token(c.obj) for c in batch):
+                measure.first_token_out = t
+
+    async def aclose(self) -> None:
+        """Close the upstream request (and its connection, when unfinished)."""
+        response, self.response = self.response, None
+        if response is not None:
+            await response.aclose()
+
+
+async def list_models(relay: Relay, ttl: float = 60.0) -> list[dict[str, Any]]:
+    """The models the relay serves: those named in full in the config, and for providers with
+    patterns, the provider's own list filtered by them (asked at most once a minute)."""
+    cached = relay._models_cache
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        return cached[1]
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def upstream_models(provider: Provider) -> list[str]:
+        if len(provider.listed_models()) == len(provider.config.models):
+            return []
+        try:
+            async with asyncio.timeout(provider.timeouts.connect + 5):
+                response = await provider.send(provider.request("GET", provider.models_url))
+                await response.aread()
+            await response.aclose()
+            response.raise_for_status()
+            data = response.json().get("data") or []
+            return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+        except (TimeoutError, httpx.HTTPError, ValueError, AttributeError) as exc:
+            reason = provider.redactor.text(str(exc)) or type(exc).__name__
+            log.warning("provider %r: cannot list its models: %s", provider.name, reason)
+            return []
+
+    found = await asyncio.gather(*(upstream_models(p) for p in relay.providers))
+    for provider, names in zip(relay.providers, found, strict=True):
+        for name in [*provider.listed_models(), *(n for n in names if provider.serves(n))]:
+            seen.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": provider.name})
+    models = list(seen.values())
+    relay._models_cache = (time.monotonic(), models)
+    return models

@@ -1,0 +1,238 @@
+"""Chat completions streamed onto a topic, so every viewer of the panel sees the answer being written.
+
+`POST /feeds/{topic}/prompt {"prompt": "..."}` queues a prompt (202, `{"completion": id}`); one
+completion runs at a time per topic, the others wait in a bounded queue (429 when it is full).
+`POST /feeds/{topic}/stop` stops the running one. Each completion publishes `prompt`, then `token`
+events, then `done` (with usage, timings and cost) or `error`. It goes through the server's relay:
+the same providers, keys, retries and timeouts as `/v1/chat/completions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from dashboard import Event, Feed
+from dashboard.relay import Measure, RelayError
+from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer
+
+log = logging.getLogger("dashboard.feeds.ai")
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every: float = Field(gt=0, description="seconds between scheduled prompts (the first runs at start)")
+    prompt: str = Field(min_length=1)
+
+
+@dataclass
+class Job:
+    id: str
+    prompt: str
+    stopping: bool = False
+
+
+class AI(Feed):
+    """Chat completions from the AI relay, streamed token by token to the topic."""
+
+    default_view = "chat"
+    event_types = ("prompt", "token", "done", "error")
+
+    class Options(Feed.Options):
+        model: str = Field("simulated", description="a model one of ai.providers serves")
+        system: str | None = Field(None, description="system message sent before each prompt")
+        temperature: float | None = Field(None, ge=0, le=2)
+        max_tokens: int | None = Field(None, ge=1)
+        schedule: Schedule | None = None
+        queue: int = Field(8, ge=0, le=1000, description="prompts that may wait while one runs")
+        max_prompt: int = Field(32_000, ge=1, description="longest prompt accepted, in characters")
+        page_prompts: bool = Field(
+            True,
+            description="when auth.api_tokens is set, still let the dashboard page itself (same origin) "
+            "prompt without a token",
+        )
+
+    def __init__(self, topic: str, options: Any = None) -> None:
+        super().__init__(topic, options)
+        self._queue: asyncio.Queue[Job] | None = None
+        self._running: Job | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue(self) -> asyncio.Queue[Job]:
+        if self._queue is None:
+            # maxsize 0 would mean unbounded to asyncio; `queue: 0` means no waiting at all.
+            self._queue = asyncio.Queue(maxsize=max(1, self.options.queue))
+        return self._queue
+
+    # -- the worker: runs under the supervisor ---------------------------------------------------
+    async def stream(self):
+        schedule = asyncio.create_task(self._schedule()) if self.options.schedule else None
+        try:
+            while True:
+                job = await self.queue.get()
+                self._running = job
+                self._task = asyncio.create_task(self._complete(job), name=f"ai:{self.topic}:{job.id}")
+                try:
+                    await self._task  # a stop ends it early; cancelling this feed cancels it too
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                finally:
+                    self._running = None
+                    self._task = None
+        finally:
+            if schedule is not None:
+                schedule.cancel()
+        yield  # never reached: this feed publishes from its routes and this worker
+
+    async def _schedule(self) -> None:
+        assert self.options.schedule is not None
+        while True:
+            if not self._enqueue(self.options.schedule.prompt):
+                log.warning("topic %r: scheduled prompt skipped, the queue is full", self.topic)
+            await asyncio.sleep(self.options.schedule.every)
+
+    def _enqueue(self, prompt: str) -> Job | None:
+        if self.options.queue == 0 and (self._running is not None or not self.queue.empty()):
+            return None
+        job = Job(id=f"cmpl-{uuid.uuid4().hex[:12]}", prompt=prompt)
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            return None
+        return job
+
+    def _request(self, prompt: str) -> dict[str, Any]:
+        options = self.options
+        messages = [{"role": "user", "content": prompt}]
+        if options.system:
+            messages.insert(0, {"role": "system", "content": options.system})
+        body: dict[str, Any] = {"model": options.model, "messages": messages, "stream": True}
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.max_tokens is not None:
+            body["max_tokens"] = options.max_tokens
+        return body
+
+    async def _complete(self, job: Job) -> None:
+        relay = self.context.relay
+        measure = Measure(model=self.options.model)
+        upstream = None
+        try:
+            prompt = {
+                "completion": job.id,
+                "prompt": job.prompt,
+                "model": self.options.model,
+                "ts": time.time(),
+            }
+            await self.publish(Event(prompt, event="prompt"))
+            upstream = await relay.open_stream(self._request(job.prompt), measure)
+            async for batch in upstream.batches():
+                text = "".join(chunk.text() for chunk in batch)
+                if text:
+                    await self.publish(Event({"completion": job.id, "text": text}, event="token"))
+                    upstream.handed_on(batch)
+            measure.outcome = "ok"
+        except RelayError as exc:
+            measure.outcome = "timeout" if exc.status == 504 else "error"
+            log.warning("topic %r: completion %s failed: %s", self.topic, job.id, exc.message)
+            await self.publish(
+                Event({"completion": job.id, "code": exc.code, "message": exc.message}, "error")
+            )
+            return
+        except asyncio.CancelledError:
+            if not job.stopping:
+                measure.outcome = "cancelled"
+                raise
+            measure.outcome = "stopped"
+        finally:
+            measure.ended = measure.ended or time.perf_counter()
+            if upstream is not None:
+                await upstream.aclose()
+            measure.record()
+        price = next((p.price for p in relay.providers if p.name == measure.provider), None)
+        summary = measure.summary(price)
+        if job.stopping:
+            summary["finish_reason"] = None
+        await self.publish(Event({"completion": job.id, "stopped": job.stopping, **summary}, event="done"))
+
+    # -- routes ----------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [
+            Route("/prompt", self.prompt_endpoint, methods=["POST"]),
+            Route("/stop", self.stop_endpoint, methods=["POST"]),
+        ]
+
+    async def prompt_endpoint(self, request: Request) -> JSONResponse:
+        """POST /feeds/{topic}/prompt {"prompt": "..."} -> 202 {"completion": id}"""
+        self._check_access(request)
+        body = await read_json(request, min(request.app.state.runtime.config.server.max_body, 1 << 20))
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise HTTPError(400, 'send {"prompt": "..."} with a non-empty string', "invalid_request")
+        if len(prompt) > self.options.max_prompt:
+            raise HTTPError(413, f"the prompt is over {self.options.max_prompt} characters")
+        job = self._enqueue(prompt)
+        if job is None:
+            raise HTTPError(
+                429,
+                f"topic {self.topic!r} already has {self.queue.qsize()} prompt(s) waiting behind the running "
+                f"one (the limit is options.queue = {self.options.queue}); wait for one to finish, "
+                f"or POST /feeds/{self.topic}/stop",
+                "queue_full",
+                headers={"Retry-After": "1"},
+            )
+        return JSONResponse({"completion": job.id}, status_code=202)
+
+    async def stop_endpoint(self, request: Request) -> JSONResponse:
+        """POST /feeds/{topic}/stop -> 200 {"stopped": id | null}"""
+        self._check_access(request)
+        job, task = self._running, self._task
+        if job is None or task is None or task.done():
+            return JSONResponse({"stopped": None})
+        job.stopping = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # the done event is out when we answer
+        return JSONResponse({"stopped": job.id})
+
+    def _check_access(self, request: Request) -> None:
+        """Browsers from other sites never; tokens always; the page itself unless page_prompts is off."""
+        tokens = request.app.state.runtime.config.auth.api_tokens
+        if tokens and bearer_token(request) is not None:
+            require_bearer(request, tokens, f"prompting topic {self.topic!r}")
+            return
+        same_origin = _same_origin(request)
+        if same_origin is False:
+            raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
+        if not tokens:
+            return
+        if same_origin and self.options.page_prompts:
+            return
+        require_bearer(request, tokens, f"prompting topic {self.topic!r}")
+
+
+def _same_origin(request: Request) -> bool | None:
+    """True: a browser request from this server's own page; False: from another site's page;
+    None: not a browser request that says (a script, curl)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "none":
+        return site == "same-origin"
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return None if origin is None else False
+    host = request.headers.get("host", "")
+    parts = urlsplit(origin)
+    return parts.netloc == host and parts.scheme in ("http", "https")

@@ -1,0 +1,400 @@
+"""A scripted OpenAI-compatible upstream on a loopback port, for the relay tests.
+
+It speaks raw HTTP/1.1 over asyncio streams (in a thread), so each test can choose exactly which
+bytes go out and how: one byte per write, CRLF, keepalive comments, errors mid-stream, resets,
+hangs. The scenario is the request's model name; the first path segment names the provider
+(`/a/v1/...`, `/b/v1/...`). Every request is recorded, with when its connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+RATE_LIMITED = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+WORDS = ["Hello", " from", " the", " loopback", " upstream", "."]
+
+
+@dataclass
+class Seen:
+    """One request the upstream received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    opened: float = field(default_factory=time.monotonic)
+    closed: float | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.path.strip("/").split("/")[0]
+
+    @property
+    def model(self) -> str:
+        return self.body.get("model", "") if isinstance(self.body, dict) else ""
+
+
+def chunk(text: str | None = None, *, finish: str | None = None, role: bool = False) -> dict:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if text is not None:
+        delta["content"] = text
+    return {
+        "id": "chatcmpl-up",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def frame(obj: Any, eol: str = "\n") -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj)
+    return f"data: {data}{eol}{eol}".encode()
+
+
+def answer_frames(provider: str, body: dict, eol: str = "\n") -> list[bytes]:
+    """A complete, well-formed answer: role, the words (first tagged with the provider), finish,
+    usage when asked for, [DONE]."""
+    frames = [frame(chunk("", role=True), eol)]
+    for i, word in enumerate(WORDS):
+        frames.append(frame(chunk(f"[{provider}] {word}" if i == 0 else word), eol))
+    frames.append(frame(chunk(finish="stop"), eol))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 11 + len(WORDS)}
+        frames.append(frame({**chunk(), "choices": [], "usage": usage}, eol))
+    frames.append(frame("[DONE]", eol))
+    return frames
+
+
+def answer_text(provider: str) -> str:
+    return f"[{provider}] " + "".join(WORDS)
+
+
+class Upstream:
+    """Start with `Upstream()`, read `url`, stop with `close()`."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.counts: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="upstream", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "upstream did not start"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def start() -> None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def requests(self, model: str) -> list[Seen]:
+        return [s for s in self.seen if s.model == model]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.01)
+        raise AssertionError(f"upstream: condition not met within {timeout}s; seen {self.seen}")
+
+    # -- the HTTP side ---------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        seen = Seen(method, path, headers, body)
+        self.seen.append(seen)
+
+        async def watch_close() -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.read()  # EOF or reset: the relay closed its side
+            seen.closed = time.monotonic()
+
+        watcher = asyncio.create_task(watch_close())
+        try:
+            await Scenario(self, seen, writer).run()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(watcher), 0.5)
+            if seen.closed is None and writer.is_closing():
+                seen.closed = time.monotonic()
+            watcher.cancel()
+            writer.close()
+
+
+class Scenario:
+    """What the upstream answers, chosen by the model name (`t-<scenario>`)."""
+
+    def __init__(self, upstream: Upstream, seen: Seen, writer: asyncio.StreamWriter) -> None:
+        self.up = upstream
+        self.seen = seen
+        self.writer = writer
+        self.body = seen.body if isinstance(seen.body, dict) else {}
+        self.provider = seen.provider
+
+    async def run(self) -> None:
+        if self.seen.method == "GET" and self.seen.path.endswith("/models"):
+            ids = ["t-echo", "t-listed", "x-unrelated"]
+            await self.json(200, {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]})
+            return
+        name = self.seen.model.split("-", 1)[-1]
+        key = f"{self.provider}:{self.seen.model}:{json.dumps(self.body.get('messages'))}"
+        self.up.counts[key] = n = self.up.counts.get(key, 0) + 1
+        handler = getattr(self, "s_" + name.replace("-", "_"), None)
+        if handler is None:
+            error = {"message": f"no model {self.seen.model}", "code": "model_not_found"}
+            await self.json(404, {"error": error})
+            return
+        await handler(n)
+
+    # -- writing ---------------------------------------------------------------------------------
+    async def json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(obj).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n{extra}\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+
+    async def start_stream(self, *, chunked: bool = True) -> None:
+        head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+        head += "transfer-encoding: chunked\r\n\r\n" if chunked else "\r\n"
+        self.writer.write(head.encode())
+        await self.writer.drain()
+
+    async def send(self, data: bytes, *, chunked: bool = True) -> None:
+        self.writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        await self.writer.drain()
+
+    async def end(self) -> None:
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+    async def answer(self, eol: str = "\n") -> None:
+        await self.start_stream()
+        for f in answer_frames(self.provider, self.body, eol):
+            await self.send(f)
+        await self.end()
+
+    def reset(self) -> None:
+        """Abort with a TCP reset, as a crashed process or a proxy would."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    # -- scenarios -------------------------------------------------------------------------------
+    async def s_echo(self, n: int) -> None:
+        if self.body.get("stream"):
+            await self.answer()
+            return
+        message = {"role": "assistant", "content": answer_text(self.provider)}
+        usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 11 + len(WORDS)}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        completion = {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice], "usage": usage}
+        await self.json(200, completion)
+
+    async def s_bytewise(self, n: int) -> None:
+        await self.start_stream()
+        for f in answer_frames(self.provider, self.body):
+            for i in range(len(f)):
+                await self.send(f[i : i + 1])
+        await self.end()
+
+    async def s_crlf(self, n: int) -> None:
+        await self.start_stream()
+        data = b"".join(answer_frames(self.provider, self.body, "\r\n"))
+        # cut inside every CRLF pair so a CR ends one network chunk and its LF starts the next
+        for part in data.split(b"\r\n"):
+            await self.send(part + b"\r")
+            await self.send(b"\n")
+        await self.end()
+
+    async def s_keepalive(self, n: int) -> None:
+        await self.start_stream()
+        await self.send(b": keepalive\n\n")
+        for f in answer_frames(self.provider, self.body):
+            await self.send(b":\n" + f + b": ping\n\n")
+        await self.end()
+
+    async def s_error_mid(self, n: int) -> None:
+        await self.start_stream()
+        frames = answer_frames(self.provider, self.body)
+        for f in frames[:3]:
+            await self.send(f)
+        error = {"error": {"message": "The server had an error while processing", "type": "server_error"}}
+        await self.send(frame(error))
+        await self.end()
+
+    async def s_reset(self, n: int) -> None:
+        await self.start_stream()
+        for f in answer_frames(self.provider, self.body)[:3]:
+            await self.send(f)
+        await asyncio.sleep(0.05)
+        self.reset()
+
+    async def s_drop(self, n: int) -> None:
+        """A clean close mid-answer on a close-delimited body: looks like an end, is not one."""
+        await self.start_stream(chunked=False)
+        for f in answer_frames(self.provider, self.body)[:3]:
+            await self.send(f, chunked=False)
+
+    async def s_ratelimit_once(self, n: int) -> None:
+        if n == 1:
+            await self.json(429, RATE_LIMITED, {"retry-after": "1"})
+            return
+        await self.answer()
+
+    async def s_ratelimit(self, n: int) -> None:
+        await self.json(429, RATE_LIMITED, {"retry-after": "3600"})
+
+    async def s_fail_a(self, n: int) -> None:
+        """500 from provider a, an answer from b."""
+        if self.provider == "a":
+            await self.json(500, {"error": {"message": "internal error", "type": "server_error"}})
+            return
+        await self.answer()
+
+    async def s_bad_request(self, n: int) -> None:
+        error = {"message": "temperature is out of range", "type": "invalid_request_error"}
+        await self.json(400, {"error": error})
+
+    async def s_no_first_token(self, n: int) -> None:
+        await self.start_stream()
+        for _ in range(200):  # comments keep the connection busy but are not tokens
+            await self.send(b": keepalive\n\n")
+            await asyncio.sleep(0.1)
+
+    async def s_silent(self, n: int) -> None:
+        """Takes the request and says nothing at all."""
+        await asyncio.sleep(30)
+
+    async def s_idle(self, n: int) -> None:
+        await self.start_stream()
+        for f in answer_frames(self.provider, self.body)[:3]:
+            await self.send(f)
+        await asyncio.sleep(30)
+
+    async def s_slow(self, n: int) -> None:
+        """A token every 0.1 s, for ever (total timeout, client disconnect)."""
+        await self.start_stream()
+        await self.send(frame(chunk("", role=True)))
+        for i in range(600):
+            await self.send(frame(chunk(f"t{i} ")))
+            await asyncio.sleep(0.1)
+
+    async def s_echo_key(self, n: int) -> None:
+        """Echoes the Authorization header back, whole and in part, as careless providers do."""
+        key = self.seen.headers.get("authorization", "").removeprefix("Bearer ")
+        message = f"Incorrect API key provided: {key}. Also {key[:10]}...{key[-12:]}"
+        await self.json(401, {"error": {"message": message, "type": "invalid_request_error"}})
+
+    async def s_echo_key_mid(self, n: int) -> None:
+        key = self.seen.headers.get("authorization", "").removeprefix("Bearer ")
+        await self.start_stream()
+        await self.send(frame(chunk(f"your key is {key} ok", role=True)))
+        await self.send(frame({"error": {"message": f"key {key} was revoked", "type": "server_error"}}))
+        await self.end()
+
+
+def blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A port whose connection queue is full: connecting to it hangs (for the connect timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(2):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(listener.getsockname())
+        fillers.append(s)
+    return listener, fillers
+
+
+def relay_config(upstream_url: str, blackhole_port: int, *, extra: str = "") -> str:
+    """A server config with providers on the loopback upstream (see the module docs)."""
+    return f"""
+server: {{max_body: 65536}}
+ai:
+  providers:
+    - name: a
+      base_url: {upstream_url}/a/v1
+      api_key: ${{RELAY_TEST_KEY}}
+      models: ["t-*"]
+      retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
+      timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
+      prices: {{input: 1.0, output: 2.0}}
+    - name: b
+      base_url: {upstream_url}/b/v1
+      api_key: ${{RELAY_TEST_KEY}}
+      models: ["t-*", "t-listed"]
+      retries: {{attempts: 1}}
+    - name: hang
+      base_url: {upstream_url}/a/v1
+      api_key: ${{RELAY_TEST_KEY}}
+      models: ["h-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{connect: 0.5, first_token: 0.8, idle: 0.8, total: 2.0}}
+    - name: slowpoke
+      base_url: {upstream_url}/a/v1
+      models: ["z-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{first_token: 5, idle: 5, total: 1.5}}
+    - name: blackhole
+      base_url: http://127.0.0.1:{blackhole_port}/v1
+      models: ["c-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{connect: 0.5}}
+    - name: simulated
+      type: simulated
+      models: [simulated]
+      simulation: {{tokens_per_s: 200, first_token_ms: 20}}
+{extra}
+"""
