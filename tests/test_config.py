@@ -49,7 +49,7 @@ def test_default_panels_one_per_topic_with_the_feed_view():
         ("server:\n  port: lots\n", "cfg.yaml:2: server.port: Input should be a valid integer"),
         (
             "topics:\n  a:\n    feed: nope\n",
-            "cfg.yaml:3: topics.a.feed: unknown feed type 'nope'; known: demo",
+            "cfg.yaml:3: topics.a.feed: unknown feed type 'nope'; known: ai, demo, metrics",
         ),
         ("topics:\n  Bad Name:\n    feed: demo\n", "cfg.yaml:2: bad topic name 'Bad Name'"),
         (
@@ -97,7 +97,7 @@ def test_every_error_is_reported_at_once():
 
 def test_unknown_feed_lists_the_known_ones():
     [error] = errors_of("topics: {a: {feed: metricz}}")
-    assert "known: demo" in error and "package.module:Class" in error
+    assert "known: ai, demo, metrics, notifications, server" in error and "package.module:Class" in error
 
 
 def test_missing_file_is_a_config_error(tmp_path):
