@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import time
 
-from bench.harness import Skipped, machine, start
+from bench.harness import each_target, machine
 
 TARGETS = ("sse-dashboard", "sse-starlette")
 
@@ -32,24 +32,16 @@ async def churn(port: int, path: str, connections: int, concurrency: int) -> flo
 
 
 def measure(connections: int, concurrency: int) -> dict[str, object]:
-    results: dict[str, object] = {}
-    for name in TARGETS:
-        try:
-            target = start(name, rate_hz=20.0)
-        except Skipped as exc:
-            results[name] = f"skipped: {exc}"
-            continue
-        try:
-            # Warm up once so that imports and caches are part of the baseline, not of the growth.
-            asyncio.run(churn(target.port, target.path, 500, concurrency))
-            time.sleep(1.0)
-            baseline = target.rss()
-            elapsed = asyncio.run(churn(target.port, target.path, connections, concurrency))
-            time.sleep(2.0)  # let disconnects be noticed and buffers be freed
-            results[name] = (baseline, target.rss(), elapsed)
-        finally:
-            target.stop()
-    return results
+    def body(target):
+        # Warm up once so that imports and caches are part of the baseline, not of the growth.
+        asyncio.run(churn(target.port, target.path, 500, concurrency))
+        time.sleep(1.0)
+        baseline = target.rss()
+        elapsed = asyncio.run(churn(target.port, target.path, connections, concurrency))
+        time.sleep(2.0)  # let disconnects be noticed and buffers be freed
+        return baseline, target.rss(), elapsed
+
+    return each_target(TARGETS, body, rate_hz=20.0)
 
 
 def report(results: dict[str, object], connections: int) -> list[str]:

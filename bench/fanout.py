@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from bench.harness import TARGETS, Run, Skipped, drive, machine, start
+from bench.harness import TARGETS, Run, drive, each_target, machine
 
 __all__ = ["Run", "measure", "report"]
 
 
 def measure(subscribers: int, rate: float, seconds: float) -> dict[str, object]:
-    results: dict[str, object] = {}
-    for name in TARGETS:
-        try:
-            target = start(name, rate_hz=rate)
-        except Skipped as exc:
-            results[name] = f"skipped: {exc}"
-            continue
-        try:
-            run, _ = drive(target, subscribers, seconds, rate_hz=rate)
-            results[name] = run
-        finally:
-            target.stop()
-    return results
+    return each_target(TARGETS, lambda t: drive(t, subscribers, seconds, rate_hz=rate)[0], rate_hz=rate)
 
 
 def report(results: dict[str, object]) -> list[str]:

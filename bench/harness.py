@@ -196,6 +196,22 @@ def start(name: str, *, rate_hz: float, size: int = 100, keepalive: float = 15.0
     return target
 
 
+def each_target(names: tuple[str, ...], body, **start_options) -> dict[str, object]:
+    """`body(target)` for each target started in turn; a target that cannot run says why."""
+    results: dict[str, object] = {}
+    for name in names:
+        try:
+            target = start(name, **start_options)
+        except Skipped as exc:
+            results[name] = f"skipped: {exc}"
+            continue
+        try:
+            results[name] = body(target)
+        finally:
+            target.stop()
+    return results
+
+
 def publish_nchan(port: int, rate_hz: float, size: int) -> None:
     """Nchan has no in-process publisher: POST each event to its publisher endpoint."""
     pad = "x" * max(0, size - 40)

@@ -7,24 +7,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench.harness import TARGETS, Skipped, drive, machine, start
+from bench.harness import TARGETS, drive, each_target, machine
 
 
 def measure(subscribers: int, seconds: float) -> dict[str, object]:
-    results: dict[str, object] = {}
-    for name in TARGETS:
-        try:
-            # Heartbeats every 15 s; the window is shorter, so any CPU in it is per-connection waste.
-            target = start(name, rate_hz=0.0001, keepalive=15.0)
-        except Skipped as exc:
-            results[name] = f"skipped: {exc}"
-            continue
-        try:
-            run, _ = drive(target, subscribers, seconds, rate_hz=0.0001, warmup=1.0)
-            results[name] = run
-        finally:
-            target.stop()
-    return results
+    # Heartbeats every 15 s; the window is shorter, so any CPU in it is per-connection waste.
+    def body(target):
+        return drive(target, subscribers, seconds, rate_hz=0.0001, warmup=1.0)[0]
+
+    return each_target(TARGETS, body, rate_hz=0.0001, keepalive=15.0)
 
 
 def report(results: dict[str, object]) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.harness import TARGETS, Skipped, drive, machine, start
+from bench.harness import TARGETS, drive, each_target, machine
 
 SCENARIOS = ((100, 20.0), (2000, 20.0))
 
@@ -15,19 +15,11 @@ SCENARIOS = ((100, 20.0), (2000, 20.0))
 def measure(seconds: float) -> list[tuple[int, dict[str, object]]]:
     out = []
     for subscribers, rate in SCENARIOS:
-        results: dict[str, object] = {}
-        for name in TARGETS:
-            try:
-                target = start(name, rate_hz=rate)
-            except Skipped as exc:
-                results[name] = f"skipped: {exc}"
-                continue
-            try:
-                run, _ = drive(target, subscribers, seconds, rate_hz=rate, sample=200)
-                results[name] = run
-            finally:
-                target.stop()
-        out.append((subscribers, results))
+
+        def body(target, subscribers=subscribers, rate=rate):
+            return drive(target, subscribers, seconds, rate_hz=rate, sample=200)[0]
+
+        out.append((subscribers, each_target(TARGETS, body, rate_hz=rate)))
     return out
 
 
