@@ -1,0 +1,53 @@
+"""Both ways a stream is written: straight to the socket under uvicorn, and plain ASGI `send` elsewhere."""
+
+import asyncio
+
+from dashboard.broker.memory import MemoryBroker
+from dashboard.events import Event
+from dashboard.web.sse import KEEPALIVE, EventStream, Heartbeat, direct_writer
+
+
+def test_direct_writes_are_only_for_uvicorn_httptools_get_streams():
+    assert direct_writer({"method": "GET"}) is None
+    assert direct_writer({"method": "GET", "dashboard.raw_send": print}) is None
+
+
+def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
+    async def scenario() -> list[dict]:
+        broker = MemoryBroker(history=10, max_backlog=100)
+        broker.add_topic("t")
+        for n in range(3):
+            await broker.publish("t", Event({"n": n}))
+        sub = await broker.subscribe(["t"])
+        heartbeat = Heartbeat(0.05)
+        sent: list[dict] = []
+        disconnect = asyncio.Event()
+
+        async def receive() -> dict:
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            await asyncio.sleep(0)  # a real send may suspend: live events must wait their turn
+
+        stream = EventStream(broker, sub, heartbeat, retry_ms=100)
+        beats = asyncio.create_task(heartbeat.run())
+        task = asyncio.create_task(stream({"type": "http", "method": "GET"}, receive, send))
+        for n in range(3, 6):
+            await broker.publish("t", Event({"n": n}))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)  # on purpose: idle long enough for keepalives
+        disconnect.set()
+        await asyncio.wait_for(task, 5)
+        beats.cancel()
+        assert not broker.topics["t"].subscribers, "the subscription was not removed"
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert body.startswith(b"retry: 100\n\n")
+    numbers = [int(part.split(b"}")[0]) for part in body.split(b'data: {"n":')[1:]]
+    assert numbers == [0, 1, 2, 3, 4, 5]
+    assert KEEPALIVE in body
