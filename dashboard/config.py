@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +131,10 @@ class AIConfig(Strict):
     """OpenAI-compatible providers behind /v1 and the `ai` feed; the first whose models match is used."""
 
     providers: list[AIProvider] = Field(default_factory=_simulated_only)
+
+    def serving(self, model: str) -> list[AIProvider]:
+        """The providers whose model patterns match `model`, in the configured order."""
+        return [p for p in self.providers if any(fnmatchcase(model, pattern) for pattern in p.models)]
 
     @model_validator(mode="after")
     def _unique_names(self) -> AIConfig:
@@ -306,6 +311,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         for name, topic in config.topics.items():
             if name in resolved:
                 topic._feed_class, topic._feed_options = resolved[name]
+                for problem in topic._feed_class.config_problems(topic._feed_options, config):
+                    line = source.line_of(("topics", name, "options"))
+                    issues.append(ConfigIssue(file, line, f"topics.{name}.options: {problem}"))
         for i, panel in enumerate(config.panels or []):
             if panel.topic not in config.topics:
                 issues.append(

@@ -73,6 +73,11 @@ class Feed:
         """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`)."""
         return [Event(data=data)]
 
+    @classmethod
+    def config_problems(cls, options: Options, config: Any) -> list[str]:
+        """What is wrong with `options` given the rest of the config (`dashboard check` reports it)."""
+        return []
+
     def routes(self) -> list[BaseRoute]:
         """Starlette routes served under `/feeds/{topic}/`."""
         return []

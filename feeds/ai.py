@@ -63,6 +63,15 @@ class AI(Feed):
             "prompt without a token",
         )
 
+    @classmethod
+    def config_problems(cls, options: Options, config: Any) -> list[str]:
+        if config.ai.serving(options.model):
+            return []
+        models = sorted({m for p in config.ai.providers for m in p.models}) or ["none"]
+        return [
+            f"no provider in ai.providers serves model {options.model!r} (they serve: {', '.join(models)})"
+        ]
+
     def __init__(self, topic: str, options: Any = None) -> None:
         super().__init__(topic, options)
         self._queue: asyncio.Queue[Job] | None = None

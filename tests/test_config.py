@@ -73,6 +73,10 @@ def test_default_panels_one_per_topic_with_the_feed_view():
             "cfg.yaml:2: topics.a.feed: cannot import 'no.such.module'",
         ),
         ("topics:\n  a: {feed: 'dashboard:Event'}\n", "is not a subclass of dashboard.Feed"),
+        (
+            "topics:\n  a:\n    feed: ai\n    options: {model: gpt-9}\n",
+            "cfg.yaml:4: topics.a.options: no provider in ai.providers serves model 'gpt-9'",
+        ),
     ],
 )
 def test_each_class_of_error_has_a_location_and_a_sentence(text, expected):

@@ -39,12 +39,14 @@ def test_stalled_reader_is_cut_off_and_a_fast_reader_sees_every_event(serve):
                         break
                     assert time.monotonic() < deadline, f"fast reader got only {len(numbers)} events"
             topic = client.get("/api/topics").json()["topics"]["bulk"]
+            metrics = client.get("/metrics").text
             rss_after = process.memory_info().rss
     finally:
         for sock in stalled:
             sock.close()
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "the fast reader lost events"
     assert topic["dropped"] == 5, topic
+    assert 'dashboard_events_dropped_total{topic="bulk"} 5.0' in metrics
     # 1000 events of 16 KiB went by; five stalled readers must not each keep them all (80 MiB),
     # only their bounded backlog (64 frames, about 1 MiB each).
     assert rss_after - rss_before < 25 * 1024 * 1024, f"RSS grew by {(rss_after - rss_before) >> 20} MiB"
