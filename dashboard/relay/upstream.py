@@ -7,6 +7,7 @@ Both `POST /v1/chat/completions` and the `ai` feed go through `Relay.open_stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -504,7 +505,17 @@ class UpstreamStream:
     async def aclose(self) -> None:
         """Close the upstream request (and its connection, when unfinished)."""
         response, self.response = self.response, None
-        if response is not None:
+        if response is None:
+            return
+        try:
+            if self.finished and self._raw is not None:
+                # Read to the end of the body (its last chunk follows [DONE]), so the connection
+                # goes back to the pool: the next completion then needs no new TCP handshake.
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(1.0):
+                        while await anext(self._raw, None) is not None:
+                            pass
+        finally:
             await response.aclose()
 
 
