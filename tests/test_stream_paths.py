@@ -1,6 +1,7 @@
 """Both ways a stream is written: straight to the socket under uvicorn, and plain ASGI `send` elsewhere."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from dashboard.broker.memory import MemoryBroker
 from dashboard.events import Event
@@ -44,7 +45,9 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
         assert not broker.topics["t"].subscribers, "the subscription was not removed"
         return sent
 
-    sent = asyncio.run(scenario())
+    # A thread of its own: the browser tests' Playwright may hold an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(asyncio.run, scenario()).result(timeout=30)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     body = b"".join(m.get("body", b"") for m in sent[1:])
     assert body.startswith(b"retry: 100\n\n")
