@@ -89,10 +89,14 @@ class Subscription:
     def push_frame(self, frame: bytes, chunk: bytes) -> None:
         """Send a frame that is no event (a keepalive): directly when possible, else queued."""
         writer = self.writer
-        if not (writer is not None and not self._pending and not self.sending and writer(chunk)):
+        if writer is not None and not self._pending and not self.sending and writer(chunk):
+            self.wrote = True
+        elif len(self._pending) >= self.max_backlog:
+            self.overflowed = True  # a reader stalled even for keepalives
+            self.close()
+        else:
             self._pending.append(frame)
             self._wake()
-        self.wrote = True
 
     def start(self, backlog: list[Message]) -> None:
         """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live."""
