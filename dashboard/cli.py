@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from dashboard import __version__
@@ -54,7 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except DashboardError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     runtime = app.state.runtime
 
     loop: asyncio.AbstractEventLoop | None = None
@@ -116,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the dashboard", description="Serve the dashboard and its feeds."
     )
     serve.add_argument("--config", metavar="PATH", help=config_help)
+    serve.add_argument("config_path", nargs="?", metavar="CONFIG", help="the same as --config")
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000; 0 picks one)")
     serve.add_argument(
@@ -130,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config: exit 0, or print every error with file:line and exit 1.",
     )
     check.add_argument("--config", metavar="PATH", help=config_help)
+    check.add_argument("config_path", nargs="?", metavar="CONFIG", help="the same as --config")
     check.set_defaults(func=cmd_check)
 
     feeds = sub.add_parser(
@@ -140,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Feeds named by dotted path may live in the folder the command is started from.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
+    if getattr(args, "config_path", None):
+        if args.config:
+            build_parser().error("give the config either as an argument or with --config, not both")
+        args.config = args.config_path
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,8 +9,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from dashboard.broker import SCHEMES as BROKER_SCHEMES
 from dashboard.errors import ConfigError, ConfigIssue, DashboardError
 from dashboard.feed import Feed, resolve_feed
 
@@ -55,6 +65,15 @@ class ServerConfig(Strict):
 class BrokerConfig(Strict):
     url: str = "memory://"
     history: int = Field(1000, ge=1, description="events kept per topic for replay, unless the topic says")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = url.partition("://")[0] if "://" in url else ""
+        if scheme not in BROKER_SCHEMES:
+            known = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
+            raise ValueError(f"unsupported broker URL {url!r}: use {known}")
+        return url
 
 
 class AuthConfig(Strict):

@@ -1,6 +1,7 @@
 """The `dashboard` command: help, feeds, and the offline default with no config at all."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -88,3 +89,15 @@ def test_entry_point_feeds_are_listed_and_usable_by_name(tmp_path):
         timeout=60,
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_feed_module_in_the_current_folder_is_found_by_the_dashboard_command(tmp_path):
+    """README "Write a feed": the module sits in the folder `dashboard` is started from."""
+    (tmp_path / "myfeeds.py").write_text((ROOT / "tests" / "sample_feeds.py").read_text())
+    (tmp_path / "config.yaml").write_text('topics:\n  count: {feed: "myfeeds:Ticker"}\n')
+    command = shutil.which("dashboard")
+    assert command, "the dashboard command is not installed (python -m pip install -e .)"
+    for args in (["check"], ["check", "config.yaml"]):
+        result = subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "OK, 1 topic(s): count" in result.stdout

@@ -66,6 +66,10 @@ def test_default_panels_one_per_topic_with_the_feed_view():
         ),
         ("topics: {a: {feed: demo}}\npanels:\n  - {topic: a, view: pie}\n", "cfg.yaml:3: panels.0.view"),
         ("server: {port: 1}\nserver: {port: 2}\n", "cfg.yaml:2: duplicate key 'server'"),
+        (
+            "broker:\n  url: kafka://x\n",
+            "cfg.yaml:2: broker.url: Value error, unsupported broker URL 'kafka://x'",
+        ),
         ("topics:\n  a: {feed: demo\n", "cfg.yaml:3: invalid YAML"),
         ("- just\n- a list\n", "cfg.yaml:1: the config must be a mapping"),
         (

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from dashboard.errors import DashboardError, UnknownTopic
 from dashboard.events import Event, Message
 
+SCHEMES = ("memory",)  # the URL schemes from_url() knows
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 
 
