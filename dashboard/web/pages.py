@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from starlette.requests import Request
@@ -10,7 +11,16 @@ from starlette.templating import Jinja2Templates
 
 from dashboard.supervisor import STATUS_EVENT
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+
+def _templates_dir() -> Path:
+    """templates/ beside the package (a checkout), else where a regular install put it."""
+    checkout = Path(__file__).resolve().parent.parent.parent / "templates"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "sse-dashboard" / "templates"
+
+
+TEMPLATES_DIR = _templates_dir()
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 
 # Scripts and styles come only from the app itself: feed text can never run as code.
