@@ -16,8 +16,11 @@ window.Dashboard.views.chart = function (panel) {
   const unit = o.unit ? String(o.unit) : "";
 
   const box = el("div", { className: "chart-box" });
+  const legend = el("div", { className: "chart-legend" });
   const note = el("p", { className: "chart-note", text: "Waiting for numeric data." });
-  panel.body.append(note, box);
+  panel.body.append(note, box, legend);
+  // Axis ticks stay short whatever the magnitude (1.6K, 2.3M), so they never get cut off.
+  const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
 
   const xs = [];
   const ys = fields.map(() => []);
@@ -38,7 +41,8 @@ window.Dashboard.views.chart = function (panel) {
     const opts = {
       ...size(),
       cursor: { drag: { x: false, y: false } },
-      legend: { live: true },
+      // Below the plot, not inside its fixed-height box: the card grows with the legend.
+      legend: { live: true, mount: (u, table) => legend.replaceChildren(table) },
       scales: {
         x: { time: true },
         y: {
@@ -52,7 +56,7 @@ window.Dashboard.views.chart = function (panel) {
       },
       axes: [
         { ...axis, space: 70, incrs: TIME_STEPS, values: (u, ticks) => ticks.map((t) => clock(t * 1000)) },
-        { ...axis, size: 56, values: (u, ticks) => ticks.map((v) => formatNumber(v) + unit) },
+        { ...axis, size: 60, values: (u, ticks) => ticks.map((v) => compact.format(v) + unit) },
       ],
       series: [
         { label: "time", value: (u, t) => (t === null || t === undefined ? "–" : clock(t * 1000)) },
