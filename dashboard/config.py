@@ -319,6 +319,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 if found is not None:
                     resolved[name] = found
 
+    # Panels are checked against the raw topics too, so these errors come in the same round.
+    panels = data.get("panels")
+    known = {} if topics is None else topics
+    for i, panel in enumerate(panels if isinstance(panels, list) else []):
+        topic = panel.get("topic") if isinstance(panel, dict) else None
+        if isinstance(topic, str) and isinstance(known, dict) and topic not in known:
+            line = source.line_of(("panels", i, "topic"))
+            issues.append(ConfigIssue(file, line, f"panels.{i}.topic: no topic named {topic!r}"))
+
     config: Config | None = None
     try:
         config = Config.model_validate({**data, "source": file})
@@ -333,15 +342,6 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 for problem in topic._feed_class.config_problems(topic._feed_options, config):
                     line = source.line_of(("topics", name, "options"))
                     issues.append(ConfigIssue(file, line, f"topics.{name}.options: {problem}"))
-        for i, panel in enumerate(config.panels or []):
-            if panel.topic not in config.topics:
-                issues.append(
-                    ConfigIssue(
-                        file,
-                        source.line_of(("panels", i, "topic")),
-                        f"panels.{i}.topic: no topic named {panel.topic!r}",
-                    )
-                )
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
     assert config is not None

@@ -103,6 +103,25 @@ def test_every_error_is_reported_at_once():
     assert [e.split(":")[1] for e in errors] == ["3", "4", "6", "7"]
 
 
+def test_cross_checks_come_in_the_same_round_as_type_errors():
+    errors = errors_of(
+        """
+        server: {port: nope}
+        topics:
+          a: {feed: demo}
+        panels:
+          - {topic: missing}
+        """
+    )
+    assert any("server.port" in e for e in errors), errors
+    assert any("no topic named 'missing'" in e for e in errors), errors
+
+
+def test_panels_need_topics():
+    [error] = errors_of("panels:\n  - {topic: a}\n")
+    assert "cfg.yaml:2: panels.0.topic: no topic named 'a'" in error
+
+
 def test_unknown_feed_lists_the_known_ones():
     [error] = errors_of("topics: {a: {feed: metricz}}")
     assert "known: ai, demo, metrics, notifications, server" in error and "package.module:Class" in error
