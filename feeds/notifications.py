@@ -200,8 +200,11 @@ class Notifications(Feed):
             signature.strip().lower().encode(), signature_of(secret, body).encode()
         ):
             raise HTTPError(401, f"{SIGNATURE_HEADER} does not match the body", "bad_signature")
-        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            body = form_payload(body)  # GitHub's other content type: the JSON in a `payload` field
+        form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+        if form and not body.lstrip().startswith((b"{", b"[")):
+            # GitHub's other content type: the JSON in a `payload` field. (A JSON body sent
+            # with curl's default form type is read as the JSON it is.)
+            body = form_payload(body)
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -173,6 +173,11 @@ def test_github_form_encoded_payload_is_read(serve):
         no_payload = b"other=1"
         headers = {**signed(no_payload), "Content-Type": "application/x-www-form-urlencoded"}
         assert client.post(HOOK, content=no_payload, headers=headers).status_code == 400
+        # JSON sent with curl's default form content type is read as JSON
+        plain = json.dumps({"title": "From curl -d", "id": "curl-1"}).encode()
+        headers = {**signed(plain), "Content-Type": "application/x-www-form-urlencoded"}
+        assert client.post(HOOK, content=plain, headers=headers).status_code == 202
+        assert items(client, 2)[-1]["title"] == "From curl -d"
 
 
 def test_github_redelivery_is_dropped_as_a_duplicate(serve):
