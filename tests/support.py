@@ -129,3 +129,32 @@ def sse_stream(client: httpx.Client, path: str, headers: dict[str, str] | None =
     with connect_sse(client, "GET", path, headers=headers or {}) as source:
         assert source.response.status_code == 200, source.response.read()
         yield source.iter_sse()
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+REDIS_URL = os.environ.get("DASHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_answers(url: str = REDIS_URL) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key a test made under `prefix`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
