@@ -36,11 +36,13 @@ class Server:
     log: Path
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # extra `dashboard serve` arguments
     proc: subprocess.Popen | None = None
     url: str = ""
 
     def start(self, timeout: float = 30.0) -> Server:
-        cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config)]
+        cmd += ["--port", str(self.port), *self.args]
         logfile = self.log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
@@ -86,11 +88,18 @@ class ServerFactory:
         self.tmp = tmp
         self.servers: list[Server] = []
 
-    def __call__(self, config: str, *, port: int = 0, env: dict[str, str] | None = None) -> Server:
+    def __call__(
+        self,
+        config: str,
+        *,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> Server:
         n = len(self.servers)
         path = self.tmp / f"config{n}.yaml"
         path.write_text(textwrap.dedent(config))
-        server = Server(path, self.tmp / f"server{n}.log", port=port, env=env or {})
+        server = Server(path, self.tmp / f"server{n}.log", port=port, env=env or {}, args=args or [])
         self.servers.append(server)
         return server.start()
 

@@ -301,9 +301,7 @@ def from_url(
     if scheme in ("redis", "rediss"):
         from dashboard.broker.redis import RedisBroker
 
-        return RedisBroker(
-            url, history=history, max_backlog=max_backlog, prefix=prefix, lease_ttl=lease_ttl
-        )
+        return RedisBroker(url, history=history, max_backlog=max_backlog, prefix=prefix, lease_ttl=lease_ttl)
     raise BrokerConfigError(
         f"unsupported broker scheme {scheme + '://' if scheme else 'in the URL'}: "
         "use memory:// or redis://host:6379/0"

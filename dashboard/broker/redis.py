@@ -105,9 +105,7 @@ class RedisBroker(Broker):
     """Events in Redis Streams (`<prefix>:topic:<name>`), ids from `<prefix>:id`, leases in
     `<prefix>:lease:<name>`. See the module docs for how order and resume hold across instances."""
 
-    def __init__(
-        self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any
-    ) -> None:
+    def __init__(self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.prefix = prefix
@@ -183,7 +181,8 @@ class RedisBroker(Broker):
 
     def _unavailable(self, doing: str, exc: BaseException) -> BrokerUnavailable:
         self._healthy = False
-        return BrokerUnavailable(f"cannot {doing}: Redis at {self.where} is unreachable ({type(exc).__name__})")
+        reason = type(exc).__name__
+        return BrokerUnavailable(f"cannot {doing}: Redis at {self.where} is unreachable ({reason})")
 
     # -- events --------------------------------------------------------------------------------
     async def publish(self, topic: str, event: Event) -> Message:
@@ -223,7 +222,9 @@ class RedisBroker(Broker):
                 ) from None
             if reason.startswith("IDORDER"):
                 last = reason.split()[1]
-                raise ValueError(f"Event.id {requested} is not above the last id {last}; leave id unset") from None
+                raise ValueError(
+                    f"Event.id {requested} is not above the last id {last}; leave id unset"
+                ) from None
             raise BrokerUnavailable(f"Redis at {self.where} refused the event: {reason}") from None
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"store the event on {topic!r}", exc) from exc
@@ -340,9 +341,7 @@ class RedisBroker(Broker):
                 pass  # the reader reports the outage; keep trying
             await asyncio.sleep(poll)
         log.info("topic %r: this instance leads its feed now", topic)
-        self._renewers[lease] = asyncio.create_task(
-            self._renew(lease, attempted), name=f"lease:{topic}"
-        )
+        self._renewers[lease] = asyncio.create_task(self._renew(lease, attempted), name=f"lease:{topic}")
         return lease
 
     async def _renew(self, lease: Lease, renewed_at: float) -> None:
@@ -377,9 +376,7 @@ class RedisBroker(Broker):
         if lease.lost.is_set() or self._client is None:
             return
         lease.lost.set()
-        try:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
             await asyncio.wait_for(
                 self._release_script(keys=[self.lease_key(lease.topic)], args=[lease.token]), 1.0
             )
-        except (RedisError, OSError, TimeoutError):
-            pass  # it expires by itself
