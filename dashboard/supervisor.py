@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.broker import Broker, Lease, fence
+from dashboard.errors import LeadershipLost
 from dashboard.events import Event
 from dashboard.feed import Feed
+from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.supervisor")
 
@@ -85,10 +87,7 @@ class Supervisor:
                 runner.state = "idle"
 
     async def stop(self) -> None:
-        tasks = [r.task for r in self.runners.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(r.task for r in self.runners.values() if r.task is not None)
         for runner in self.runners.values():
             runner.state = "stopped"
 
@@ -112,9 +111,7 @@ class Supervisor:
                 if feed.done():
                     await lost  # a finished feed keeps its lease: no other instance reruns it
             finally:
-                feed.cancel()
-                lost.cancel()
-                await asyncio.gather(feed, lost, return_exceptions=True)
+                await cancel_and_wait([feed, lost])
                 if self.leases and not lease.lost.is_set():
                     await self.leases.release_lease(lease)
             log.info("feed %r stopped: this instance lost its lease and stands by", runner.topic)
@@ -136,6 +133,8 @@ class Supervisor:
                     await self._publish(runner.topic, event)
             except asyncio.CancelledError:
                 raise
+            except LeadershipLost:
+                return  # another instance runs the feed now: _lead stands by
             except Exception as exc:
                 attempt = 1 if time.monotonic() - started >= self.stable_after else attempt + 1
                 runner.restarts += 1

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from dashboard.broker import Broker, Lease, check_requested_id, fence
 from dashboard.errors import BrokerUnavailable, LeadershipLost
 from dashboard.events import Event, Message, encode_data
+from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.broker.redis")
 
@@ -88,17 +89,6 @@ return 0
 
 def _entry_id(raw: bytes) -> int:
     return int(raw.split(b"-", 1)[0])
-
-
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait for them to end. On Python 3.11, redis-py's writes go through
-    asyncio.wait_for, which swallows a cancellation that lands as the write completes: so cancel
-    again until each task has ended."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 class RedisBroker(Broker):
@@ -171,7 +161,7 @@ class RedisBroker(Broker):
     async def disconnect(self) -> None:
         await super().disconnect()
         tasks = [t for t in (self._reader, *self._renewers.values()) if t is not None]
-        await _cancel_and_wait(tasks)
+        await cancel_and_wait(tasks)
         self._renewers.clear()
         for client in (self._client, self._reader_client):
             if client is not None:
