@@ -18,6 +18,7 @@ def redis_prefix():
     """A key prefix of its own on the shared test Redis, deleted afterwards.
 
     Without Redis the test is skipped, except in CI (CI=true), where it fails: CI starts one.
+    Name it before `serve` in a test's arguments, so that its servers stop before the cleanup.
     """
     import uuid
 

@@ -122,7 +122,7 @@ def pid_of(event) -> int:
     return json.loads(event.data)["pid"]
 
 
-def test_two_instances_serve_one_sequence_with_one_leader_per_feed(serve, redis_prefix):
+def test_two_instances_serve_one_sequence_with_one_leader_per_feed(redis_prefix, serve):
     a, b = serve(config(redis_prefix)), serve(config(redis_prefix))
     for topic in ("count", "other"):
         wait_for(f"one leader for {topic}", lambda topic=topic: leader_of([a, b], topic))
@@ -143,7 +143,7 @@ def test_two_instances_serve_one_sequence_with_one_leader_per_feed(serve, redis_
 @pytest.mark.parametrize(
     "path", ["/sse/count", "/sse?topic=count&topic=other&topic=pushed"], ids=["single", "multiplexed"]
 )
-def test_resume_on_another_instance_loses_and_repeats_nothing(serve, redis_prefix, path):
+def test_resume_on_another_instance_loses_and_repeats_nothing(redis_prefix, serve, path):
     a, b = serve(config(redis_prefix)), serve(config(redis_prefix))
     with a.client() as ca, b.client() as cb:
         first = read_events(ca, f"{path}{'&' if '?' in path else '?'}replay=0", 5)
@@ -158,7 +158,7 @@ def test_resume_on_another_instance_loses_and_repeats_nothing(serve, redis_prefi
         assert {e.event for e in reference} >= {"count", "other", "pushed"}
 
 
-def test_a_standby_takes_the_feed_over_within_10s_of_the_leader_dying(serve, redis_prefix):
+def test_a_standby_takes_the_feed_over_within_10s_of_the_leader_dying(redis_prefix, serve):
     a, b = serve(config(redis_prefix)), serve(config(redis_prefix))
     leader = wait_for("one leader", lambda: leader_of([a, b], "count"))
     survivor = b if leader is a else a
@@ -180,7 +180,7 @@ def test_a_standby_takes_the_feed_over_within_10s_of_the_leader_dying(serve, red
         assert client.get("/healthz").json()["leading"] == ["count", "other"]
 
 
-def test_a_paused_leader_cannot_publish_once_its_lease_is_taken(serve, redis_prefix):
+def test_a_paused_leader_cannot_publish_once_its_lease_is_taken(redis_prefix, serve):
     a, b = serve(config(redis_prefix, lease_ttl=2)), serve(config(redis_prefix, lease_ttl=2))
     old = wait_for("one leader", lambda: leader_of([a, b], "count"))
     new = b if old is a else a
@@ -247,7 +247,7 @@ def own_redis(tmp_path, redis_prefix):  # redis_prefix: skip or fail the same wa
     redis.stop()
 
 
-def test_redis_restart_mid_stream_degrades_then_resumes_without_a_restart(serve, own_redis):
+def test_redis_restart_mid_stream_degrades_then_resumes_without_a_restart(own_redis, serve):
     server = serve(config("restart", url=own_redis.url))
     with server.client() as client, Tail(server.url, "/sse?topic=count&topic=pushed&replay=0") as tail:
         before = tail.take(5)
@@ -281,7 +281,7 @@ def worker_processes(server: Server) -> list[psutil.Process]:
     return [c for c in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
 
-def test_two_workers_share_the_port_and_the_events(serve, redis_prefix):
+def test_two_workers_share_the_port_and_the_events(redis_prefix, serve):
     server = serve(config(redis_prefix), args=["--workers", "2"])
     workers = wait_for("two worker processes", lambda: len(found := worker_processes(server)) == 2 and found)
     try:
