@@ -136,6 +136,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         access_log=args.access_log,
     )
     sock = uv_config.bind_socket()
+    sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
     bound = sock.getsockname()
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
