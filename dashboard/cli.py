@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from dashboard import __version__
@@ -44,6 +45,9 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -55,6 +59,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return serve_workers(args, config, host, port)
     try:
         app = create_app(config)
     except DashboardError as exc:
@@ -109,6 +118,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int) -> int:
+    """`serve --workers N`: N processes accept on one socket; they share events through Redis."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if not config.broker.url.startswith(("redis://", "rediss://")):
+        print(
+            f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
+            "would keep its own events, so a browser would see only the events of the process it "
+            "happened to reach, and could not resume on another one. Share them through Redis: "
+            "set broker.url to redis://HOST:6379/0 (see 'Scale out' in the README).",
+            file=sys.stderr,
+        )
+        return 2
+    os.environ[WORKER_CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+    uv_config = uvicorn.Config(
+        "dashboard.cli:worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=args.access_log,
+    )
+    sock = uv_config.bind_socket()
+    sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
+    bound = sock.getsockname()
+    shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
+    print(f"config: {config.source}; {args.workers} worker processes", flush=True)
+    for name, topic in config.topics.items():
+        print(f"  topic {name:<20} feed {topic.feed}", flush=True)
+    Multiprocess(uv_config, sockets=[sock]).run()
+    return 0
+
+
+def worker_app():
+    """The app of one `serve --workers N` process (a factory uvicorn calls in each worker)."""
+    from dashboard.web.app import create_app
+
+    config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
+    app = create_app(config)
+    _close_streams_on_exit(app.state.runtime)
+    return app
+
+
+def _close_streams_on_exit(runtime) -> None:
+    """End open streams as soon as the worker is told to stop, as `serve` does in one process:
+    uvicorn would otherwise wait for them until its graceful-shutdown timeout. Called while
+    uvicorn's own signal handlers are installed, which it restores when it stops."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame, previous=previous) -> None:
+            loop.call_soon_threadsafe(runtime.close_streams)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dashboard", description="A real-time dashboard server with pluggable feeds."
@@ -128,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the port (default 1); more than one needs a redis:// broker",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(

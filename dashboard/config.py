@@ -65,6 +65,17 @@ class ServerConfig(Strict):
 class BrokerConfig(Strict):
     url: str = "memory://"
     history: int = Field(1000, ge=1, description="events kept per topic for replay, unless the topic says")
+    prefix: str = Field(
+        "dashboard",
+        pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$",
+        description="Redis only: the first part of every key, so several dashboards can share one Redis",
+    )
+    lease_ttl: float = Field(
+        5.0,
+        ge=0.5,
+        le=60,
+        description="Redis only: seconds a feed's lease outlives an instance that stopped renewing it",
+    )
 
     @field_validator("url")
     @classmethod

@@ -40,3 +40,7 @@ class UnknownTopic(DashboardError):
 
 class BrokerUnavailable(DashboardError):
     """The broker cannot store or deliver events right now."""
+
+
+class LeadershipLost(DashboardError):
+    """Another instance now leads this topic's feed: the event was not stored."""

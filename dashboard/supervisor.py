@@ -1,4 +1,8 @@
-"""Runs each topic's feed in its own task and restarts a failed one with capped, jittered backoff."""
+"""Runs each topic's feed in its own task and restarts a failed one with capped, jittered backoff.
+
+With a shared broker, a feed runs only while this instance holds its topic's lease: the others
+stand by and one takes over when the leader goes away.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dashboard.broker import Broker, Lease, fence
+from dashboard.errors import LeadershipLost
 from dashboard.events import Event
 from dashboard.feed import Feed
+from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.supervisor")
 
@@ -35,22 +42,36 @@ class FeedRunner:
 
     topic: str
     feed: Feed
-    state: str = "starting"  # starting, running, restarting, finished, idle, stopped
+    state: str = "starting"  # starting, standby, running, restarting, finished, idle, stopped
     restarts: int = 0
     last_error: str | None = None
+    leader: bool | None = None  # whether this instance runs the feed; None: push-only, no leader
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
-        return {"state": self.state, "restarts": self.restarts, "last_error": self.last_error}
+        return {
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "leader": self.leader,
+        }
 
 
 class Supervisor:
     """Owns the feed tasks: starts them, restarts them on failure, cancels them on shutdown."""
 
-    def __init__(self, publish, backoff: Backoff | None = None, *, stable_after: float = 30.0) -> None:
+    def __init__(
+        self,
+        publish,
+        backoff: Backoff | None = None,
+        *,
+        stable_after: float = 30.0,
+        leases: Broker | None = None,
+    ) -> None:
         self._publish = publish
         self.backoff = backoff or Backoff()
         self.stable_after = stable_after  # a run this long resets the backoff
+        self.leases = leases  # who hands out feed leases; None: this process always leads
         self.runners: dict[str, FeedRunner] = {}
 
     def add(self, topic: str, feed: Feed) -> FeedRunner:
@@ -61,17 +82,39 @@ class Supervisor:
     def start(self) -> None:
         for runner in self.runners.values():
             if runner.feed.has_stream():
-                runner.task = asyncio.create_task(self._run(runner), name=f"feed:{runner.topic}")
+                runner.task = asyncio.create_task(self._lead(runner), name=f"feed:{runner.topic}")
             else:
                 runner.state = "idle"
 
     async def stop(self) -> None:
-        tasks = [r.task for r in self.runners.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(r.task for r in self.runners.values() if r.task is not None)
         for runner in self.runners.values():
             runner.state = "stopped"
+
+    async def _lead(self, runner: FeedRunner) -> None:
+        """Run the feed while this instance holds its lease; stand by while another one does."""
+        while True:
+            runner.leader = False
+            runner.state = "standby"
+            lease = await self.leases.acquire_lease(runner.topic) if self.leases else Lease(runner.topic)
+            runner.leader = True
+            runner.state = "starting"
+            # The feed's publishes carry the lease: once it is lost, they are refused.
+            reset = fence.set(lease)
+            try:
+                feed = asyncio.create_task(self._run(runner), name=f"feed:{runner.topic}:run")
+            finally:
+                fence.reset(reset)
+            lost = asyncio.create_task(lease.lost.wait())
+            try:
+                await asyncio.wait({feed, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if feed.done():
+                    await lost  # a finished feed keeps its lease: no other instance reruns it
+            finally:
+                await cancel_and_wait([feed, lost])
+                if self.leases and not lease.lost.is_set():
+                    await self.leases.release_lease(lease)
+            log.info("feed %r stopped: this instance lost its lease and stands by", runner.topic)
 
     async def _run(self, runner: FeedRunner) -> None:
         attempt = 0
@@ -90,6 +133,8 @@ class Supervisor:
                     await self._publish(runner.topic, event)
             except asyncio.CancelledError:
                 raise
+            except LeadershipLost:
+                return  # another instance runs the feed now: _lead stands by
             except Exception as exc:
                 attempt = 1 if time.monotonic() - started >= self.stable_after else attempt + 1
                 runner.restarts += 1

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from tests.browser import browser, open_page  # noqa: F401  (real Chromium fixtures)
@@ -10,3 +12,24 @@ def serve(tmp_path):
     factory = ServerFactory(tmp_path)
     yield factory
     factory.close()
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix of its own on the shared test Redis, deleted afterwards.
+
+    Without Redis the test is skipped, except in CI (CI=true), where it fails: CI starts one.
+    Name it before `serve` in a test's arguments, so that its servers stop before the cleanup.
+    """
+    import uuid
+
+    from tests.support import REDIS_URL, delete_prefix, redis_answers
+
+    if not redis_answers():
+        message = f"no Redis answers at {REDIS_URL}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI must provide one: see .ci/run)")
+        pytest.skip(message)
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    delete_prefix(REDIS_URL, prefix)

@@ -36,20 +36,13 @@ class Server:
     log: Path
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # extra `dashboard serve` arguments
     proc: subprocess.Popen | None = None
     url: str = ""
 
     def start(self, timeout: float = 30.0) -> Server:
-        cmd = [
-            sys.executable,
-            "-m",
-            "dashboard",
-            "serve",
-            "--config",
-            str(self.config),
-            "--port",
-            str(self.port),
-        ]
+        cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config)]
+        cmd += ["--port", str(self.port), *self.args]
         logfile = self.log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
@@ -100,11 +93,18 @@ class ServerFactory:
         self.tmp = tmp
         self.servers: list[Server] = []
 
-    def __call__(self, config: str, *, port: int = 0, env: dict[str, str] | None = None) -> Server:
+    def __call__(
+        self,
+        config: str,
+        *,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> Server:
         n = len(self.servers)
         path = self.tmp / f"config{n}.yaml"
         path.write_text(textwrap.dedent(config))
-        server = Server(path, self.tmp / f"server{n}.log", port=port, env=env or {})
+        server = Server(path, self.tmp / f"server{n}.log", port=port, env=env or {}, args=args or [])
         self.servers.append(server)
         return server.start()
 
@@ -127,9 +127,9 @@ def read_events(
     deadline = time.monotonic() + timeout
     with connect_sse(client, "GET", path, headers=headers or {}) as source:
         assert source.response.status_code == 200, source.response.read()
-        for sse in source.iter_sse():
-            if sse.event.rsplit(":", 1)[-1] in skip or not sse.id:
-                continue  # status events, and the opening `retry:` hint
+        for sse in real_events(source.iter_sse()):
+            if sse.event.rsplit(":", 1)[-1] in skip:
+                continue
             events.append(sse)
             if len(events) >= count or time.monotonic() > deadline:
                 break
@@ -142,4 +142,44 @@ def sse_stream(client: httpx.Client, path: str, headers: dict[str, str] | None =
     """An open SSE connection: yields an iterator of its events (the opening `retry:` hint left out)."""
     with connect_sse(client, "GET", path, headers=headers or {}) as source:
         assert source.response.status_code == 200, source.response.read()
-        yield (sse for sse in source.iter_sse() if sse.id or sse.data)
+        yield real_events(source.iter_sse())
+
+
+def real_events(events: Iterator[ServerSentEvent]) -> Iterator[ServerSentEvent]:
+    """The events a browser would dispatch: httpx-sse also yields the opening `retry:` hint, and
+    after a keepalive comment an empty "event" repeating the last id (every real event has a new id)."""
+    last = None
+    for sse in events:
+        if not sse.id or (sse.id == last and not sse.data):
+            continue
+        last = sse.id
+        yield sse
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+REDIS_URL = os.environ.get("DASHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_answers(url: str = REDIS_URL) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key a test made under `prefix`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

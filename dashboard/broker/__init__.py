@@ -11,13 +11,14 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from dashboard.errors import DashboardError, UnknownTopic
 from dashboard.events import Event, Message
 
-SCHEMES = ("memory",)  # the URL schemes from_url() knows
+SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 
 
@@ -161,6 +162,25 @@ class TopicState:
         return len(self.recent) / RATE_WINDOW
 
 
+class Lease:
+    """Leadership of one topic's feed on this instance: held until `lost` is set.
+
+    Each topic's feed runs on one instance at a time. A single-process broker always leads, and
+    its leases are never lost; a shared broker hands a lease to one instance and fences the
+    publishes made under it (see `fence`).
+    """
+
+    def __init__(self, topic: str, token: str = "") -> None:
+        self.topic = topic
+        self.token = token
+        self.lost = asyncio.Event()
+
+
+#: The lease the current task publishes under. The supervisor sets it in a feed's task, so a
+#: shared broker rejects that feed's events once another instance has taken the lease.
+fence: ContextVar[Lease | None] = ContextVar("dashboard_fence", default=None)
+
+
 class Broker(ABC):
     """Stores events per topic and delivers them to local subscribers; see the module docs."""
 
@@ -188,6 +208,14 @@ class Broker(ABC):
     @property
     def healthy(self) -> bool:
         return True
+
+    async def acquire_lease(self, topic: str) -> Lease:
+        """Wait until this instance leads `topic`'s feed: at once, unless the broker is shared."""
+        return Lease(topic)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give up a lease, so that another instance can take the feed over at once."""
+        lease.lost.set()
 
     # -- shared by every backend ---------------------------------------------------------------
     def add_topic(self, name: str, history: int | None = None) -> None:
@@ -242,7 +270,11 @@ class Broker(ABC):
             raise
         if last_id is None and replay is not None:
             backlog.sort(key=lambda m: m.id)
-            backlog = backlog[len(backlog) - replay :] if replay > 0 else []
+            cut = max(0, len(backlog) - replay)
+            if cut:
+                # Older events can still arrive live from a backend's reader: not replayed either.
+                sub.last_id = backlog[cut - 1].id
+            backlog = backlog[cut:]
         sub.start(backlog)
         return sub
 
@@ -279,11 +311,28 @@ class BrokerConfigError(DashboardError):
     """The broker URL names no known backend."""
 
 
-def from_url(url: str, *, history: int = 1000, max_backlog: int = 1024) -> Broker:
-    """The broker for `url`: `memory://` or `redis://host:port/db`."""
+def from_url(
+    url: str,
+    *,
+    history: int = 1000,
+    max_backlog: int = 1024,
+    prefix: str = "dashboard",
+    lease_ttl: float = 5.0,
+) -> Broker:
+    """The broker for `url`: `memory://`, or `redis://host:port/db` (`rediss://` for TLS).
+
+    `prefix` and `lease_ttl` only concern the Redis broker: the first part of its key names, and
+    how long a feed's lease outlives an instance that stopped renewing it."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from dashboard.broker.memory import MemoryBroker
 
         return MemoryBroker(history=history, max_backlog=max_backlog)
-    raise BrokerConfigError(f"unsupported broker URL {url!r}: use memory://")
+    if scheme in ("redis", "rediss"):
+        from dashboard.broker.redis import RedisBroker
+
+        return RedisBroker(url, history=history, max_backlog=max_backlog, prefix=prefix, lease_ttl=lease_ttl)
+    raise BrokerConfigError(
+        f"unsupported broker scheme {scheme + '://' if scheme else 'in the URL'}: "
+        "use memory:// or redis://host:6379/0"
+    )

@@ -36,5 +36,7 @@ async def healthz(request: Request) -> JSONResponse:
         "status": status,
         "broker": {"url_scheme": runtime.config.broker.url.split(":", 1)[0], "ok": broker_ok},
         "feeds": {name: runner.state for name, runner in runtime.supervisor.runners.items()},
+        # the topics whose feed runs on this instance (with a shared broker, one instance each)
+        "leading": sorted(name for name, runner in runtime.supervisor.runners.items() if runner.leader),
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

@@ -36,10 +36,14 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.broker = brokers.from_url(
-            config.broker.url, history=config.broker.history, max_backlog=config.server.max_backlog
+            config.broker.url,
+            history=config.broker.history,
+            max_backlog=config.server.max_backlog,
+            prefix=config.broker.prefix,
+            lease_ttl=config.broker.lease_ttl,
         )
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
-        self.supervisor = Supervisor(self.publish, backoff)
+        self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
         self.feeds: dict[str, Feed] = {}
         self.stopping = False

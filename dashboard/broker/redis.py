@@ -1,0 +1,372 @@
+"""The Redis broker: one Redis Stream per topic, shared by every instance, and feed leases.
+
+Ids: one Lua script assigns the id and appends the event atomically, id = max(last + 1, Redis
+clock in microseconds), kept in one key for all topics. So ids grow in commit order across topics
+and instances, and one XREAD over every topic's stream reads a prefix of that order: each
+process delivers events in id order, and a Last-Event-ID from any instance resumes on any other.
+
+Live fan-out: one reader task per process blocks on XREAD for all topics and hands each event,
+encoded once, to the shared local fan-out. Publishing returns once Redis has stored the event;
+local subscribers get it through the reader, like everyone else's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from dashboard.broker import Broker, Lease, check_requested_id, fence
+from dashboard.errors import BrokerUnavailable, LeadershipLost
+from dashboard.events import Event, Message, encode_data
+from dashboard.tasks import cancel_and_wait
+
+log = logging.getLogger("dashboard.broker.redis")
+
+BLOCK_MS = 5000  # how long one XREAD waits for news before it is sent again
+CATCH_UP_TIMEOUT = 5.0  # how long a new subscriber waits for the reader to reach its backlog
+MAX_ID = 2**53  # ids are Lua numbers (doubles) in the script
+
+# KEYS: id counter, topic stream, topic lease.
+# ARGV: maxlen, floor id, requested id or "", lease token or "", lease ttl ms, event, data, ts.
+PUBLISH = """
+local token = ARGV[4]
+if token ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder == false then
+    redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
+  elseif holder ~= token then
+    return redis.error_reply('FENCED')
+  end
+end
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local id
+if ARGV[3] ~= '' then
+  id = tonumber(ARGV[3])
+  if id <= last then
+    return redis.error_reply('IDORDER ' .. string.format('%.0f', last))
+  end
+else
+  local now = redis.call('TIME')
+  id = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]), tonumber(ARGV[2]) + 1)
+end
+local sid = string.format('%.0f', id)
+redis.call('SET', KEYS[1], sid)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], sid .. '-0', 'e', ARGV[6], 'd', ARGV[7], 't', ARGV[8])
+return sid
+"""
+
+# Keep the lease while it is ours; take it back when it expired and nobody took it meanwhile
+# (after a Redis restart, say): the fence only has to exclude a *different* holder.
+RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _entry_id(raw: bytes) -> int:
+    return int(raw.split(b"-", 1)[0])
+
+
+class RedisBroker(Broker):
+    """Events in Redis Streams (`<prefix>:topic:<name>`), ids from `<prefix>:id`, leases in
+    `<prefix>:lease:<name>`. See the module docs for how order and resume hold across instances."""
+
+    def __init__(self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.url = url
+        self.prefix = prefix
+        self.lease_ttl = lease_ttl
+        parts = urlsplit(url)
+        # For messages: never the password.
+        self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
+        self._client: aioredis.Redis | None = None
+        self._reader_client: aioredis.Redis | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._renewers: dict[Lease, asyncio.Task[None]] = {}
+        self._healthy = False
+        self._last = 0  # the highest id delivered to this process's subscribers
+        self._own: dict[int, Message] = {}  # published here, not yet read back: built once
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._stream_topics: dict[bytes, str] = {}
+
+    # -- keys ----------------------------------------------------------------------------------
+    @property
+    def id_key(self) -> str:
+        return f"{self.prefix}:id"
+
+    def stream_key(self, topic: str) -> str:
+        return f"{self.prefix}:topic:{topic}"
+
+    def lease_key(self, topic: str) -> str:
+        return f"{self.prefix}:lease:{topic}"
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _connect_client(self, socket_timeout: float) -> aioredis.Redis:
+        # No retries: a publish retried after a lost reply could store its event twice.
+        return aioredis.from_url(
+            self.url,
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def connect(self) -> None:
+        self._client = self._connect_client(5.0)
+        self._reader_client = self._connect_client(BLOCK_MS / 1000 + 5.0)
+        self._publish_script = self._client.register_script(PUBLISH)
+        self._renew_script = self._client.register_script(RENEW)
+        self._release_script = self._client.register_script(RELEASE)
+        self._stream_topics = {self.stream_key(name).encode(): name for name in self.topics}
+        try:
+            self._last = int(await self._client.get(self.id_key) or 0)
+            for name in self.topics:
+                newest = await self._client.xrevrange(self.stream_key(name), count=1)
+                for entry_id, fields in newest:
+                    self.topics[name].history.append(self._decode(name, _entry_id(entry_id), fields))
+            self._healthy = True
+        except (RedisError, OSError) as exc:
+            # Start degraded rather than not at all: the reader keeps trying in the background.
+            log.warning("cannot reach Redis at %s (%s); starting degraded", self.where, type(exc).__name__)
+            self._last = time.time_ns() // 1000
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-reader")
+
+    async def disconnect(self) -> None:
+        await super().disconnect()
+        tasks = [t for t in (self._reader, *self._renewers.values()) if t is not None]
+        await cancel_and_wait(tasks)
+        self._renewers.clear()
+        for client in (self._client, self._reader_client):
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+        self._healthy = False
+
+    def _unavailable(self, doing: str, exc: BaseException) -> BrokerUnavailable:
+        self._healthy = False
+        reason = type(exc).__name__
+        return BrokerUnavailable(f"cannot {doing}: Redis at {self.where} is unreachable ({reason})")
+
+    # -- events --------------------------------------------------------------------------------
+    async def publish(self, topic: str, event: Event) -> Message:
+        state = self.topic(topic)
+        assert self._client is not None, "broker not connected"
+        lease = fence.get()
+        token = lease.token if lease is not None and lease.topic == topic else ""
+        requested = ""
+        if event.id is not None:
+            wanted = check_requested_id(event.id, 0)
+            if wanted >= MAX_ID:
+                raise ValueError(f"Event.id must be below {MAX_ID}, got {wanted}")
+            requested = str(wanted)
+        data = encode_data(event.data)
+        ts = time.time()
+        try:
+            sid = await self._publish_script(
+                keys=[self.id_key, self.stream_key(topic), self.lease_key(topic)],
+                args=[
+                    state.history.maxlen or self.default_history,
+                    self._last,
+                    requested,
+                    token,
+                    int(self.lease_ttl * 1000),
+                    event.event or "",
+                    data,
+                    repr(ts),
+                ],
+            )
+        except ResponseError as exc:
+            reason = str(exc)
+            if reason.startswith("FENCED"):
+                assert lease is not None
+                self._lose(lease, "another instance holds its lease")
+                raise LeadershipLost(
+                    f"topic {topic!r}: another instance leads this feed now; the event was not stored"
+                ) from None
+            if reason.startswith("IDORDER"):
+                last = reason.split()[1]
+                raise ValueError(
+                    f"Event.id {requested} is not above the last id {last}; leave id unset"
+                ) from None
+            raise BrokerUnavailable(f"Redis at {self.where} refused the event: {reason}") from None
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(f"store the event on {topic!r}", exc) from exc
+        message = Message.build(int(sid), topic, event.event, data, ts)
+        if message.id > self._last:
+            self._own[message.id] = message
+        return message
+
+    async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
+        self.topic(topic)
+        assert self._client is not None, "broker not connected"
+        start = "-" if after_id is None or after_id < 0 else f"({after_id}-0"
+        try:
+            entries = await self._client.xrange(self.stream_key(topic), min=start)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(f"read the history of {topic!r}", exc) from exc
+        messages = [self._decode(topic, _entry_id(entry_id), fields) for entry_id, fields in entries]
+        if messages:
+            # Everything stored before the newest of these must reach this process's subscribers
+            # (held while they start) before they go live, or a multiplexed subscriber could
+            # skip an older event of another topic that the reader has not delivered yet.
+            await self._reader_reached(messages[-1].id)
+        return messages
+
+    def _decode(self, topic: str, id: int, fields: dict[bytes, bytes]) -> Message:
+        event = fields.get(b"e", b"").decode() or None
+        data = fields.get(b"d", b"").decode("utf-8", errors="replace")
+        try:
+            ts = float(fields.get(b"t", b"0"))
+        except ValueError:
+            ts = 0.0
+        return Message.build(id, topic, event, data, ts)
+
+    async def _reader_reached(self, target: int) -> None:
+        if self._last >= target:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        try:
+            await asyncio.wait_for(waiter, CATCH_UP_TIMEOUT)
+        except TimeoutError:
+            raise BrokerUnavailable(f"the reader of Redis at {self.where} is behind; try again") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((target, waiter))
+
+    async def _read_forever(self) -> None:
+        """The process's one reader: deliver every topic's new events in id order, for ever."""
+        assert self._reader_client is not None
+        delay = 0.0
+        while True:
+            try:
+                after = f"{self._last}-0"
+                reply = await self._reader_client.xread(
+                    {key: after for key in self._stream_topics}, block=BLOCK_MS
+                )
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if delay == 0.0:
+                    log.warning(
+                        "lost Redis at %s (%s); retrying with backoff, streams stay open",
+                        self.where,
+                        type(exc).__name__,
+                    )
+                self._healthy = False
+                delay = min(max(delay * 2, 0.1), 5.0)
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                continue
+            if delay:
+                delay = 0.0
+                log.info("reconnected to Redis at %s; resuming after event %d", self.where, self._last)
+                # Pooled connections to the old server would fail their next command.
+                if self._client is not None:
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
+            self._healthy = True
+            if reply:
+                self._deliver_batch(reply)
+
+    def _deliver_batch(self, reply: list) -> None:
+        own = self._own
+        batch: list[Message] = []
+        for key, entries in reply:
+            topic = self._stream_topics[key]
+            for entry_id, fields in entries:
+                id = _entry_id(entry_id)
+                batch.append(own.pop(id, None) or self._decode(topic, id, fields))
+        batch.sort(key=lambda m: m.id)
+        for message in batch:
+            if message.id > self._last:
+                self._last = message.id
+                self.deliver(message)
+        if len(own) > 1024:  # published here but trimmed before the reader saw them
+            for id in [i for i in own if i <= self._last]:
+                del own[id]
+        if self._waiters:
+            for target, waiter in self._waiters:
+                if target <= self._last and not waiter.done():
+                    waiter.set_result(None)
+
+    # -- leadership ----------------------------------------------------------------------------
+    async def acquire_lease(self, topic: str) -> Lease:
+        """Wait until this instance holds `topic`'s lease, polling while another one holds it."""
+        assert self._client is not None, "broker not connected"
+        lease = Lease(topic, uuid.uuid4().hex)
+        ttl_ms = int(self.lease_ttl * 1000)
+        poll = min(1.0, self.lease_ttl / 4)
+        while True:
+            attempted = time.monotonic()
+            try:
+                if await self._client.set(self.lease_key(topic), lease.token, nx=True, px=ttl_ms):
+                    break
+            except (RedisError, OSError):
+                pass  # the reader reports the outage; keep trying
+            await asyncio.sleep(poll)
+        log.info("topic %r: this instance leads its feed now", topic)
+        self._renewers[lease] = asyncio.create_task(self._renew(lease, attempted), name=f"lease:{topic}")
+        return lease
+
+    async def _renew(self, lease: Lease, renewed_at: float) -> None:
+        assert self._client is not None
+        key, ttl_ms = self.lease_key(lease.topic), int(self.lease_ttl * 1000)
+        while not lease.lost.is_set():
+            await asyncio.sleep(self.lease_ttl / 3)
+            sent = time.monotonic()
+            try:
+                kept = await self._renew_script(keys=[key], args=[lease.token, ttl_ms])
+            except (RedisError, OSError):
+                if time.monotonic() - renewed_at >= self.lease_ttl:
+                    self._lose(lease, "it could not be renewed in time")
+                continue
+            if kept:
+                renewed_at = sent
+            else:
+                self._lose(lease, "another instance holds it")
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        if not lease.lost.is_set():
+            log.warning("topic %r: lost the lease of its feed (%s); standing by", lease.topic, why)
+            lease.lost.set()
+        renewer = self._renewers.pop(lease, None)
+        if renewer is not None and renewer is not asyncio.current_task():
+            renewer.cancel()
+
+    async def release_lease(self, lease: Lease) -> None:
+        renewer = self._renewers.pop(lease, None)
+        if renewer is not None:
+            renewer.cancel()
+        if lease.lost.is_set() or self._client is None:
+            return
+        lease.lost.set()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
+            await asyncio.wait_for(
+                self._release_script(keys=[self.lease_key(lease.topic)], args=[lease.token]), 1.0
+            )

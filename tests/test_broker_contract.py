@@ -1,0 +1,211 @@
+"""One suite for every backend: the broker's contract, checked on memory:// and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from dashboard.broker import Broker, Subscription, from_url
+from dashboard.errors import UnknownTopic
+from dashboard.events import Event
+from tests.support import REDIS_URL
+
+TOPICS = {"a": None, "b": None, "short": 3}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request) -> Callable[[], Broker]:
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        return lambda: from_url(REDIS_URL, history=100, prefix=prefix)
+    return lambda: from_url("memory://", history=100)
+
+
+@contextlib.asynccontextmanager
+async def connected(make_broker: Callable[[], Broker]) -> AsyncIterator[Broker]:
+    broker = make_broker()
+    for name, history in TOPICS.items():
+        broker.add_topic(name, history)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.disconnect()
+
+
+def parse_frames(chunk: bytes) -> list[tuple[int, str, str]]:
+    """(id, event, data) of each frame in a chunk."""
+    frames = []
+    for block in chunk.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "id" in fields:
+            frames.append((int(fields["id"]), fields.get("event", "message"), fields.get("data", "")))
+    return frames
+
+
+async def take(sub: Subscription, count: int, timeout: float = 10.0) -> list[tuple[int, str, str]]:
+    """The next `count` frames of a subscription."""
+    frames: list[tuple[int, str, str]] = []
+    async with asyncio.timeout(timeout):
+        while len(frames) < count:
+            chunk = await sub.next_chunk(timeout)
+            assert chunk is not None, f"subscription closed after {frames}"
+            frames.extend(parse_frames(chunk))
+    return frames
+
+
+async def nothing_more(sub: Subscription, wait: float = 0.3) -> None:
+    chunk = await sub.next_chunk(wait)
+    assert chunk == b"", f"unexpected frames: {chunk!r}"
+
+
+def test_ids_grow_across_topics_and_history_keeps_what_publish_returned(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            published = [await broker.publish(t, Event({"n": i})) for i, t in enumerate("abab")]
+            ids = [m.id for m in published]
+            assert ids == sorted(ids) and len(set(ids)) == 4, ids
+            history = await broker.read_history("a", None)
+            assert [(m.id, m.data) for m in history] == [(ids[0], '{"n":0}'), (ids[2], '{"n":2}')]
+            assert [m.id for m in await broker.read_history("b", ids[1])] == [ids[3]]
+            assert await broker.read_history("b", ids[3]) == []
+
+    asyncio.run(scenario())
+
+
+def test_live_subscriber_gets_each_event_once_in_order(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            sub = await broker.subscribe(["a"])
+            ids = [(await broker.publish("a", Event({"n": i}))).id for i in range(5)]
+            frames = await take(sub, 5)
+            assert [f[0] for f in frames] == ids
+            assert [f[2] for f in frames] == [f'{{"n":{i}}}' for i in range(5)]
+            await nothing_more(sub)
+            broker.unsubscribe(sub)
+
+    asyncio.run(scenario())
+
+
+def test_resume_after_last_id_replays_the_rest_then_goes_live(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            ids = [(await broker.publish("a", Event(i))).id for i in range(5)]
+            sub = await broker.subscribe(["a"], ids[1])
+            assert [f[0] for f in await take(sub, 3)] == ids[2:]
+            later = [(await broker.publish("a", Event(i))).id for i in range(5, 7)]
+            assert [f[0] for f in await take(sub, 2)] == later
+            await nothing_more(sub)
+
+    asyncio.run(scenario())
+
+
+def test_multiplexed_resume_keeps_one_order_across_topics(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            published = [
+                await broker.publish(t, Event(i, event="tick" if t == "b" else None))
+                for i, t in enumerate("ababba")
+            ]
+            sub = await broker.subscribe(["a", "b"], published[0].id, mux=True)
+            frames = await take(sub, 5)
+            assert [(f[0], f[1]) for f in frames] == [
+                (m.id, "a" if m.topic == "a" else "b:tick") for m in published[1:]
+            ]
+            await nothing_more(sub)
+
+    asyncio.run(scenario())
+
+
+def test_replay_count_gives_the_newest_events_first(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            ids = [(await broker.publish(t, Event(i))).id for i, t in enumerate("aabab")]
+            sub = await broker.subscribe(["a", "b"], mux=True, replay=2)
+            assert [f[0] for f in await take(sub, 2)] == ids[-2:]
+            await nothing_more(sub)
+            fresh = await broker.subscribe(["a"], replay=0)
+            await nothing_more(fresh)
+
+    asyncio.run(scenario())
+
+
+def test_history_is_trimmed_to_the_topic_history(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            ids = [(await broker.publish("short", Event(i))).id for i in range(6)]
+            assert [m.id for m in await broker.read_history("short", None)] == ids[-3:]
+
+    asyncio.run(scenario())
+
+
+def test_requested_ids_must_keep_growing(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            first = await broker.publish("a", Event(0))
+            wanted = first.id + 1000
+            assert (await broker.publish("a", Event(1, id=str(wanted)))).id == wanted
+            with pytest.raises(ValueError, match="not above the last id"):
+                await broker.publish("b", Event(2, id=str(wanted)))
+            with pytest.raises(ValueError, match="integer"):
+                await broker.publish("b", Event(2, id="abc"))
+            assert (await broker.publish("b", Event(3))).id > wanted
+
+    asyncio.run(scenario())
+
+
+def test_unknown_topic_is_refused(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            with pytest.raises(UnknownTopic):
+                await broker.publish("nope", Event(1))
+            with pytest.raises(UnknownTopic):
+                await broker.subscribe(["a", "nope"])
+
+    asyncio.run(scenario())
+
+
+def test_subscribing_while_publishing_loses_and_repeats_nothing(make_broker):
+    """Multiplexed resumes racing busy publishers get exactly what history holds after them."""
+
+    async def scenario():
+        async with connected(make_broker) as broker:
+            start = await broker.publish("a", Event("start"))
+            per_task, tasks = 40, 4
+
+            async def publisher(k: int) -> None:
+                for i in range(per_task):
+                    await broker.publish("ab"[(i + k) % 2], Event(i))
+
+            running = [asyncio.create_task(publisher(k)) for k in range(tasks)]
+            subs = []
+            while not all(t.done() for t in running):
+                await asyncio.sleep(0)  # the memory broker's subscribe never waits
+                subs.append(await broker.subscribe(["a", "b"], start.id, mux=True))
+            await asyncio.gather(*running)
+            stored = [*await broker.read_history("a", start.id), *await broker.read_history("b", start.id)]
+            expected = sorted(m.id for m in stored)
+            assert len(expected) == per_task * tasks
+            for sub in subs:
+                assert [f[0] for f in await take(sub, len(expected))] == expected
+                await nothing_more(sub, 0.05)
+
+    asyncio.run(scenario())
+
+
+def test_a_free_lease_is_taken_at_once_and_released(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            async with asyncio.timeout(2):
+                lease = await broker.acquire_lease("a")
+            assert not lease.lost.is_set()
+            await broker.release_lease(lease)
+            assert lease.lost.is_set()
+            async with asyncio.timeout(2):
+                again = await broker.acquire_lease("a")
+            await broker.release_lease(again)
+
+    asyncio.run(scenario())
