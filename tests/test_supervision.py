@@ -36,7 +36,12 @@ def test_crashing_feed_restarts_and_others_keep_flowing(serve):
     assert 0 < first["retry_in"] <= 0.2
     assert any(s["state"] == "running" for s in statuses), "recovery is reported too"
     assert topics["flaky"]["status"]["restarts"] >= 3
-    assert topics["steady"]["status"] == {"state": "running", "restarts": 0, "last_error": None}
+    assert topics["steady"]["status"] == {
+        "state": "running",
+        "restarts": 0,
+        "last_error": None,
+        "leader": True,
+    }
     assert health["status"] == "ok"
     log = server.output()
     assert "feed 'flaky' failed; restarting" in log and "Traceback" in log
