@@ -100,11 +100,15 @@ class Subscription:
             self._pending.append(frame)
             self._wake()
 
-    def start(self, backlog: list[Message]) -> None:
-        """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live."""
+    def start(self, backlog: list[Message], floors: dict[str, int] | None = None) -> None:
+        """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live.
+
+        `floors` holds, per topic, the newest id a limited replay left out: a message that old
+        arriving live (late, from a backend's reader) is left out too."""
         held, self._held = self._held or [], None
+        floors = floors or {}
         for message in sorted((*backlog, *held), key=lambda m: m.id):
-            if message.id > self.last_id:
+            if message.id > self.last_id and message.id > floors.get(message.topic, 0):
                 self.last_id = message.id
                 self._pending.append(message.mux_frame if self.mux else message.frame)
         if self._pending:
@@ -262,20 +266,20 @@ class Broker(ABC):
         for state in states:
             state.subscribers.add(sub)
         backlog: list[Message] = []
+        floors: dict[str, int] = {}  # per topic: the newest id left out of a limited replay
         try:
             for name in names:
-                backlog.extend(await self.read_history(name, last_id))
+                history = await self.read_history(name, last_id)
+                if last_id is None and replay is not None:
+                    cut = max(0, len(history) - replay)
+                    if cut:
+                        floors[name] = history[cut - 1].id
+                    history = history[cut:]
+                backlog.extend(history)
         except BaseException:
             self.unsubscribe(sub)
             raise
-        if last_id is None and replay is not None:
-            backlog.sort(key=lambda m: m.id)
-            cut = max(0, len(backlog) - replay)
-            if cut:
-                # Older events can still arrive live from a backend's reader: not replayed either.
-                sub.last_id = backlog[cut - 1].id
-            backlog = backlog[cut:]
-        sub.start(backlog)
+        sub.start(backlog, floors)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
