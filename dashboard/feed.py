@@ -73,6 +73,10 @@ class Feed:
         """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`)."""
         return [Event(data=data)]
 
+    def not_published(self, events: list[Event]) -> None:
+        """Called with the events from `on_publish` that could not be stored (the broker was down
+        and the client got a 503): forget anything remembered about them, so a retry is taken."""
+
     @classmethod
     def config_problems(cls, options: Options, config: Any) -> list[str]:
         """What is wrong with `options` given the rest of the config (`dashboard check` reports it)."""

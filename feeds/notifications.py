@@ -164,6 +164,10 @@ class Notifications(Feed):
             events.append(Event(data=item.model_dump()))
         return events
 
+    def not_published(self, events: list[Event]) -> None:
+        for event in events:  # so that the sender's retry is not taken for a duplicate
+            self._seen.pop(event.data["id"], None)
+
     # -- webhook -------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
         return [Route("/webhook", self.webhook, methods=["POST"])]
@@ -226,8 +230,7 @@ class Notifications(Feed):
             try:
                 ids.append((await self.publish(event)).id)
             except Exception:
-                for unpublished in events[n:]:  # so that the sender's retry is not taken for a duplicate
-                    self._seen.pop(unpublished.data["id"], None)
+                self.not_published(events[n:])
                 raise
         return JSONResponse(
             {

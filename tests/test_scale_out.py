@@ -29,6 +29,8 @@ def config(prefix: str, *, url: str = REDIS_URL, lease_ttl: float = 5.0) -> str:
       count: {{feed: "tests.scale_feed:Counter", options: {{interval: 0.05}}}}
       other: {{feed: "tests.scale_feed:Counter", options: {{interval: 0.07}}}}
       pushed: {{feed: "tests.scale_feed:Pushed"}}
+      alerts: {{feed: notifications}}
+    auth: {{publish_tokens: [scale-token]}}
     """
 
 
@@ -261,6 +263,10 @@ def test_redis_restart_mid_stream_degrades_then_resumes_without_a_restart(own_re
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "broker_unavailable"
         assert "Redis" in refused.json()["error"]["message"]
+        auth = {"Authorization": "Bearer scale-token"}
+        alert = {"id": "disk-1", "title": "Disk full"}
+        refused = client.post("/publish/alerts", json=alert, headers=auth)
+        assert refused.status_code == 503, refused.text
         while not tail.events.empty():
             before.append(tail.events.get())
         time.sleep(1.5)  # streams stay open through the outage (keepalives every second)
@@ -269,6 +275,9 @@ def test_redis_restart_mid_stream_degrades_then_resumes_without_a_restart(own_re
         wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)
         accepted = client.post("/feeds/pushed/push", json={"after": True})
         assert accepted.status_code == 200, accepted.text
+        # the notification refused during the outage is taken on retry, not dropped as a duplicate
+        retried = client.post("/publish/alerts", json=alert, headers=auth)
+        assert retried.status_code == 202 and len(retried.json()["ids"]) == 1, retried.text
         after = tail.until(lambda e: int(e.id) == accepted.json()["id"])
         after += tail.take(3)
     assert not any("lost" in e.data for e in before + after), "a refused push was delivered"

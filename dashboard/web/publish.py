@@ -46,5 +46,11 @@ async def publish(request: Request) -> JSONResponse:
         events = feed.on_publish(data)
     except (ValueError, TypeError) as exc:
         raise HTTPError(422, f"rejected by feed {type(feed).__name__}: {describe_invalid(exc)}") from None
-    ids = [(await runtime.publish(topic, event)).id for event in events]
+    ids = []
+    for n, event in enumerate(events):
+        try:
+            ids.append((await runtime.publish(topic, event)).id)
+        except Exception:
+            feed.not_published(events[n:])
+            raise
     return JSONResponse({"topic": topic, "ids": ids}, status_code=202)
