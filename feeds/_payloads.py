@@ -36,19 +36,25 @@ def first_of(mapping: dict[str, Any], *keys: str) -> Any:
 
 
 # -- generic JSON ----------------------------------------------------------------------------
+def json_objects(body: Any) -> list[dict[str, Any]]:
+    """A JSON object, or a non-empty list of them, as a list; ValueError saying what is wrong."""
+    objects = body if isinstance(body, list) else [body]
+    if not objects:
+        raise ValueError("the body is an empty list: send an object or a list of objects")
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise ValueError(f"item {i}: expected a JSON object, got {type(obj).__name__}")
+    return objects
+
+
 def from_generic(body: Any) -> list[dict[str, Any]]:
     """An object (or a list of them) with a title and/or body under common names.
 
     title: title, summary, subject, name; body: body, message, text, description, content;
     level: level, severity; url: url, link, href; ts: ts, timestamp, time. Other keys are ignored.
     """
-    objects = body if isinstance(body, list) else [body]
-    if not objects:
-        raise ValueError("the body is an empty list: send an object or a list of objects")
     items = []
-    for i, obj in enumerate(objects):
-        if not isinstance(obj, dict):
-            raise ValueError(f"item {i}: expected a JSON object, got {type(obj).__name__}")
+    for i, obj in enumerate(json_objects(body)):
         title = first_of(obj, "title", "summary", "subject", "name")
         text = first_of(obj, "body", "message", "text", "description", "content")
         if title is None and text is None:

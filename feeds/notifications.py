@@ -34,6 +34,7 @@ from feeds._payloads import (
     from_generic,
     from_github,
     is_alertmanager,
+    json_objects,
 )
 
 Level = Literal["info", "success", "warning", "error"]
@@ -141,15 +142,7 @@ class Notifications(Feed):
     # -- intake --------------------------------------------------------------------------------
     def on_publish(self, data: Any) -> list[Event]:
         """A notification object or a list of them, validated strictly (unknown keys are errors)."""
-        objects = data if isinstance(data, list) else [data]
-        if not objects:
-            raise ValueError("the body is an empty list: send an object or a list of objects")
-        items = []
-        for i, obj in enumerate(objects):
-            if not isinstance(obj, dict):
-                raise ValueError(f"item {i}: expected a JSON object, got {type(obj).__name__}")
-            items.append(Notification.model_validate(obj))
-        return self.fresh_events(items)
+        return self.fresh_events([Notification.model_validate(obj) for obj in json_objects(data)])
 
     def fresh_events(self, items: list[Notification]) -> list[Event]:
         """Events for the items whose id was not seen recently (nor earlier in `items`)."""

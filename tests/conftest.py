@@ -14,6 +14,16 @@ def serve(tmp_path):
     factory.close()
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """An OpenAI-compatible upstream on loopback, playing the scenario its model names."""
+    from tests.upstream import Upstream
+
+    up = Upstream()
+    yield up
+    up.close()
+
+
 @pytest.fixture
 def redis_prefix():
     """A key prefix of its own on the shared test Redis, deleted afterwards.

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.support import ServerFactory, read_events, sse_stream
-from tests.upstream import Upstream, answer_text, relay_config
+from tests.upstream import answer_text, relay_config
 
 KEY = "sk-feed-0123456789abcdef0123456789"
 TOPICS = """
@@ -19,13 +19,6 @@ topics:
   broken: {feed: ai, options: {model: t-error-mid}}
   sched: {feed: ai, options: {model: t-echo, schedule: {every: 600, prompt: "scheduled hello"}}}
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    up = Upstream()
-    yield up
-    up.close()
 
 
 @pytest.fixture(scope="module")

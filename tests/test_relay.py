@@ -10,16 +10,9 @@ import openai
 import pytest
 
 from tests.support import ServerFactory
-from tests.upstream import Upstream, answer_text, blackhole, relay_config
+from tests.upstream import answer_text, blackhole, relay_config
 
 KEY = "sk-test-" + secrets.token_hex(24)
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    up = Upstream()
-    yield up
-    up.close()
 
 
 @pytest.fixture(scope="module")
