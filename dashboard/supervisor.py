@@ -17,7 +17,7 @@ from dashboard.broker import Broker, Lease, fence
 from dashboard.errors import LeadershipLost
 from dashboard.events import Event
 from dashboard.feed import Feed
-from dashboard.tasks import cancel_and_wait
+from dashboard.tasks import cancel_and_wait, finish_shielded
 
 log = logging.getLogger("dashboard.supervisor")
 
@@ -111,10 +111,14 @@ class Supervisor:
                 if feed.done():
                     await lost  # a finished feed keeps its lease: no other instance reruns it
             finally:
-                await cancel_and_wait([feed, lost])
-                if self.leases and not lease.lost.is_set():
-                    await self.leases.release_lease(lease)
+                await finish_shielded(self._let_go(runner, lease, feed, lost))
             log.info("feed %r stopped: this instance lost its lease and stands by", runner.topic)
+
+    async def _let_go(self, runner: FeedRunner, lease: Lease, *tasks: asyncio.Task) -> None:
+        """Stop the feed's tasks, then release its lease so another instance takes over at once."""
+        await cancel_and_wait(tasks)
+        if self.leases and not lease.lost.is_set():
+            await self.leases.release_lease(lease)
 
     async def _run(self, runner: FeedRunner) -> None:
         attempt = 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task]) -> None:
@@ -18,3 +21,23 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
+async def finish_shielded(coro: Awaitable[T]) -> T:
+    """Run `coro` to its end even when the calling task is cancelled (again and again, as
+    cancel_and_wait does) meanwhile; that cancellation is raised once `coro` has finished.
+
+    For cleanup in a `finally` that must not be cut short: stopping a feed, releasing its lease."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()

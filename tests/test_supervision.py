@@ -55,3 +55,44 @@ def test_a_feed_yielding_something_else_is_told_what_is_expected(serve):
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
     assert status["last_error"] == "TypeError: feed 'wrong' yielded dict, expected dashboard.Event"
+
+
+def test_stop_waits_for_each_feed_and_releases_its_lease():
+    """Stopping is not cut short by repeated cancellation: no feed task outlives it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dashboard import Event, Feed
+    from dashboard.broker.memory import MemoryBroker
+    from dashboard.supervisor import Supervisor
+
+    class SlowToStop(Feed):
+        async def stream(self):
+            try:
+                while True:
+                    yield Event({"n": 1})
+                    await asyncio.sleep(0.01)
+            finally:
+                await asyncio.shield(asyncio.sleep(0.3))  # cleanup that takes a while
+
+    released = []
+
+    class Broker(MemoryBroker):
+        async def release_lease(self, lease):
+            released.append(lease.topic)
+            await super().release_lease(lease)
+
+    async def scenario():
+        broker = Broker()
+        broker.add_topic("t")
+        supervisor = Supervisor(broker.publish, leases=broker)
+        supervisor.add("t", SlowToStop("t"))
+        supervisor.start()
+        await asyncio.sleep(0.1)
+        await supervisor.stop()
+        return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("feed:")]
+
+    with ThreadPoolExecutor(1) as pool:
+        alive = pool.submit(asyncio.run, scenario()).result(timeout=30)
+    assert alive == [], f"feed tasks still running after stop(): {alive}"
+    assert released == ["t"], "the lease was not released"

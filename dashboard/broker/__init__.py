@@ -236,7 +236,10 @@ class Broker(ABC):
         state = self.topics[message.topic]
         state.history.append(message)
         state.published += 1
-        state.recent.append(time.monotonic())
+        now = time.monotonic()
+        state.recent.append(now)
+        while state.recent[0] < now - RATE_WINDOW:  # bounded by the rate window, polled or not
+            state.recent.popleft()
         delivered = 0
         for sub in tuple(state.subscribers):
             if sub.push(message):
