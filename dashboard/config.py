@@ -249,12 +249,17 @@ class _Source:
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)
+            own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
+            for key_node, _ in node.value:
+                if key_node.tag != "tag:yaml.org,2002:merge":
+                    key = loader.construct_object(key_node)
+                    if key in own:
+                        self._issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+                    own.add(key)
+            loader.flatten_mapping(node)  # merged keys first, so the node's own keys win
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = loader.construct_object(key_node)
-                if key in out:
-                    self._issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
                 self.lines[(*path, key)] = key_node.start_mark.line + 1
                 out[key] = self._build(loader, value_node, (*path, key))
             return out

@@ -37,6 +37,16 @@ def test_valid_config_with_env_substitution(monkeypatch):
     assert (panel.title, panel.view) == ("cpu.total_1", "chart")
 
 
+def test_yaml_anchors_and_merge_keys_override_without_errors():
+    text = (
+        "topics:\n"
+        "  a: {feed: demo, options: &walk {mode: walk, interval: 0.5}}\n"
+        "  b: {feed: demo, options: {<<: *walk, interval: 2.0}}\n"
+    )
+    config = parse_config(text)
+    assert config.topics["b"].options == {"mode": "walk", "interval": 2.0}
+
+
 def test_default_panels_one_per_topic_with_the_feed_view():
     config = parse_config("topics: {a: {feed: demo}, b: {feed: demo}}")
     assert [(p.topic, p.view) for p in config.effective_panels()] == [("a", "json"), ("b", "json")]
