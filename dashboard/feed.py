@@ -86,6 +86,9 @@ class Feed:
         """Starlette routes served under `/feeds/{topic}/`."""
         return []
 
+    async def aclose(self) -> None:
+        """Called once when the server stops: end any task the feed's routes started."""
+
     def attach(self, publish: Callable[[str, Event], Awaitable[Any]], context: Any = None) -> None:
         """Called by the server before the feed runs."""
         self._publish = publish

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from dashboard import Event, Feed
 from dashboard.relay import Measure, RelayError
+from dashboard.tasks import cancel_and_wait
 from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer
 
 log = logging.getLogger("dashboard.feeds.ai")
@@ -77,6 +78,7 @@ class AI(Feed):
         self._queue: asyncio.Queue[Job] | None = None
         self._running: Job | None = None
         self._task: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None  # started by the first prompt; ends in aclose()
 
     @property
     def queue(self) -> asyncio.Queue[Job]:
@@ -85,34 +87,40 @@ class AI(Feed):
             self._queue = asyncio.Queue(maxsize=max(1, self.options.queue))
         return self._queue
 
-    # -- the worker: runs under the supervisor ---------------------------------------------------
+    # -- scheduled prompts: on the instance that leads this topic --------------------------------
     async def stream(self):
-        schedule = asyncio.create_task(self._schedule()) if self.options.schedule else None
-        try:
-            while True:
-                job = await self.queue.get()
-                self._running = job
-                self._task = asyncio.create_task(self._complete(job), name=f"ai:{self.topic}:{job.id}")
-                try:
-                    await self._task  # a stop ends it early; cancelling this feed cancels it too
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise
-                finally:
-                    self._running = None
-                    self._task = None
-        finally:
-            if schedule is not None:
-                schedule.cancel()
-        yield  # never reached: this feed publishes from its routes and this worker
-
-    async def _schedule(self) -> None:
-        assert self.options.schedule is not None
+        """Scheduled prompts, when configured. Prompts from the routes do not wait for this: with
+        several instances, each runs the prompts it accepted (see `_work`)."""
+        schedule = self.options.schedule
+        if schedule is None:
+            await asyncio.Event().wait()  # nothing to do until the server stops
         while True:
-            if not self._enqueue(self.options.schedule.prompt):
+            if not self._enqueue(schedule.prompt):
                 log.warning("topic %r: scheduled prompt skipped, the queue is full", self.topic)
-            await asyncio.sleep(self.options.schedule.every)
+            await asyncio.sleep(schedule.every)
+        yield  # never reached: this feed publishes from its worker
+
+    # -- the worker: runs the prompts this instance accepted, one at a time ----------------------
+    async def _work(self) -> None:
+        while True:
+            job = await self.queue.get()
+            self._running = job
+            self._task = asyncio.create_task(self._complete(job), name=f"ai:{self.topic}:{job.id}")
+            try:
+                await self._task  # a stop ends it early; cancelling the worker cancels it too
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:
+                log.exception("topic %r: completion %s failed", self.topic, job.id)
+            finally:
+                self._running = None
+                self._task = None
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            await cancel_and_wait([self._worker])
 
     def _enqueue(self, prompt: str) -> Job | None:
         if self.options.queue == 0 and (self._running is not None or not self.queue.empty()):
@@ -122,6 +130,8 @@ class AI(Feed):
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
             return None
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"ai:{self.topic}:worker")
         return job
 
     def _request(self, prompt: str) -> dict[str, Any]:

@@ -142,6 +142,26 @@ def test_two_instances_serve_one_sequence_with_one_leader_per_feed(redis_prefix,
         assert json.loads(seen.data) == {"pid": b.proc.pid, "pushed": {"hello": "b"}}
 
 
+def test_a_prompt_sent_to_an_instance_that_does_not_lead_is_answered(redis_prefix, serve):
+    ai = """
+    ai:
+      providers:
+        - name: sim
+          type: simulated
+          models: [simulated]
+          simulation: {tokens_per_s: 500, first_token_ms: 5}
+    """
+    text = config(redis_prefix).replace("    topics:", "    topics:\n      chat: {feed: ai}", 1) + ai
+    a, b = serve(text), serve(text)
+    leader = wait_for("one leader for chat", lambda: leader_of([a, b], "chat"))
+    standby = b if leader is a else a
+    with standby.client() as client, leader.client() as other:
+        sent = client.post("/feeds/chat/prompt", json={"prompt": "hello from the standby"})
+        assert sent.status_code == 202, sent.text
+        done = read_events(other, "/sse/chat", 1, skip=("status", "prompt", "token"))
+    assert done[0].event == "done" and done[0].json()["completion"] == sent.json()["completion"]
+
+
 @pytest.mark.parametrize(
     "path", ["/sse/count", "/sse?topic=count&topic=other&topic=pushed"], ids=["single", "multiplexed"]
 )

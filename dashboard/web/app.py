@@ -74,6 +74,7 @@ class Runtime:
             self.close_streams()
             heartbeat.cancel()
             await self.supervisor.stop()
+            await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
             await self.relay.aclose()
             await self.broker.disconnect()
 
