@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.broker import Broker, Lease, fence
-from dashboard.errors import LeadershipLost
+from dashboard.errors import BrokerUnavailable, LeadershipLost
 from dashboard.events import Event
 from dashboard.feed import Feed
 from dashboard.tasks import cancel_and_wait, finish_shielded
@@ -144,7 +144,10 @@ class Supervisor:
                 runner.restarts += 1
                 runner.last_error = f"{type(exc).__name__}: {exc}"
                 delay = self.backoff.delay(attempt)
-                log.exception("feed %r failed; restarting in %.1fs", runner.topic, delay)
+                if isinstance(exc, BrokerUnavailable):  # the broker's trouble, not the feed's: no traceback
+                    log.warning("feed %r paused: %s; retrying in %.1fs", runner.topic, exc, delay)
+                else:
+                    log.exception("feed %r failed; restarting in %.1fs", runner.topic, delay)
                 await self._status(runner, "restarting", error=runner.last_error, retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
             else:
