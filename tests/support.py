@@ -183,3 +183,14 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def next_ids(events: Iterator[ServerSentEvent], count: int, event: str = "message") -> list[int]:
+    """The ids of the next `count` events of type `event` on an open stream."""
+    found: list[int] = []
+    for sse in events:
+        if sse.id and sse.event == event:
+            found.append(int(sse.id))
+        if len(found) >= count:
+            break
+    return found

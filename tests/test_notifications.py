@@ -8,7 +8,7 @@ import json
 import uuid
 from urllib.parse import urlencode
 
-from tests.support import read_events, sse_stream
+from tests.support import next_ids, read_events, sse_stream
 
 SECRET = "webhook-secret-for-tests"
 
@@ -306,13 +306,8 @@ def test_bad_webhook_bodies_are_json_errors_and_do_not_disturb_streams(serve):
         received = next(e for e in inbox if e.id)
         assert int(received.id) == good.json()["ids"][0]
         assert json.loads(received.data)["title"] == "after the noise"
-        tick_ids = []
-        for event in ticks:
-            if event.id and event.event == "message":
-                tick_ids.append(int(event.id))
-            if len(tick_ids) >= 10:
-                break
-        assert tick_ids == sorted(set(tick_ids))
+        tick_ids = next_ids(ticks, 10)
+        assert len(tick_ids) == 10 and tick_ids == sorted(set(tick_ids))
         topics = other.get("/api/topics").json()["topics"]
         assert topics["ticks"]["dropped"] == 0 and topics["inbox"]["published"] == 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tests.support import read_events, sse_stream
+from tests.support import next_ids, read_events, sse_stream
 
 TOKEN = "test-publish-token-1"
 
@@ -236,13 +236,8 @@ def test_bad_requests_do_not_disturb_open_streams(serve):
         assert int(received.id) == good.json()["ids"][0]
         assert json.loads(received.data)["title"] == "still here"
         # The ticks subscriber kept streaming, in order, and was never cut off.
-        tick_ids = []
-        for event in ticks:
-            if event.id and event.event == "message":
-                tick_ids.append(int(event.id))
-            if len(tick_ids) >= 10:
-                break
-        assert tick_ids == sorted(set(tick_ids))
+        tick_ids = next_ids(ticks, 10)
+        assert len(tick_ids) == 10 and tick_ids == sorted(set(tick_ids))
         topics = other.get("/api/topics").json()["topics"]
         assert topics["ticks"]["dropped"] == 0 and topics["ticks"]["subscribers"] == 1
         assert topics["alerts"]["subscribers"] == 1 and topics["alerts"]["published"] == 1
