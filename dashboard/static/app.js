@@ -27,7 +27,7 @@
       ageEl: el.querySelector('[data-role="age"]'),
       errorEl: el.querySelector('[data-role="error"]'),
       updated: 0,
-      state: "waiting",
+      state: el.querySelector('[data-role="status"]').dataset.state || "waiting",
     };
     const make = views[panel.view] || views.json;
     try {
@@ -75,7 +75,10 @@
         continue;
       }
       panel.updated = Math.max(panel.updated, meta.time);
-      if (panel.state === "waiting") setState(panel, "running");
+      // The state the server rendered holds until the first event shows the feed at work.
+      if (!panel.el.dataset.status || panel.state === "waiting" || panel.state === "ready") {
+        setState(panel, "running");
+      }
       try {
         panel.handler.event(type, data, meta);
       } catch (err) {

@@ -37,6 +37,11 @@ SECURITY_HEADERS = {
 VIEWS = ("chart", "stat", "list", "log", "chat", "json")
 
 
+def _shown_state(state: str) -> str:
+    """A feed's state as its panel first shows it; events and status events update it live."""
+    return {"idle": "ready", "starting": "waiting", "standby": "running"}.get(state, state)
+
+
 async def index(request: Request) -> Response:
     """GET /: one panel per configured panel, all fed by one multiplexed EventSource."""
     runtime = request.app.state.runtime
@@ -53,6 +58,7 @@ async def index(request: Request) -> Response:
                 "view": panel.view if panel.view in VIEWS else "json",
                 "size": panel.size,
                 "events": [STATUS_EVENT, *feed_class.event_types],
+                "state": _shown_state(runtime.supervisor.runners[panel.topic].state),
                 "options": panel.options,
             }
         )
