@@ -1,6 +1,6 @@
 """Scale out: two workers sharing Redis versus one process with the memory broker.
 
-    python bench/redis.py [--clients 40] [--seconds 8] [--redis redis://127.0.0.1:6379/0]
+    python -m bench.redis [--clients 40] [--seconds 8] [--redis redis://127.0.0.1:6379/0]
 
 Starts real `dashboard serve` processes on loopback with one fast clock feed, connects SSE clients
 (raw sockets, so that the client costs little), and measures deliveries per second and the p99
@@ -180,7 +180,7 @@ def main() -> int:
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     if "\n## Scale out\n" not in text:
         text += (
-            "\n## Scale out\n\n`python bench/redis.py`: one process with memory:// versus two workers "
+            "\n## Scale out\n\n`python -m bench.redis`: one process with memory:// versus two workers "
             "sharing Redis (the feed runs in one worker; clients of the other receive through Redis).\n"
             "The offered load is fixed (feed rate x clients), so deliveries/s shows whether a setup keeps "
             "up, not its ceiling; latency runs from the demo feed's `epoch` (millisecond resolution) "

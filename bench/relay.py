@@ -1,6 +1,6 @@
 """Relay benchmark: the same streams read directly from an upstream and through the relay.
 
-    python bench/relay.py [--pairs 400] [--streams 200] [--write-results]
+    python -m bench.relay [--pairs 400] [--streams 200] [--write-results]
 
 Runs a lean OpenAI-compatible upstream (own process), `dashboard serve` with a provider on it
 (own process), and a raw-socket client here. Reports the time to first token and the gaps between
@@ -37,7 +37,7 @@ FINISH = (
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
-# -- the upstream (run as `python bench/relay.py --upstream PORTFILE`) --------------------------------
+# -- the upstream (run as `python -m bench.relay --upstream PORTFILE`) --------------------------------
 async def upstream_main(portfile: str) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -246,7 +246,7 @@ def report(results: dict, args: argparse.Namespace, info: dict, load_before: tup
 def write_results(text: str) -> None:
     path = ROOT / "bench" / "RESULTS.md"
     existing = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"## Relay\n\nCommand: `python bench/relay.py`, {time.strftime('%Y-%m-%d')}.\n\n{text}\n"
+    section = f"## Relay\n\nCommand: `python -m bench.relay`, {time.strftime('%Y-%m-%d')}.\n\n{text}\n"
     pattern = re.compile(r"## Relay\n.*?(?=\n## |\Z)", re.S)
     existing = (
         pattern.sub(lambda _: section.rstrip("\n"), existing)
