@@ -69,13 +69,22 @@ class Feed:
             raise RuntimeError(f"feed for topic {self.topic!r} is not attached to a server")
         return await self._publish(self.topic, event)
 
-    def on_publish(self, data: Any) -> list[Event]:
-        """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`)."""
+    async def on_publish(self, data: Any) -> list[Event]:
+        """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`).
+        Raise ValueError to refuse the body (422)."""
         return [Event(data=data)]
 
-    def not_published(self, events: list[Event]) -> None:
+    async def not_published(self, events: list[Event]) -> None:
         """Called with the events from `on_publish` that could not be stored (the broker was down
         and the client got a 503): forget anything remembered about them, so a retry is taken."""
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """True the first time `key` is claimed on this topic within `ttl` seconds, on any instance
+        sharing the broker: what a feed uses to drop duplicates. `unclaim` takes it back."""
+        return await self.context.broker.claim(f"{self.topic}:{key}", ttl)
+
+    async def unclaim(self, key: str) -> None:
+        await self.context.broker.unclaim(f"{self.topic}:{key}")
 
     @classmethod
     def config_problems(cls, options: Options, config: Any) -> list[str]:

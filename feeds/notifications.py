@@ -13,7 +13,6 @@ import hmac
 import json
 import time
 import uuid
-from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -128,38 +127,32 @@ class Notifications(Feed):
         webhook_secret: SecretStr | None = Field(
             None, description="HMAC-SHA256 secret for POST /feeds/{topic}/webhook; unset or empty: refused"
         )
-        remember_ids: int = Field(10_000, ge=1, description="how many recent ids are kept to drop duplicates")
+        dedupe_seconds: float = Field(
+            86_400, gt=0, description="an id seen within this many seconds is dropped as a duplicate"
+        )
 
         @field_validator("webhook_secret", mode="before")
         @classmethod
         def _empty_is_none(cls, value: Any) -> Any:
             return None if value == "" else value
 
-    def __init__(self, topic: str, options: Any = None) -> None:
-        super().__init__(topic, options)
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
     # -- intake --------------------------------------------------------------------------------
-    def on_publish(self, data: Any) -> list[Event]:
+    async def on_publish(self, data: Any) -> list[Event]:
         """A notification object or a list of them, validated strictly (unknown keys are errors)."""
-        return self.fresh_events([Notification.model_validate(obj) for obj in json_objects(data)])
+        return await self.fresh_events([Notification.model_validate(obj) for obj in json_objects(data)])
 
-    def fresh_events(self, items: list[Notification]) -> list[Event]:
-        """Events for the items whose id was not seen recently (nor earlier in `items`)."""
-        events = []
-        for item in items:
-            if item.id in self._seen:
-                self._seen.move_to_end(item.id)
-                continue
-            self._seen[item.id] = None
-            if len(self._seen) > self.options.remember_ids:
-                self._seen.popitem(last=False)
-            events.append(Event(data=item.model_dump()))
-        return events
+    async def fresh_events(self, items: list[Notification]) -> list[Event]:
+        """Events for the items whose id was not seen recently, on any instance (nor earlier in
+        `items`)."""
+        return [
+            Event(data=item.model_dump())
+            for item in items
+            if await self.claim(f"id:{item.id}", self.options.dedupe_seconds)
+        ]
 
-    def not_published(self, events: list[Event]) -> None:
+    async def not_published(self, events: list[Event]) -> None:
         for event in events:  # so that the sender's retry is not taken for a duplicate
-            self._seen.pop(event.data["id"], None)
+            await self.unclaim(f"id:{event.data['id']}")
 
     # -- webhook -------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -217,13 +210,13 @@ class Notifications(Feed):
             items = [Notification.model_validate(item) for item in mapped]
         except ValueError as exc:
             raise HTTPError(422, f"cannot read the webhook payload: {describe_invalid(exc)}") from None
-        events = self.fresh_events(items)
+        events = await self.fresh_events(items)
         ids = []
         for n, event in enumerate(events):
             try:
                 ids.append((await self.publish(event)).id)
             except Exception:
-                self.not_published(events[n:])
+                await self.not_published(events[n:])
                 raise
         return JSONResponse(
             {

@@ -213,3 +213,21 @@ def test_a_free_lease_is_taken_at_once_and_released(make_broker):
             await broker.release_lease(again)
 
     asyncio.run(scenario())
+
+
+def test_a_claim_is_won_once_until_it_expires_or_is_given_back(make_broker):
+    async def scenario():
+        async with connected(make_broker) as one, connected(make_broker) as two:
+            shared = one is not two and type(one).__name__ != "MemoryBroker"
+            assert await one.claim("inbox:id:1", 60) is True
+            assert await one.claim("inbox:id:1", 60) is False
+            # another instance on the same Redis sees the claim; memory brokers are each their own
+            assert await two.claim("inbox:id:1", 60) is (not shared)
+            assert await one.claim("inbox:id:2", 60) is True
+            await one.unclaim("inbox:id:1")
+            assert await one.claim("inbox:id:1", 60) is True
+            assert await one.claim("short", 0.2) is True
+            await asyncio.sleep(0.3)  # on purpose: let the claim expire
+            assert await one.claim("short", 0.2) is True
+
+    asyncio.run(scenario())

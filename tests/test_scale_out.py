@@ -142,6 +142,17 @@ def test_two_instances_serve_one_sequence_with_one_leader_per_feed(redis_prefix,
         assert json.loads(seen.data) == {"pid": b.proc.pid, "pushed": {"hello": "b"}}
 
 
+def test_a_duplicate_pushed_to_another_instance_is_dropped(redis_prefix, serve):
+    a, b = serve(config(redis_prefix)), serve(config(redis_prefix))
+    auth = {"Authorization": "Bearer scale-token"}
+    item = {"id": "deploy-42", "title": "Deployed"}
+    with a.client() as ca, b.client() as cb:
+        first = ca.post("/publish/alerts", json=item, headers=auth)
+        again = cb.post("/publish/alerts", json=item, headers=auth)
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    assert len(first.json()["ids"]) == 1 and again.json()["ids"] == []
+
+
 def test_a_prompt_sent_to_an_instance_that_does_not_lead_is_answered(redis_prefix, serve):
     ai = """
     ai:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from dashboard.errors import DashboardError, UnknownTopic
 from dashboard.events import Event, Message
 
 SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
+MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 
 
@@ -192,6 +193,7 @@ class Broker(ABC):
         self.default_history = history
         self.max_backlog = max_backlog
         self.topics: dict[str, TopicState] = {}
+        self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
 
     # -- backend verbs -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -212,6 +214,25 @@ class Broker(ABC):
     @property
     def healthy(self) -> bool:
         return True
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """True the first time `key` is claimed within `ttl` seconds, by any instance sharing this
+        broker; False while an earlier claim holds (how feeds drop duplicates)."""
+        now = time.monotonic()
+        claims = self._claims
+        while claims and next(iter(claims.values())) <= now:
+            claims.popitem(last=False)
+        if claims.get(key, 0.0) > now:
+            return False
+        claims[key] = now + ttl
+        claims.move_to_end(key)
+        if len(claims) > MAX_CLAIMS:
+            claims.popitem(last=False)
+        return True
+
+    async def unclaim(self, key: str) -> None:
+        """Forget a claim (what it stood for was not done after all)."""
+        self._claims.pop(key, None)
 
     async def acquire_lease(self, topic: str) -> Lease:
         """Wait until this instance leads `topic`'s feed: at once, unless the broker is shared."""

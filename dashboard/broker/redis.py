@@ -124,6 +124,9 @@ class RedisBroker(Broker):
     def lease_key(self, topic: str) -> str:
         return f"{self.prefix}:lease:{topic}"
 
+    def claim_key(self, key: str) -> str:
+        return f"{self.prefix}:claim:{key}"
+
     # -- connection ----------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
@@ -358,6 +361,21 @@ class RedisBroker(Broker):
         renewer = self._renewers.pop(lease, None)
         if renewer is not None and renewer is not asyncio.current_task():
             renewer.cancel()
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        assert self._client is not None, "broker not connected"
+        try:
+            stored = await self._client.set(self.claim_key(key), b"1", nx=True, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("check for a duplicate", exc) from exc
+        return bool(stored)
+
+    async def unclaim(self, key: str) -> None:
+        assert self._client is not None, "broker not connected"
+        try:
+            await self._client.delete(self.claim_key(key))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("forget a claim", exc) from exc
 
     async def release_lease(self, lease: Lease) -> None:
         renewer = self._renewers.pop(lease, None)

@@ -43,7 +43,7 @@ async def publish(request: Request) -> JSONResponse:
     require_bearer(request, tokens, "publishing")
     data = await read_json(request, runtime.config.server.max_body)
     try:
-        events = feed.on_publish(data)
+        events = await feed.on_publish(data)
     except (ValueError, TypeError) as exc:
         raise HTTPError(422, f"rejected by feed {type(feed).__name__}: {describe_invalid(exc)}") from None
     ids = []
@@ -51,6 +51,6 @@ async def publish(request: Request) -> JSONResponse:
         try:
             ids.append((await runtime.publish(topic, event)).id)
         except Exception:
-            feed.not_published(events[n:])
+            await feed.not_published(events[n:])
             raise
     return JSONResponse({"topic": topic, "ids": ids}, status_code=202)
