@@ -352,3 +352,17 @@ def test_workers_need_a_shared_broker(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert "each process would keep its own events" in run.stderr and "redis://" in run.stderr
     assert "serving on" not in run.stdout
+
+
+def test_an_instance_started_while_redis_is_down_goes_live_once_it_answers(own_redis, serve):
+    own_redis.stop()
+    server = serve(config("late", url=own_redis.url))
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 503, "starts degraded, not at all"
+        refused = client.get("/sse/count")  # no history to replay yet: the browser retries
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "broker_unavailable"
+        own_redis.start()
+        wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)
+        with Tail(server.url, "/sse?topic=count&replay=0") as tail:
+            live = tail.take(5)
+    assert ids(live) == sorted(set(ids(live)))

@@ -104,6 +104,7 @@ class RedisBroker(Broker):
         # For messages: never the password.
         self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
         self._client: aioredis.Redis | None = None
+        self._last_is_guess = False
         self._reader_client: aioredis.Redis | None = None
         self._reader: asyncio.Task[None] | None = None
         self._renewers: dict[Lease, asyncio.Task[None]] = {}
@@ -159,6 +160,7 @@ class RedisBroker(Broker):
             # Start degraded rather than not at all: the reader keeps trying in the background.
             log.warning("cannot reach Redis at %s (%s); starting degraded", self.where, type(exc).__name__)
             self._last = time.time_ns() // 1000
+            self._last_is_guess = True  # the reader takes Redis's own counter once it answers
         self._reader = asyncio.create_task(self._read_forever(), name="redis-reader")
 
     async def disconnect(self) -> None:
@@ -270,6 +272,11 @@ class RedisBroker(Broker):
         delay = 0.0
         while True:
             try:
+                if self._last_is_guess:
+                    # Started while Redis was down: read on from Redis's counter, not this clock,
+                    # which may run ahead of the ids other instances get.
+                    self._last = int(await self._reader_client.get(self.id_key) or 0)
+                    self._last_is_guess = False
                 after = f"{self._last}-0"
                 reply = await self._reader_client.xread(
                     {key: after for key in self._stream_topics}, block=BLOCK_MS
