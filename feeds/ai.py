@@ -10,6 +10,7 @@ the same providers, keys, retries and timeouts as `/v1/chat/completions`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -131,7 +132,11 @@ class AI(Feed):
         except asyncio.QueueFull:
             return None
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(), name=f"ai:{self.topic}:worker")
+            # A fresh context: a worker first started by a scheduled prompt must not carry the
+            # leader's fence, or a lost lease would refuse the events of every later prompt.
+            self._worker = asyncio.create_task(
+                self._work(), name=f"ai:{self.topic}:worker", context=contextvars.Context()
+            )
         return job
 
     def _request(self, prompt: str) -> dict[str, Any]:
