@@ -234,6 +234,7 @@ class _Source:
         self.file = file
         self.lines: dict[tuple[Any, ...], int] = {}
         self.issues: list[ConfigIssue] = []
+        self._flattened: set[int] = set()
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -250,7 +251,10 @@ class _Source:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
-            for key_node, _ in node.value:
+            # An anchored mapping met again through an alias is already flattened: not checked again.
+            first_visit = id(node) not in self._flattened
+            self._flattened.add(id(node))
+            for key_node, _ in node.value if first_visit else ():
                 if key_node.tag != "tag:yaml.org,2002:merge":
                     key = loader.construct_object(key_node)
                     if key in own:

@@ -70,8 +70,8 @@ class Feed:
         return await self._publish(self.topic, event)
 
     async def on_publish(self, data: Any) -> list[Event]:
-        """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`).
-        Raise ValueError to refuse the body (422)."""
+        """The events a `POST /publish/{topic}` body becomes (only when `accepts_publish`); a plain
+        `def` works too. Raise ValueError to refuse the body (422)."""
         return [Event(data=data)]
 
     async def not_published(self, events: list[Event]) -> None:

@@ -35,9 +35,11 @@ async def finish_shielded(coro: Awaitable[T]) -> T:
             await asyncio.shield(task)
             break
         except asyncio.CancelledError:
+            cancelled = True  # whether or not `task` has just finished too
             if task.done():
                 break
-            cancelled = True
     if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            raise asyncio.CancelledError from task.exception()
         raise asyncio.CancelledError
     return task.result()

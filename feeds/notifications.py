@@ -215,7 +215,7 @@ class Notifications(Feed):
         for n, event in enumerate(events):
             try:
                 ids.append((await self.publish(event)).id)
-            except Exception:
+            except BaseException:  # cancelled too: whatever was not stored is given back
                 await self.not_published(events[n:])
                 raise
         return JSONResponse(

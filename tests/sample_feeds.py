@@ -75,3 +75,12 @@ class NotAnEvent(Feed):
 
     async def stream(self):
         yield {"n": 1}
+
+
+class PlainInbox(Feed):
+    """Takes pushed events with a plain (not async) on_publish."""
+
+    accepts_publish = True
+
+    def on_publish(self, data):
+        return [Event(data={"got": data})]

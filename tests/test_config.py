@@ -45,6 +45,12 @@ def test_yaml_anchors_and_merge_keys_override_without_errors():
     )
     config = parse_config(text)
     assert config.topics["b"].options == {"mode": "walk", "interval": 2.0}
+    # an anchored mapping with a merge, used again through its alias
+    reused = (
+        text.replace("options: {<<: *walk", "options: &slow {<<: *walk")
+        + "  c: {feed: demo, options: *slow}\n"
+    )
+    assert parse_config(reused).topics["c"].options == {"mode": "walk", "interval": 2.0}
 
 
 def test_default_panels_one_per_topic_with_the_feed_view():

@@ -241,3 +241,41 @@ def test_bad_requests_do_not_disturb_open_streams(serve):
         topics = other.get("/api/topics").json()["topics"]
         assert topics["ticks"]["dropped"] == 0 and topics["ticks"]["subscribers"] == 1
         assert topics["alerts"]["subscribers"] == 1 and topics["alerts"]["published"] == 1
+
+
+def test_a_feed_with_a_plain_on_publish_takes_pushes(serve):
+    server = serve(
+        """
+        auth: {publish_tokens: [t0k3n]}
+        topics:
+          plain: {feed: "tests.sample_feeds:PlainInbox"}
+        """
+    )
+    with server.client() as client:
+        answer = client.post("/publish/plain", json={"x": 1}, headers={"Authorization": "Bearer t0k3n"})
+        assert answer.status_code == 202, answer.text
+        [event] = read_events(client, "/sse/plain", 1)
+        assert event.json() == {"got": {"x": 1}}
+
+
+def test_notifications_not_stored_are_taken_again():
+    """What the broker could not store is given back, so the sender's retry is not a duplicate."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from dashboard.broker.memory import MemoryBroker
+    from feeds.notifications import Notifications
+
+    async def scenario():
+        feed = Notifications("inbox")
+        feed.attach(MemoryBroker().publish, SimpleNamespace(broker=MemoryBroker()))
+        item = {"id": "n-1", "title": "once"}
+        first = await feed.on_publish(item)
+        again = await feed.on_publish(item)
+        await feed.not_published(first)
+        retried = await feed.on_publish(item)
+        return len(first), len(again), len(retried)
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, scenario()).result(timeout=30) == (1, 0, 1)

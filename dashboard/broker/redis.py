@@ -180,6 +180,13 @@ class RedisBroker(Broker):
         return BrokerUnavailable(f"cannot {doing}: Redis at {self.where} is unreachable ({reason})")
 
     # -- events --------------------------------------------------------------------------------
+    async def _settle_last(self, client: aioredis.Redis) -> None:
+        """After a start while Redis was down, `_last` is this machine's clock: replace it with
+        Redis's id counter before anything is stored or read, so no event is skipped."""
+        if self._last_is_guess:
+            self._last = int(await client.get(self.id_key) or 0)
+            self._last_is_guess = False
+
     async def publish(self, topic: str, event: Event) -> Message:
         state = self.topic(topic)
         assert self._client is not None, "broker not connected"
@@ -194,6 +201,7 @@ class RedisBroker(Broker):
         data = encode_data(event.data)
         ts = time.time()
         try:
+            await self._settle_last(self._client)
             sid = await self._publish_script(
                 keys=[self.id_key, self.stream_key(topic), self.lease_key(topic)],
                 args=[
@@ -233,6 +241,7 @@ class RedisBroker(Broker):
         assert self._client is not None, "broker not connected"
         start = "-" if after_id is None or after_id < 0 else f"({after_id}-0"
         try:
+            await self._settle_last(self._client)
             entries = await self._client.xrange(self.stream_key(topic), min=start)
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"read the history of {topic!r}", exc) from exc
@@ -272,11 +281,7 @@ class RedisBroker(Broker):
         delay = 0.0
         while True:
             try:
-                if self._last_is_guess:
-                    # Started while Redis was down: read on from Redis's counter, not this clock,
-                    # which may run ahead of the ids other instances get.
-                    self._last = int(await self._reader_client.get(self.id_key) or 0)
-                    self._last_is_guess = False
+                await self._settle_last(self._reader_client)
                 after = f"{self._last}-0"
                 reply = await self._reader_client.xread(
                     {key: after for key in self._stream_topics}, block=BLOCK_MS

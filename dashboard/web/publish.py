@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -15,6 +18,11 @@ def describe_invalid(exc: ValueError) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
     return str(exc)
+
+
+async def _maybe_await(value: Any) -> Any:
+    """A feed's hook may be a plain function or a coroutine function."""
+    return await value if inspect.isawaitable(value) else value
 
 
 async def publish(request: Request) -> JSONResponse:
@@ -43,14 +51,14 @@ async def publish(request: Request) -> JSONResponse:
     require_bearer(request, tokens, "publishing")
     data = await read_json(request, runtime.config.server.max_body)
     try:
-        events = await feed.on_publish(data)
+        events = await _maybe_await(feed.on_publish(data))
     except (ValueError, TypeError) as exc:
         raise HTTPError(422, f"rejected by feed {type(feed).__name__}: {describe_invalid(exc)}") from None
     ids = []
     for n, event in enumerate(events):
         try:
             ids.append((await runtime.publish(topic, event)).id)
-        except Exception:
-            await feed.not_published(events[n:])
+        except BaseException:  # cancelled too: whatever was not stored is given back
+            await _maybe_await(feed.not_published(events[n:]))
             raise
     return JSONResponse({"topic": topic, "ids": ids}, status_code=202)
