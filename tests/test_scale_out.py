@@ -361,8 +361,26 @@ def test_an_instance_started_while_redis_is_down_goes_live_once_it_answers(own_r
         assert client.get("/healthz").status_code == 503, "starts degraded, not at all"
         refused = client.get("/sse/count")  # no history to replay yet: the browser retries
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "broker_unavailable"
+        time.sleep(3)  # on purpose: the reader's reconnect backoff grows while Redis is away
         own_redis.start()
+        # Subscribe and push at once, before the reader's backoff ends: the pushed event must
+        # still reach the subscriber when the reader catches up.
+        tail = wait_for("a stream to open", lambda: _open_tail(server.url, "/sse/pushed?replay=0"))
+        with tail:
+            pushed = wait_for(
+                "a push to be stored",
+                lambda: (r := client.post("/feeds/pushed/push", json={})).status_code == 200 and r,
+            )
+            tail.until(lambda e: int(e.id) == pushed.json()["id"])
         wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)
         with Tail(server.url, "/sse?topic=count&replay=0") as tail:
             live = tail.take(5)
     assert ids(live) == sorted(set(ids(live)))
+
+
+def _open_tail(url: str, path: str) -> Tail | None:
+    tail = Tail(url, path)
+    if tail.closed.wait(0.3):  # refused (503): try again
+        tail.close()
+        return None
+    return tail
