@@ -79,7 +79,6 @@ class UpstreamStatus(RelayError):
 
     def __init__(self, status: int, message: str, *, code: str | None = None, **kwargs) -> None:
         super().__init__(message, **kwargs)
-        self.upstream_status = status
         if status == 429:
             self.status, self.code, self.type = 429, code or "rate_limited", "rate_limit_error"
         elif 400 <= status < 500 and status not in (401, 403):

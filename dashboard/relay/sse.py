@@ -27,7 +27,7 @@ class SSEEvent:
 class SSEParser:
     """Feed it chunks; it returns the events they complete."""
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_skip_lf", "comments")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -35,7 +35,6 @@ class SSEParser:
         self._data: list[bytes] = []
         self._event: str | None = None
         self._id: str | None = None
-        self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf:
@@ -68,8 +67,7 @@ class SSEParser:
             self._event = None
             return
         if line[:1] == b":":
-            self.comments += 1
-            return
+            return  # a comment (keepalive)
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
