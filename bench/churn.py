@@ -15,7 +15,7 @@ TARGETS = ("sse-dashboard", "sse-starlette")
 
 
 async def churn(port: int, path: str, connections: int, concurrency: int) -> float:
-    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> None:

@@ -234,7 +234,7 @@ async def _client_main(port, path, count, sample, ctl, out, hold_open):
     counts = [0]
     latencies: list[float] = []
     measuring = [False]
-    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
 
     established = [0]
     all_established = asyncio.Event()

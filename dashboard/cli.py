@@ -1,4 +1,4 @@
-"""The `dashboard` command: serve, check, feeds."""
+"""The `dashboard` command: serve, check, token, feeds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import logging
 import os
 import signal
 import sys
+from fnmatch import fnmatchcase
 
 from dashboard import __version__
 from dashboard.config import Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds
+from dashboard.web.access import Access, is_loopback, network_problems, parse_ttl
+from dashboard.web.access import describe as describe_access
 
 log = logging.getLogger("dashboard")
 
@@ -45,7 +48,39 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    try:
+        ttl = parse_ttl(args.ttl)
+        topics = [t.strip() for t in args.topics.split(",") if t.strip()]
+        if not topics:
+            raise ValueError("--topics names no topic pattern")
+        token = Access(config).mint(topics, ttl, args.sub)
+    except ValueError as exc:
+        print(f"cannot make a token: {exc}", file=sys.stderr)
+        return 2
+    unmatched = [p for p in topics if not any(fnmatchcase(t, p) for t in config.topics)]
+    if unmatched:
+        print(f"note: no configured topic matches {', '.join(unmatched)}", file=sys.stderr)
+    print(token)
+    return 0
+
+
 WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
+WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
+
+
+def banner(config: Config, bound: tuple, first: str) -> None:
+    """The startup lines: the URL, the config, the topics, and what is open to whom."""
+    shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
+    print(first, flush=True)
+    for name, topic in config.topics.items():
+        print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
+    for line in describe_access(config):
+        print(f"  access: {line}", flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -62,6 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
+    config.server.host = host  # what the bind opens depends on it (allowed hosts, refusals)
+    if not is_loopback(host):
+        problems = network_problems(config)
+        for problem in problems:
+            print(f"refusing to serve on {host}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     if args.workers > 1:
         return serve_workers(args, config, host, port)
     try:
@@ -94,11 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while not server.started:
             await asyncio.sleep(0.05)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-        shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
-        print(f"config: {config.source}", flush=True)
-        for name, topic in config.topics.items():
-            print(f"  topic {name:<20} feed {topic.feed}", flush=True)
+        banner(config, bound, f"config: {config.source}")
 
     async def run() -> None:
         nonlocal loop
@@ -133,6 +171,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         )
         return 2
     os.environ[WORKER_CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
+    os.environ[WORKER_HOST_ENV] = host
     uv_config = uvicorn.Config(
         "dashboard.cli:worker_app",
         factory=True,
@@ -145,12 +184,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
     )
     sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
-    bound = sock.getsockname()
-    shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
-    print(f"config: {config.source}; {args.workers} worker processes", flush=True)
-    for name, topic in config.topics.items():
-        print(f"  topic {name:<20} feed {topic.feed}", flush=True)
+    banner(config, sock.getsockname(), f"config: {config.source}; {args.workers} worker processes")
     Multiprocess(uv_config, sockets=[sock]).run()
     return 0
 
@@ -160,6 +194,7 @@ def worker_app():
     from dashboard.web.app import create_app
 
     config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
+    config.server.host = os.environ.get(WORKER_HOST_ENV) or config.server.host
     app = create_app(config)
     _close_streams_on_exit(app.state.runtime)
     return app
@@ -218,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="PATH", help=config_help)
     check.add_argument("config_path", nargs="?", metavar="CONFIG", help="the same as --config")
     check.set_defaults(func=cmd_check)
+
+    token = sub.add_parser(
+        "token",
+        help="print a viewer token",
+        description="Print a viewer token (JWT) signed with auth.viewers.secret; open the dashboard "
+        "with /?token=<it>, or send it as 'Authorization: Bearer' or ?token= to /sse and /api.",
+    )
+    token.add_argument("--config", metavar="PATH", help=config_help)
+    token.add_argument("--topics", required=True, help="topic patterns it may read: 'cpu,ci.*' ('*': all)")
+    token.add_argument("--ttl", default="8h", help="how long it is valid: 90s, 15m, 8h, 7d (default 8h)")
+    token.add_argument("--sub", help="who it is for (shown on the page; the `sub` claim)")
+    token.set_defaults(func=cmd_token)
 
     feeds = sub.add_parser(
         "feeds", help="list installed feed types", description="List the installed feed types."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from fnmatch import fnmatchcase
@@ -60,6 +61,30 @@ class ServerConfig(Strict):
         1024, ge=1, description="frames a subscriber may fall behind before it is cut off"
     )
     max_body: int = Field(1 << 20, ge=1, description="largest request body accepted, in bytes")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values served (`*` for any, `*.example.com`); default: the loopback "
+        "names on a loopback bind, any host otherwise. Others are answered 421 (DNS rebinding)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (https://wiki.example.com) whose pages may read /sse and /api; none by default",
+    )
+    cors_credentials: bool = Field(False, description="let those origins send cookies (viewer sessions)")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], no path")
+        return origins
+
+    @model_validator(mode="after")
+    def _no_credentials_for_everyone(self) -> ServerConfig:
+        if self.cors_credentials and "*" in self.cors_origins:
+            raise ValueError("cors_credentials needs named cors_origins, not '*' (any site could read)")
+        return self
 
 
 class BrokerConfig(Strict):
@@ -87,9 +112,58 @@ class BrokerConfig(Strict):
         return url
 
 
+class ViewersConfig(Strict):
+    """Who may read which topics: signed viewer tokens (JWT) and/or an auth proxy's header."""
+
+    secret: SecretStr | None = Field(None, description="HS256 key that signs viewer tokens")
+    public_key: str | None = Field(None, description="PEM public key: viewer tokens are RS256 or ES256")
+    proxy_header: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]{1,64}$", description="identity header set by a trusted auth proxy"
+    )
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="addresses whose proxy_header counts (CIDR or single address)"
+    )
+    users: dict[str, list[str]] = Field(
+        default_factory=dict, description="proxy identities -> topic patterns they may read"
+    )
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ViewersConfig:
+        if self.secret is None and self.public_key is None and self.proxy_header is None:
+            raise ValueError("set secret or public_key (viewer tokens), or proxy_header (an auth proxy)")
+        if self.secret is not None and self.public_key is not None:
+            raise ValueError("set either secret (HS256) or public_key (RS256/ES256), not both")
+        if self.proxy_header is not None and not self.trusted_proxies:
+            raise ValueError(
+                "proxy_header needs trusted_proxies: the addresses of the proxy that sets it "
+                "(anyone else could send the header too)"
+            )
+        if self.public_key is not None:
+            from dashboard.web.access import check_public_key
+
+            check_public_key(self.public_key)
+        return self
+
+
 class AuthConfig(Strict):
     publish_tokens: list[str] = Field(default_factory=list)
     api_tokens: list[str] = Field(default_factory=list)
+    viewers: ViewersConfig | None = Field(None, description="when set, topics are private unless public")
+    open_on_network: list[Literal["ai", "publish"]] = Field(
+        default_factory=list,
+        description="serve these without tokens on a non-loopback bind anyway (else serve refuses)",
+    )
+
+    @field_validator("publish_tokens", "api_tokens")
+    @classmethod
+    def _drop_empty_tokens(cls, tokens: list[str]) -> list[str]:
+        """An empty entry (`${TOKEN:-}` while TOKEN is unset) is no token: it opens nothing."""
+        return [t for t in tokens if t.strip()]
 
 
 class SupervisorConfig(Strict):
@@ -180,6 +254,7 @@ class TopicConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     history: int | None = Field(None, ge=1)
     title: str | None = None
+    public: bool = Field(False, description="with auth.viewers: readable without a viewer token")
 
     _feed_class: type[Feed] | None = PrivateAttr(None)
     _feed_options: Any = PrivateAttr(None)

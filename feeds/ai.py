@@ -16,7 +16,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -26,7 +25,8 @@ from starlette.routing import Route
 from dashboard import Event, Feed
 from dashboard.relay import Measure, RelayError
 from dashboard.tasks import cancel_and_wait
-from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer
+from dashboard.web.access import cross_site
+from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer, token_in
 
 log = logging.getLogger("dashboard.feeds.ai")
 
@@ -61,8 +61,8 @@ class AI(Feed):
         max_prompt: int = Field(32_000, ge=1, description="longest prompt accepted, in characters")
         page_prompts: bool = Field(
             True,
-            description="when auth.api_tokens is set, still let the dashboard page itself (same origin) "
-            "prompt without a token",
+            description="when auth.api_tokens is set, still let the dashboard page prompt with the proof "
+            "the server gave it (bound to its session cookie) instead of a token",
         )
 
     @classmethod
@@ -233,30 +233,16 @@ class AI(Feed):
         return JSONResponse({"stopped": job.id})
 
     def _check_access(self, request: Request) -> None:
-        """Browsers from other sites never; tokens always; the page itself unless page_prompts is off."""
-        tokens = request.app.state.runtime.config.auth.api_tokens
-        if tokens and bearer_token(request) is not None:
-            require_bearer(request, tokens, f"prompting topic {self.topic!r}")
-            return
-        same_origin = _same_origin(request)
-        if same_origin is False:
+        """Another site's page: never. An api token: always. Otherwise the viewer must be allowed
+        the topic and, with api tokens set, the request must carry the proof the server gave the
+        page (bound to the page's session cookie), unless page_prompts is off."""
+        access = request.app.state.runtime.access
+        if cross_site(request):
             raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
-        if not tokens:
+        tokens = access.api_tokens
+        if token_in(bearer_token(request), tokens):
             return
-        if same_origin and self.options.page_prompts:
+        access.require(request, [self.topic])
+        if not tokens or (self.options.page_prompts and access.has_prompt_proof(request)):
             return
         require_bearer(request, tokens, f"prompting topic {self.topic!r}")
-
-
-def _same_origin(request: Request) -> bool | None:
-    """True: a browser request from this server's own page; False: from another site's page;
-    None: not a browser request that says (a script, curl)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site != "none":
-        return site == "same-origin"
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return None if origin is None else False
-    host = request.headers.get("host", "")
-    parts = urlsplit(origin)
-    return parts.netloc == host and parts.scheme in ("http", "https")

@@ -1,9 +1,11 @@
 """The `ai` feed end to end: prompts become prompt/token/done events on the topic, late viewers get
-the answer so far, stop cancels, the queue is bounded, and only the page or a token may prompt."""
+the answer so far, stop cancels, the queue is bounded, and only the page (with the proof it was
+given) or a token may prompt."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -165,7 +167,7 @@ def test_prompts_from_another_site_are_refused(server):
         assert fetch.status_code == 403
 
 
-def test_with_api_tokens_only_the_page_itself_or_a_token_may_prompt(upstream, serve):
+def test_with_api_tokens_a_token_or_the_proof_the_page_was_given_may_prompt(upstream, serve):
     server = serve(
         relay_config(upstream.url, 9, extra="auth: {api_tokens: [dash-token]}\n" + TOPICS),
         env={"RELAY_TEST_KEY": KEY},
@@ -177,9 +179,23 @@ def test_with_api_tokens_only_the_page_itself_or_a_token_may_prompt(upstream, se
         assert bad.status_code == 401
         token = {"Authorization": "Bearer dash-token"}
         assert http.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=token).status_code == 202
-        page = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
-        assert http.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=page).status_code == 202
-        assert http.post("/feeds/chat/stop", headers={"Origin": f"http://{host}"}).status_code == 200
+        # Headers any script can send prove nothing.
+        forged = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+        assert http.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=forged).status_code == 401
+        assert http.post("/feeds/chat/stop", headers={"Origin": f"http://{host}"}).status_code == 401
         other = {"Origin": "http://elsewhere.test", "Sec-Fetch-Site": "cross-site"}
         assert http.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=other).status_code == 403
         assert "dash-token" not in http.get("/").text
+        assert http.cookies.get("dashboard_session"), "the page sets the session its proof is bound to"
+
+    with server.client() as page_browser:  # the page's own browser: its cookie and its proof
+        proof = re.search(r'data-prompt-proof="([^"]+)"', page_browser.get("/").text).group(1)
+        proved = {"X-Dashboard-Prompt": proof, **forged}
+        assert (
+            page_browser.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=proved).status_code == 202
+        )
+        assert page_browser.post("/feeds/chat/stop", headers=proved).status_code == 200
+    with server.client() as script:  # the proof without the session cookie it is bound to
+        assert script.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=proved).status_code == 401
+        script.get("/")  # a session of its own does not make another page's proof its own
+        assert script.post("/feeds/chat/prompt", json={"prompt": "hi"}, headers=proved).status_code == 401

@@ -184,7 +184,7 @@ def test_oversize_body_is_413_at_the_default_limit_of_1_mib(serve):
 
 def test_oversize_body_is_refused_before_it_is_all_sent(serve):
     server = serve(SMALL_BODY_LIMIT)
-    head = f"POST /publish/alerts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head = f"POST /publish/alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
     # A declared length over the limit: answered with no body sent at all.
     status, body = raw_request(
         server, head + "Content-Type: application/json\r\nContent-Length: 50000000\r\n", b""

@@ -106,7 +106,9 @@ def test_unknown_model_and_bad_requests_are_openai_errors(server, upstream):
     asked = len(upstream.requests("t-bad-request"))
     assert asked == before + 1, "a 400 is neither retried nor sent elsewhere"
     with server.client() as http:
-        response = http.post("/v1/chat/completions", content=b"{not json")
+        response = http.post(
+            "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
 

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from dashboard.relay.errors import RelayError
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
+from dashboard.web.access import cross_site
 from dashboard.web.errors import HTTPError, read_json, require_bearer
 
 log = logging.getLogger("dashboard.relay")
@@ -46,6 +47,14 @@ def _relay_error_response(error: RelayError) -> JSONResponse:
 
 
 def _check_access(request: Request) -> None:
+    """Pages of other sites can neither read nor spend (403); a POST must say it is JSON (415), so no
+    form or text/plain "simple" request gets through without a preflight; then the api token."""
+    if cross_site(request):
+        raise HTTPError(403, "the AI relay does not answer requests from another site's page", "cross_origin")
+    if request.method == "POST":
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPError(415, f"send the body as application/json, not {media_type or 'no content type'}")
     tokens = request.app.state.runtime.config.auth.api_tokens
     if tokens:
         require_bearer(request, tokens, "the AI relay (/v1)")

@@ -9,8 +9,11 @@ from starlette.responses import JSONResponse
 async def topics(request: Request) -> JSONResponse:
     """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""
     runtime = request.app.state.runtime
+    viewer = runtime.access.viewer(request)
     body = {}
     for name, topic in runtime.config.topics.items():
+        if not runtime.access.may_read(viewer, name):
+            continue  # a private topic's name is not listed to those who may not read it
         state = runtime.broker.topic(name)
         runner = runtime.supervisor.runners[name]
         body[name] = {
@@ -30,13 +33,15 @@ async def topics(request: Request) -> JSONResponse:
 async def healthz(request: Request) -> JSONResponse:
     """GET /healthz: liveness and readiness; 503 while the broker is down or the server stops."""
     runtime = request.app.state.runtime
+    readable = set(runtime.access.readable(runtime.access.viewer(request), list(runtime.config.topics)))
+    runners = {name: r for name, r in runtime.supervisor.runners.items() if name in readable}
     broker_ok = runtime.broker.healthy
     status = "stopping" if runtime.stopping else ("ok" if broker_ok else "degraded")
     body = {
         "status": status,
         "broker": {"url_scheme": runtime.config.broker.url.split(":", 1)[0], "ok": broker_ok},
-        "feeds": {name: runner.state for name, runner in runtime.supervisor.runners.items()},
+        "feeds": {name: runner.state for name, runner in runners.items()},
         # the topics whose feed runs on this instance (with a shared broker, one instance each)
-        "leading": sorted(name for name, runner in runtime.supervisor.runners.items() if runner.leader),
+        "leading": sorted(name for name, runner in runners.items() if runner.leader),
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

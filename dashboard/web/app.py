@@ -22,6 +22,7 @@ from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
+from dashboard.web.access import Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS
 from dashboard.web.telemetry import RequestMetrics, Telemetry
 
@@ -48,6 +49,7 @@ class Runtime:
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         self.relay = Relay(config.ai)
+        self.access = Access(config)
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
@@ -113,7 +115,11 @@ def create_app(config: Config) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
-    middleware = [Middleware(RequestMetrics, telemetry=telemetry)]
+    middleware = [Middleware(HostCheck, hosts=allowed_hosts(config))]
+    if config.server.cors_origins:
+        cors = config.server.cors_origins
+        middleware.append(Middleware(ReadsCORS, origins=cors, credentials=config.server.cors_credentials))
+    middleware.append(Middleware(RequestMetrics, telemetry=telemetry))
     app = DashboardApp(
         routes=routes,
         middleware=middleware,

@@ -118,5 +118,10 @@ def require_bearer(request: Request, tokens: list[str], what: str) -> None:
         raise HTTPError(
             401, f"{what} requires 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
         )
-    if not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
+    if not token_in(token, tokens):
         raise HTTPError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def token_in(token: str | None, tokens: list[str]) -> bool:
+    """Whether `token` is one of `tokens`, compared in constant time."""
+    return token is not None and any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from dashboard.supervisor import STATUS_EVENT
+from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
+from dashboard.web.errors import HTTPError
 
 
 def _templates_dir() -> Path:
@@ -43,8 +47,46 @@ def _shown_state(state: str) -> str:
 
 
 async def index(request: Request) -> Response:
-    """GET /: one panel per configured panel, all fed by one multiplexed EventSource."""
+    """GET /: the panels this viewer may read, all fed by one multiplexed EventSource.
+
+    With viewers configured, `/?token=...` checks the token, keeps it in an HttpOnly cookie and
+    redirects to the page without it, so the token leaves the address bar and the history."""
     runtime = request.app.state.runtime
+    access = runtime.access
+    token = request.query_params.get("token")
+    if access.enabled and token is not None:
+        return _sign_in(request, token)
+    try:
+        viewer = access.viewer(request)
+    except HTTPError as exc:  # an expired or forged cookie: say so, and forget it
+        response = _page(request, [], exc.message, status=401)
+        response.delete_cookie(VIEWER_COOKIE, path="/")
+        return response
+    panels = [p for p in _panels(runtime) if access.may_read(viewer, p["topic"])]
+    if access.enabled and not panels and not viewer.authenticated:
+        return _page(
+            request, [], "This dashboard is private: open it with your viewer link (/?token=...).", 401
+        )
+    return _page(request, panels, None, viewer=viewer)
+
+
+def _sign_in(request: Request, token: str) -> Response:
+    claims = request.app.state.runtime.access.decode(token)  # 401 when not valid
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    response = RedirectResponse(request.url.path + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
+    response.set_cookie(
+        VIEWER_COOKIE,
+        token,
+        max_age=max(1, int(claims["exp"] - time.time())),
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def _panels(runtime) -> list[dict]:
     config = runtime.config
     panels = []
     for number, panel in enumerate(config.effective_panels(), 1):
@@ -62,9 +104,32 @@ async def index(request: Request) -> Response:
                 "options": panel.options,
             }
         )
+    return panels
+
+
+def _page(
+    request: Request, panels: list[dict], notice: str | None, status: int = 200, viewer: Viewer | None = None
+) -> Response:
+    access = request.app.state.runtime.access
+    session = request.cookies.get(SESSION_COOKIE)
+    fresh = access.api_tokens and panels and not session
+    if fresh:
+        session = new_session()
     context = {
         "panels": panels,
         "topics": list(dict.fromkeys(panel["topic"] for panel in panels)),
         "views": sorted({panel["view"] for panel in panels}),  # each view's script is loaded once
+        "notice": notice,
+        "viewer": viewer.name if viewer is not None else None,
+        # With api tokens, the page's prompts carry this proof, bound to its session cookie.
+        "prompt_proof": access.prompt_proof(session) if access.api_tokens and session and panels else "",
     }
-    return templates.TemplateResponse(request, "index.html", context, headers=SECURITY_HEADERS)
+    response = templates.TemplateResponse(
+        request, "index.html", context, status_code=status, headers=SECURITY_HEADERS
+    )
+    if fresh:
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            SESSION_COOKIE, session, path="/", secure=secure, httponly=True, samesite="strict"
+        )
+    return response

@@ -133,6 +133,7 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
         raise HTTPError(503, "the server is shutting down")
     for name in topics:
         broker.topic(name)  # UnknownTopic -> 404
+    runtime.access.require(request, topics)  # 401 / 403
     sub = await broker.subscribe(topics, last_event_id(request), mux=mux, replay=replay_count(request))
     return EventStream(broker, sub, runtime.heartbeat, retry_ms=runtime.config.server.retry_ms)
 

@@ -96,9 +96,33 @@ class Telemetry:
         )
 
     async def endpoint(self, request: Request) -> Response:
-        """GET /metrics"""
+        """GET /metrics: with viewers configured, only the topics the caller may read."""
         encoder, content_type = choose_encoder(request.headers.get("accept"))
-        return Response(encoder(self.registry), headers={"Content-Type": content_type})
+        access = request.app.state.runtime.access
+        topics = list(request.app.state.runtime.config.topics)
+        hidden = set(topics) - set(access.readable(access.viewer(request), topics))
+        registry = HidingTopics(self.registry, hidden) if hidden else self.registry
+        return Response(encoder(registry), headers={"Content-Type": content_type})
+
+
+class HidingTopics:
+    """A registry's metrics without the samples of `hidden` topics (by `topic` label, or a feed
+    route `/feeds/<topic>/...`): a private topic's name is not shown to who may not read it."""
+
+    def __init__(self, registry: CollectorRegistry, hidden: set[str]) -> None:
+        self.registry = registry
+        self.hidden = hidden
+
+    def _shown(self, labels: dict[str, str]) -> bool:
+        if labels.get("topic") in self.hidden:
+            return False
+        route = labels.get("route", "")
+        return not (route.startswith("/feeds/") and route.split("/")[2] in self.hidden)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [s for s in metric.samples if self._shown(s.labels)]
+            yield metric
 
 
 def route_template(scope: Scope) -> str:

@@ -100,10 +100,18 @@ window.Dashboard.views.chat = function (panel) {
     return bits.join(" · ");
   }
 
+  function promptHeaders() {
+    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+    // With api tokens on the server, the page proves it was served by it (bound to its cookie).
+    const proof = document.getElementById("panels").dataset.promptProof;
+    if (proof) headers["X-Dashboard-Prompt"] = proof;
+    return headers;
+  }
+
   async function post(path, body) {
     const response = await fetch(base + path, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      headers: promptHeaders(),
       body: JSON.stringify(body),
       credentials: "same-origin",
     });

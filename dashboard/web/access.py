@@ -1,0 +1,371 @@
+"""Who may see and do what: viewers (signed tokens, an auth proxy), the page's proof for prompts,
+cross-site requests, the Host header, and what a bind address opens to the network.
+
+Without `auth.viewers` every topic is readable by whoever reaches the port (on a loopback bind:
+this machine). With it, a topic is private unless `public: true`, and a viewer reads the topics
+its token's `topics` patterns (or the proxy user's patterns in `users`) match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import jwt
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dashboard.web.errors import HTTPError, bearer_token, error_response
+
+if TYPE_CHECKING:
+    from dashboard.config import Config
+
+log = logging.getLogger("dashboard.access")
+
+VIEWER_COOKIE = "dashboard_viewer"  # the viewer token, set by GET /?token=
+SESSION_COOKIE = "dashboard_session"  # a random id the page's prompt proof is bound to
+PROMPT_HEADER = "X-Dashboard-Prompt"  # where the page sends that proof
+PROMPT_PROOF_TTL = 24 * 3600  # seconds a page may prompt before it must be reloaded
+LEEWAY = 10  # seconds of clock skew allowed on a token's exp
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+SIGNING_ALGORITHMS = ("HS256",)
+PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who a request comes from, as far as topics are concerned."""
+
+    name: str | None  # the token's `sub` or the proxy's user; None when anonymous
+    patterns: tuple[str, ...]  # topic patterns this viewer may read besides public topics
+    authenticated: bool
+
+    def matches(self, topic: str) -> bool:
+        return any(fnmatchcase(topic, pattern) for pattern in self.patterns)
+
+
+EVERYONE = Viewer(None, ("*",), False)  # access control is off: every topic is readable
+ANONYMOUS = Viewer(None, (), False)
+
+
+def check_public_key(pem: str) -> None:
+    """ValueError unless `pem` is an RSA or EC public key (config validation)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise ValueError(f"public_key is not a PEM public key: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError("public_key must be an RSA (RS256) or EC P-256 (ES256) key")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def parse_ttl(text: str) -> int:
+    """`90`, `30s`, `15m`, `8h`, `7d` -> seconds; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"not a duration: {text!r} (write 90s, 15m, 8h or 7d)")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+class Access:
+    """The access rules of one server, from `auth` and `topics` in its config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.viewers = config.auth.viewers
+        self.public = {name for name, topic in config.topics.items() if topic.public}
+        self.api_tokens = config.auth.api_tokens
+        # The page's prompt proof is signed with a key every instance derives from the same config.
+        material = "\0".join(sorted(self.api_tokens)).encode()
+        if self.viewers is not None and self.viewers.secret is not None:
+            material += b"\0" + self.viewers.secret.get_secret_value().encode()
+        self._proof_key = hashlib.sha256(b"sse-dashboard page prompts\0" + material).digest()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether topics are private unless public (auth.viewers is configured)."""
+        return self.viewers is not None
+
+    # -- viewers -------------------------------------------------------------------------------
+    def decode(self, token: str) -> dict[str, Any]:
+        """The claims of a viewer token; HTTPError 401 when it is malformed, forged or expired."""
+        assert self.viewers is not None
+        if self.viewers.secret is not None:
+            key: Any = self.viewers.secret.get_secret_value()
+            algorithms = list(SIGNING_ALGORITHMS)
+        elif self.viewers.public_key is not None:
+            key, algorithms = self.viewers.public_key, list(PUBLIC_KEY_ALGORITHMS)
+        else:
+            raise _unauthorized("viewer tokens are not accepted here: this server trusts its auth proxy")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, options={"require": ["exp"]}, leeway=LEEWAY
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("the viewer token has expired", "token_expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"invalid viewer token: {exc}", "invalid_token") from None
+        topics = claims.get("topics", [])
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise _unauthorized("invalid viewer token: `topics` must be a list of patterns", "invalid_token")
+        return claims
+
+    def mint(self, topics: list[str], ttl: int, subject: str | None = None) -> str:
+        """A viewer token for `topics` patterns, valid for `ttl` seconds (`dashboard token`)."""
+        if self.viewers is None or self.viewers.secret is None:
+            raise ValueError(
+                "minting needs auth.viewers.secret in the config (with public_key, sign tokens with "
+                "your private key where it is kept)"
+            )
+        now = int(time.time())
+        claims: dict[str, Any] = {"topics": topics, "iat": now, "exp": now + ttl}
+        if subject:
+            claims["sub"] = subject
+        return jwt.encode(claims, self.viewers.secret.get_secret_value(), algorithm="HS256")
+
+    def viewer(self, request: HTTPConnection) -> Viewer:
+        """Who `request` comes from (cached on it); 401 for a token that is not valid."""
+        cached = request.scope.get("dashboard.viewer")
+        if cached is not None:
+            return cached
+        viewer = self._identify(request)
+        request.scope["dashboard.viewer"] = viewer
+        return viewer
+
+    def _identify(self, request: HTTPConnection) -> Viewer:
+        if self.viewers is None:
+            return EVERYONE
+        user = self._proxy_user(request)
+        if user is not None:
+            return Viewer(user, tuple(self.viewers.users.get(user, ())), True)
+        token = viewer_token(request)
+        if token is None:
+            return ANONYMOUS
+        claims = self.decode(token)
+        subject = claims.get("sub")
+        return Viewer(subject if isinstance(subject, str) else None, tuple(claims.get("topics", ())), True)
+
+    def _proxy_user(self, request: HTTPConnection) -> str | None:
+        assert self.viewers is not None
+        header = self.viewers.proxy_header
+        if header is None or request.client is None:
+            return None
+        value = request.headers.get(header)
+        if not value:
+            return None
+        try:
+            address = ipaddress.ip_address(request.client.host)
+        except ValueError:
+            return None
+        if not any(address in network for network in self.viewers.trusted_proxies):
+            return None  # anyone can send the header: it counts only from the proxy
+        return value.strip()
+
+    def may_read(self, viewer: Viewer, topic: str) -> bool:
+        return topic in self.public or viewer.matches(topic)
+
+    def readable(self, viewer: Viewer, topics: list[str]) -> list[str]:
+        return [t for t in topics if self.may_read(viewer, t)]
+
+    def require(self, request: HTTPConnection, topics: list[str]) -> Viewer:
+        """The viewer, once it may read every one of `topics`: 401 without credentials, 403 naming
+        the first topic its token does not cover."""
+        viewer = self.viewer(request)
+        for topic in topics:
+            if self.may_read(viewer, topic):
+                continue
+            if not viewer.authenticated:
+                raise _unauthorized(
+                    f"topic {topic!r} is private: send a viewer token (Authorization: Bearer, ?token=, "
+                    "or open the dashboard with /?token=...)"
+                )
+            who = f"viewer {viewer.name!r}" if viewer.name else "this viewer token"
+            raise HTTPError(403, f"{who} may not read topic {topic!r}", "forbidden_topic")
+        return viewer
+
+    # -- the page's prompts --------------------------------------------------------------------
+    def prompt_proof(self, session: str) -> str:
+        """What the page sends with its prompts: bound to its session cookie, valid for a day."""
+        claims = {"sid": _digest(session), "exp": int(time.time()) + PROMPT_PROOF_TTL}
+        return jwt.encode(claims, self._proof_key, algorithm="HS256")
+
+    def has_prompt_proof(self, request: Request) -> bool:
+        """Whether the request carries a proof this server issued to the page, with that page's
+        session cookie: a header alone, or a proof from another browser, is not enough."""
+        proof = request.headers.get(PROMPT_HEADER)
+        session = request.cookies.get(SESSION_COOKIE)
+        if not proof or not session:
+            return False
+        try:
+            claims = jwt.decode(proof, self._proof_key, algorithms=["HS256"], options={"require": ["exp"]})
+        except jwt.InvalidTokenError:
+            return False
+        return hmac.compare_digest(str(claims.get("sid", "")), _digest(session))
+
+
+def new_session() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _digest(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()
+
+
+def viewer_token(request: HTTPConnection) -> str | None:
+    """A viewer token from `Authorization: Bearer`, `?token=` or the cookie, in that order."""
+    return bearer_token(request) or request.query_params.get("token") or request.cookies.get(VIEWER_COOKIE)
+
+
+def _unauthorized(message: str, code: str = "unauthorized") -> HTTPError:
+    return HTTPError(401, message, code, headers={"WWW-Authenticate": "Bearer"})
+
+
+def cross_site(request: HTTPConnection) -> bool:
+    """Whether a browser says the request comes from another site's page. Only ever used to refuse:
+    these headers prove nothing when present, but a browser always sends them on such requests."""
+    site = request.headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    parts = urlsplit(origin)
+    return (
+        origin == "null"
+        or parts.scheme not in ("http", "https")
+        or parts.netloc != request.headers.get("host")
+    )
+
+
+# -- the Host header -------------------------------------------------------------------------
+def allowed_hosts(config: Config) -> list[str]:
+    """`server.allowed_hosts`, or the default for the bind address: loopback names, or any."""
+    if config.server.allowed_hosts is not None:
+        return config.server.allowed_hosts
+    return list(LOOPBACK_HOSTS) if is_loopback(config.server.host) else ["*"]
+
+
+def host_name(header: str) -> str:
+    """`example.com:8000` -> `example.com`; `[::1]:8000` -> `::1`."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class ReadsCORS:
+    """CORS for the read routes only (/sse, /api), for the origins in `server.cors_origins`."""
+
+    def __init__(self, app: ASGIApp, origins: list[str], credentials: bool) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "Last-Event-ID"],
+            allow_credentials=credentials,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/sse" or path.startswith(("/sse/", "/api/"))):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """Answers 421 to a request whose Host is not an allowed name: a page on another site that
+    points a name of its own at this address (DNS rebinding) reaches nothing."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = [h.lower() for h in hosts]
+        self.any = "*" in self.hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host_name(host)
+            if not any(fnmatchcase(name, pattern) for pattern in self.hosts):
+                shown = host[:100] or "none"
+                response = error_response(
+                    421, f"this server does not answer for host {shown!r} (server.allowed_hosts)", "bad_host"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# -- what a bind opens ---------------------------------------------------------------------
+def network_problems(config: Config) -> list[str]:
+    """Why serving `config` on a non-loopback address would open what loopback kept private."""
+    auth = config.auth
+    problems = []
+    paid = [p.name for p in config.ai.providers if p.type != "simulated"]
+    if paid and not auth.api_tokens and "ai" not in auth.open_on_network:
+        problems.append(
+            f"the AI relay (/v1 and prompts) would spend the key of provider {paid[0]!r} for anyone who "
+            "reaches the port: set auth.api_tokens, or add `ai` to auth.open_on_network to serve it open"
+        )
+    pushable = [name for name, t in config.topics.items() if t.feed_class.accepts_publish]
+    if pushable and not auth.publish_tokens and "publish" not in auth.open_on_network:
+        problems.append(
+            f"topic {pushable[0]!r} takes pushed events but auth.publish_tokens is empty: set "
+            "auth.publish_tokens, or add `publish` to auth.open_on_network (publishing stays disabled)"
+        )
+    return problems
+
+
+def describe(config: Config) -> list[str]:
+    """What is open to whom, one line each, for the startup banner."""
+    auth = config.auth
+    where = "this machine" if is_loopback(config.server.host) else "anyone who reaches the port"
+    lines = []
+    if auth.viewers is None:
+        lines.append(f"topics: readable by {where} (no auth.viewers)")
+    else:
+        public = [n for n, t in config.topics.items() if t.public]
+        ways = []
+        if auth.viewers.secret or auth.viewers.public_key:
+            ways.append("tokens")
+        if auth.viewers.proxy_header:
+            ways.append("proxy users")
+        lines.append(
+            f"topics: private to viewers ({' and '.join(ways)}); public: {', '.join(public) or 'none'}"
+        )
+    paid = any(p.type != "simulated" for p in config.ai.providers)
+    if auth.api_tokens:
+        lines.append(f"AI relay and prompts: {len(auth.api_tokens)} api token(s), or the page's own prompts")
+    else:
+        lines.append(f"AI relay and prompts: {where}{'' if paid else ' (simulated providers only)'}")
+    if auth.publish_tokens:
+        lines.append(f"publish: {len(auth.publish_tokens)} publish token(s)")
+    else:
+        lines.append("publish: disabled (no auth.publish_tokens)")
+    hosts = allowed_hosts(config)
+    lines.append(f"Host header: {'any' if '*' in hosts else ', '.join(hosts)}")
+    if config.server.cors_origins:
+        lines.append(f"CORS (/sse, /api): {', '.join(config.server.cors_origins)}")
+    return lines
