@@ -259,6 +259,22 @@ def cross_site(request: HTTPConnection) -> bool:
     )
 
 
+class HideTokens(logging.Filter):
+    """Keeps `?token=` values out of the access log (`serve --access-log` logs each path)."""
+
+    pattern = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.pattern.sub(r"\1<hidden>", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+HIDE_TOKENS = HideTokens()
+
+
 # -- the Host header -------------------------------------------------------------------------
 def allowed_hosts(config: Config) -> list[str]:
     """`server.allowed_hosts`, or the default for the bind address: loopback names, or any."""

@@ -22,7 +22,7 @@ from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
-from dashboard.web.access import Access, HostCheck, ReadsCORS, allowed_hosts
+from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS
 from dashboard.web.telemetry import RequestMetrics, Telemetry
 
@@ -67,6 +67,7 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
         await self.broker.connect()
         self.supervisor.start()
         heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
