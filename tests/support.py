@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +274,13 @@ async def open_streams(
         if start.writer is not None:
             start.writer.close()
     return starts, max((s.at for s in starts), default=0.0)
+
+
+def run_async(coro, timeout: float = 120.0):
+    """asyncio.run(coro) in a thread of its own: the browser tests' Playwright may hold an event
+    loop in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=timeout)
 
 
 def raise_open_files_limit(wanted: int) -> None:

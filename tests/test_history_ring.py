@@ -8,7 +8,7 @@ import asyncio
 from dashboard.broker import from_url
 from dashboard.broker.redis import RedisBroker
 from dashboard.events import Event
-from tests.support import REDIS_URL
+from tests.support import REDIS_URL, run_async
 from tests.test_broker_contract import nothing_more, take
 
 
@@ -75,7 +75,7 @@ def test_resumes_older_than_the_ring_lose_and_repeat_nothing_under_concurrent_pu
             await reader.disconnect()
             await writer.disconnect()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_streams_open_from_the_ring_and_share_one_read_for_older_ids(redis_prefix):
@@ -104,4 +104,4 @@ def test_streams_open_from_the_ring_and_share_one_read_for_older_ids(redis_prefi
         finally:
             await reader.disconnect()
 
-    asyncio.run(scenario())
+    run_async(scenario())

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
-from tests.support import REDIS_URL, open_streams, raise_open_files_limit, read_events
+from tests.support import REDIS_URL, open_streams, raise_open_files_limit, read_events, run_async
 from tests.test_scale_out import leader_of, wait_for
 
 STREAMS = 2000
@@ -35,7 +34,7 @@ def test_a_storm_of_streams_across_two_instances_is_served_with_exact_resumes(re
         else:
             requests.append((url, "/sse/count?replay=0", None))
     raise_open_files_limit(STREAMS + 200)
-    starts, took = asyncio.run(open_streams(requests, timeout=60))
+    starts, took = run_async(open_streams(requests, timeout=60))
     statuses = Counter(s.status for s in starts)
     assert statuses == {200: STREAMS}, f"statuses of {STREAMS} streams opened at once: {dict(statuses)}"
     wrong = {i: (starts[i].first_id, want) for i, want in expected.items() if starts[i].first_id != want}
@@ -63,7 +62,7 @@ def test_a_saturated_server_sheds_new_streams_with_retry_after_and_says_so_once(
         limit = client.get("/healthz").json()["streams"]["limit"]
         assert limit == 300, client.get("/healthz").json()
         while_shedding = []
-        starts, _ = asyncio.run(
+        starts, _ = run_async(
             open_streams(
                 [(server.url, "/sse/count?replay=0", None)] * (limit + 20),
                 timeout=30,
