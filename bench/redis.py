@@ -1,12 +1,18 @@
 """Scale out: two workers sharing Redis versus one process with the memory broker.
 
     python -m bench.redis [--clients 40] [--seconds 8] [--redis redis://127.0.0.1:6379/0]
+    python -m bench.redis --storm 10000 [--rounds 3]
 
-Starts real `dashboard serve` processes on loopback with one fast clock feed, connects SSE clients
+Starts real `dashboard serve` processes on loopback with one clock feed, connects SSE clients
 (raw sockets, so that the client costs little), and measures deliveries per second and the p99
 latency from the feed's timestamp to a client reading the event. With two workers the feed runs
 in one of them: the clients that reached the other one measure the trip across instances through
 Redis. Prints both and their ratios, and appends them to bench/RESULTS.md under "Scale out".
+
+`--storm N` measures a reconnect storm instead: N streams opened at once across two instances
+sharing Redis, half resuming with a Last-Event-ID from history, against N on one memory process;
+the time until every stream has its first event, refusals, resumers that did not continue at their
+id, and feed restarts; rounds alternate between the two setups.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,11 +45,13 @@ topics:
 """
 
 
-def start_server(url: str, workers: int, interval: float, tmp: Path) -> tuple[subprocess.Popen, str, str]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+def start_server(
+    url: str, workers: int, interval: float, tmp: Path, prefix: str = ""
+) -> tuple[subprocess.Popen, str, str]:
+    prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}"
     config = tmp / f"{prefix}.yaml"
     config.write_text(CONFIG.format(url=url, prefix=prefix, interval=interval))
-    log = (tmp / f"{prefix}.log").open("w+")
+    log = (tmp / f"{prefix}-{uuid.uuid4().hex[:4]}.log").open("w+")
     cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(config), "--port", "0"]
     cmd += ["--workers", str(workers), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -132,14 +141,102 @@ def machine() -> str:
     )
 
 
+def storm_round(url: str, instances: int, streams: int, interval: float, tmp: Path) -> dict[str, float]:
+    """One storm: `streams` opened at once across `instances` servers, half resuming."""
+    import httpx
+
+    from tests.support import open_streams, read_events
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    servers = [start_server(url, 1, interval, tmp, prefix) for _ in range(instances)]
+    urls = [served for _, served, _ in servers]
+    try:
+        with httpx.Client(base_url=urls[0], timeout=30) as client:
+            known = [int(e.id) for e in read_events(client, "/sse/clock", 30, timeout=60)]
+        requests, expected = [], {}
+        for i in range(streams):
+            if i % 4 < 2:
+                k = i % (len(known) - 1)
+                requests.append((urls[i % instances], "/sse/clock", known[k]))
+                expected[i] = known[k + 1]
+            else:
+                requests.append((urls[i % instances], "/sse/clock?replay=0", None))
+        starts, took = asyncio.run(open_streams(requests, timeout=120))
+        restarts = 0
+        for served in urls:
+            with httpx.Client(base_url=served, timeout=30) as client:
+                restarts += client.get("/api/topics").json()["topics"]["clock"]["status"]["restarts"]
+    finally:
+        for proc, _, _ in servers:
+            stop_server(proc)
+        if url != "memory://":
+            delete_prefix(url, prefix)
+    return {
+        "live_s": took,
+        "refused": sum(s.status not in (200, 0) for s in starts),
+        "unanswered": sum(s.status == 0 for s in starts),
+        "resumed_wrong": sum(starts[i].first_id != want for i, want in expected.items()),
+        "restarts": restarts,
+    }
+
+
+def storm(args: argparse.Namespace) -> int:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.storm + 1000)), hard))
+    interval = args.interval or 0.1
+    setups = (("redis, 2 instances", args.redis, 2), ("memory, 1 process", "memory://", 1))
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in setups}
+    where = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            for name, url, instances in setups:  # alternating: one of each per round
+                r = storm_round(url, instances, args.storm, interval, Path(tmp))
+                rounds[name].append(r)
+                print(
+                    f"round {n + 1} {name:<19} all live in {r['live_s']:5.2f} s  refused {r['refused']:.0f}  "
+                    f"unanswered {r['unanswered']:.0f}   resumed wrong {r['resumed_wrong']:.0f}   "
+                    f"feed restarts {r['restarts']:.0f}",
+                    flush=True,
+                )
+    lines = [
+        f"\n### {time.strftime('%Y-%m-%d %H:%M')}: storm of {args.storm} streams at once, half resuming, "
+        f"feed every {interval * 1000:g} ms, {args.rounds} alternating rounds\n",
+        f"Machine: {where}.{' ' + args.note if args.note else ''}\n\n",
+        "| setup | all live, s: median (min-max) | refused | unanswered | resumed wrong | feed restarts |\n",
+        "|---|---:|---:|---:|---:|---:|\n",
+    ]
+    for name, results in rounds.items():
+        live = [r["live_s"] for r in results]
+        total = {
+            k: sum(r[k] for r in results) for k in ("refused", "unanswered", "resumed_wrong", "restarts")
+        }
+        summary = f"{statistics.median(live):.2f} ({min(live):.2f}-{max(live):.2f})"
+        print(f"{name:<19} all live in {summary} s over {len(live)} rounds; totals {total}")
+        lines.append(
+            f"| {name} | {summary} | {total['refused']:.0f} | {total['unanswered']:.0f} | "
+            f"{total['resumed_wrong']:.0f} | {total['restarts']:.0f} |\n"
+        )
+    append_results(lines)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--interval", type=float, default=0.002, help="seconds between feed events")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="seconds between feed events (0.002; storm: 0.1)"
+    )
+    parser.add_argument("--storm", type=int, default=0, help="measure a storm of this many streams")
+    parser.add_argument("--rounds", type=int, default=3, help="storm rounds per setup (median, spread)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--note", default="", help="said next to the results (e.g. 'busy machine')")
     args = parser.parse_args()
+    if args.storm:
+        return storm(args)
+    args.interval = args.interval or 0.002
 
     where = machine()
     results: dict[str, dict[str, float]] = {}
@@ -176,6 +273,11 @@ def main() -> int:
         ),
         f"\nRatio redis/memory: deliveries {ratio_rate:.2f}x, p99 latency {ratio_p99:.2f}x.\n",
     ]
+    append_results(lines)
+    return 0
+
+
+def append_results(lines: list[str]) -> None:
     path = ROOT / "bench" / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     if "\n## Scale out\n" not in text:
@@ -194,7 +296,6 @@ def main() -> int:
     )
     path.write_text(text)
     print(f"appended to {path.relative_to(ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dashboard.tasks import cancel_and_wait, finish_shielded
 log = logging.getLogger("dashboard.supervisor")
 
 STATUS_EVENT = "status"
+BROKER_RETRY = (0.1, 5.0)  # seconds: first and longest wait before storing a feed's event again
 
 
 @dataclass
@@ -42,7 +43,7 @@ class FeedRunner:
 
     topic: str
     feed: Feed
-    state: str = "starting"  # starting, standby, running, restarting, finished, idle, stopped
+    state: str = "starting"  # starting, standby, running, paused, restarting, finished, idle, stopped
     restarts: int = 0
     last_error: str | None = None
     leader: bool | None = None  # whether this instance runs the feed; None: push-only, no leader
@@ -134,7 +135,7 @@ class Supervisor:
                         raise TypeError(
                             f"feed {runner.topic!r} yielded {type(event).__name__}, expected dashboard.Event"
                         )
-                    await self._publish(runner.topic, event)
+                    await self._store(runner, event)
             except asyncio.CancelledError:
                 raise
             except LeadershipLost:
@@ -144,10 +145,7 @@ class Supervisor:
                 runner.restarts += 1
                 runner.last_error = f"{type(exc).__name__}: {exc}"
                 delay = self.backoff.delay(attempt)
-                if isinstance(exc, BrokerUnavailable):  # the broker's trouble, not the feed's: no traceback
-                    log.warning("feed %r paused: %s; retrying in %.1fs", runner.topic, exc, delay)
-                else:
-                    log.exception("feed %r failed; restarting in %.1fs", runner.topic, delay)
+                log.exception("feed %r failed; restarting in %.1fs", runner.topic, delay)
                 await self._status(runner, "restarting", error=runner.last_error, retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
             else:
@@ -155,10 +153,34 @@ class Supervisor:
                 await self._status(runner, "finished")
                 return
 
+    async def _store(self, runner: FeedRunner, event: Event) -> None:
+        """Publish one event of the feed; while the broker cannot store it, the feed waits (it is
+        not restarted, so it keeps its state) and the event is tried again with backoff. The fence
+        still applies: once another instance leads, the lease is lost and this task is cancelled."""
+        backoff = Backoff(*BROKER_RETRY)
+        attempt = 0
+        while True:
+            try:
+                await self._publish(runner.topic, event)
+            except BrokerUnavailable as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("feed %r paused: %s; its event waits to be stored", runner.topic, exc)
+                    runner.state = "paused"
+                    runner.last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(backoff.delay(attempt))
+                continue
+            if attempt:
+                log.info("feed %r resumed: its event was stored after %d tries", runner.topic, attempt + 1)
+                runner.state = "running"
+            return
+
     async def _status(self, runner: FeedRunner, state: str, **extra: Any) -> None:
         runner.state = state
         data = {"state": state, "restarts": runner.restarts, **extra}
         try:
             await self._publish(runner.topic, Event(data=data, event=STATUS_EVENT))
+        except BrokerUnavailable as exc:  # the broker's trouble, said once by the reader: no traceback
+            log.warning("could not publish status of feed %r: %s", runner.topic, exc)
         except Exception:
             log.exception("could not publish status of feed %r", runner.topic)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ class Server:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # extra `dashboard serve` arguments
+    open_files: int | None = None  # the process's limit on open files (soft and hard)
     proc: subprocess.Popen | None = None
     url: str = ""
 
@@ -44,8 +48,16 @@ class Server:
         cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config)]
         cmd += ["--port", str(self.port), *self.args]
         logfile = self.log.open("ab")
+        limit = self.open_files
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            cmd,
+            cwd=ROOT,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+            if limit
+            else None,
         )
         return self.wait_for_url(timeout)
 
@@ -100,11 +112,19 @@ class ServerFactory:
         port: int = 0,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
+        open_files: int | None = None,
     ) -> Server:
         n = len(self.servers)
         path = self.tmp / f"config{n}.yaml"
         path.write_text(textwrap.dedent(config))
-        server = Server(path, self.tmp / f"server{n}.log", port=port, env=env or {}, args=args or [])
+        server = Server(
+            path,
+            self.tmp / f"server{n}.log",
+            port=port,
+            env=env or {},
+            args=args or [],
+            open_files=open_files,
+        )
         self.servers.append(server)
         return server.start()
 
@@ -194,3 +214,78 @@ def next_ids(events: Iterator[ServerSentEvent], count: int, event: str = "messag
         if len(found) >= count:
             break
     return found
+
+
+# -- many streams at once over raw sockets (light enough for thousands) ---------------------------
+_FIRST_ID = re.compile(rb"\nid: (\d+)\n")
+
+
+@dataclass
+class StreamStart:
+    """How one raw stream opened: its status, its first event's id, and when (seconds from `t0`)."""
+
+    status: int
+    first_id: int | None = None
+    at: float = 0.0
+    retry_after: str | None = None
+    writer: asyncio.StreamWriter | None = field(default=None, repr=False)
+
+
+async def open_stream(url: str, path: str, last_id: int | None, t0: float, timeout: float) -> StreamStart:
+    """GET an SSE `path` on a raw socket and read up to its first event (left open) or a refusal."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    resume = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
+    buffer = b""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{resume}\r\n".encode())
+            while chunk := await reader.read(65536):
+                buffer += chunk
+                head, sep, _ = buffer.partition(b"\r\n\r\n")
+                if sep and not head.startswith(b"HTTP/1.1 200"):
+                    writer.close()
+                    found = re.search(rb"(?im)^retry-after: *(\S+)", head)
+                    return StreamStart(
+                        int(head[9:12]), at=time.monotonic() - t0, retry_after=found and found[1].decode()
+                    )
+                if sep and (match := _FIRST_ID.search(buffer)):
+                    return StreamStart(200, int(match[1]), time.monotonic() - t0, writer=writer)
+    except (TimeoutError, OSError):
+        pass
+    if writer is not None:
+        writer.close()
+    return StreamStart(0, at=time.monotonic() - t0)  # 0: no answer in time, or the socket failed
+
+
+async def open_streams(
+    requests: list[tuple[str, str, int | None]], timeout: float = 60.0, while_open=None
+) -> tuple[list[StreamStart], float]:
+    """Open every `(url, path, last_id)` at once; the starts, in order, and how long the last took.
+
+    The streams that opened stay open until all have started (so they really are open at once)
+    and `while_open()` has run in a thread, then close."""
+    t0 = time.monotonic()
+    starts = await asyncio.gather(*(open_stream(u, p, i, t0, timeout) for u, p, i in requests))
+    if while_open is not None:
+        await asyncio.to_thread(while_open)
+    for start in starts:
+        if start.writer is not None:
+            start.writer.close()
+    return starts, max((s.at for s in starts), default=0.0)
+
+
+def run_async(coro, timeout: float = 120.0):
+    """asyncio.run(coro) in a thread of its own: the browser tests' Playwright may hold an event
+    loop in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=timeout)
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Let this process hold `wanted` sockets (up to the hard limit): fails the caller otherwise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= wanted, f"cannot open {wanted} files here"

@@ -384,3 +384,22 @@ def _open_tail(url: str, path: str) -> Tail | None:
         tail.close()
         return None
     return tail
+
+
+def test_a_redis_outage_pauses_the_leaders_feed_and_loses_nothing_it_made(own_redis, serve):
+    server = serve(config("outage", url=own_redis.url, lease_ttl=15))
+    with server.client() as client, Tail(server.url, "/sse/count?replay=0") as tail:
+        seen = tail.take(5)
+        own_redis.stop()
+        wait_for("healthz to say degraded", lambda: client.get("/healthz").status_code == 503)
+        time.sleep(1.5)  # on purpose: the feed makes its next events while Redis is away
+        own_redis.start()
+        wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)
+        seen += tail.take(10)
+        status = client.get("/api/topics").json()["topics"]["count"]["status"]
+    counts = [json.loads(e.data)["n"] for e in seen]
+    assert counts == list(range(counts[0], counts[0] + len(counts))), f"the counter went {counts}"
+    assert status["restarts"] == 0 and status["state"] == "running", status
+    log = server.output()
+    assert log.count("feed 'count' paused") == 1 and log.count("feed 'count' resumed") == 1, log
+    assert "Traceback" not in log, log

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dashboard.broker.memory import MemoryBroker
 from dashboard.events import Event
-from dashboard.web.sse import KEEPALIVE, EventStream, Heartbeat, direct_writer
+from dashboard.web.sse import KEEPALIVE, Admission, EventStream, Heartbeat, direct_writer
 
 
 def test_direct_writes_are_only_for_uvicorn_httptools_get_streams():
@@ -32,7 +32,9 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
             sent.append(message)
             await asyncio.sleep(0)  # a real send may suspend: live events must wait their turn
 
-        stream = EventStream(broker, sub, heartbeat, retry_ms=100)
+        admission = Admission(10)
+        admission.admit()
+        stream = EventStream(broker, sub, heartbeat, admission, retry_ms=100)
         beats = asyncio.create_task(heartbeat.run())
         task = asyncio.create_task(stream({"type": "http", "method": "GET"}, receive, send))
         for n in range(3, 6):
@@ -43,6 +45,7 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
         await asyncio.wait_for(task, 5)
         beats.cancel()
         assert not broker.topics["t"].subscribers, "the subscription was not removed"
+        assert admission.open == 0, "the stream was not counted out"
         return sent
 
     # A thread of its own: the browser tests' Playwright may hold an event loop in this one.

@@ -159,6 +159,18 @@ class TopicState:
     def last_id(self) -> int | None:
         return self.history[-1].id if self.history else None
 
+    def after(self, after_id: int | None) -> list[Message]:
+        """The kept messages with an id above `after_id` (all when None), oldest first."""
+        if after_id is None:
+            return list(self.history)
+        newer: list[Message] = []
+        for message in reversed(self.history):
+            if message.id <= after_id:
+                break
+            newer.append(message)
+        newer.reverse()
+        return newer
+
     def rate(self, now: float | None = None) -> float:
         """Events per second over the last RATE_WINDOW seconds."""
         now = time.monotonic() if now is None else now

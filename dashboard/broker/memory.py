@@ -35,13 +35,4 @@ class MemoryBroker(Broker):
         return message
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
-        history = self.topic(topic).history
-        if after_id is None:
-            return list(history)
-        newer: list[Message] = []
-        for message in reversed(history):
-            if message.id <= after_id:
-                break
-            newer.append(message)
-        newer.reverse()
-        return newer
+        return self.topic(topic).after(after_id)

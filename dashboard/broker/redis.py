@@ -8,6 +8,12 @@ process delivers events in id order, and a Last-Event-ID from any instance resum
 Live fan-out: one reader task per process blocks on XREAD for all topics and hands each event,
 encoded once, to the shared local fan-out. Publishing returns once Redis has stored the event;
 local subscribers get it through the reader, like everyone else's events.
+
+History: the reader also keeps each topic's ring (`TopicState.history`, as long as the topic's
+Redis Stream), loaded once at start, so a new or resuming stream costs no Redis trip. Only ids
+older than the ring are read from Redis, one read shared by every stream asking for that range.
+Publishing, leases, the reader and those reads each have their own connections, so a storm of
+reconnecting streams never takes the connection a feed needs to publish.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from dashboard.tasks import cancel_and_wait
 log = logging.getLogger("dashboard.broker.redis")
 
 BLOCK_MS = 5000  # how long one XREAD waits for news before it is sent again
-CATCH_UP_TIMEOUT = 5.0  # how long a new subscriber waits for the reader to reach its backlog
+CATCH_UP_TIMEOUT = 5.0  # how long a new subscriber waits for the reader to reach this process's writes
+HISTORY_CONNECTIONS = 4  # connections for history older than the ring; more readers wait their turn
+HISTORY_TIMEOUT = 30.0  # a slow history read makes its streams wait this long before they fail
 MAX_ID = 2**53  # ids are Lua numbers (doubles) in the script
 
 # KEYS: id counter, topic stream, topic lease.
@@ -103,8 +111,11 @@ class RedisBroker(Broker):
         parts = urlsplit(url)
         # For messages: never the password.
         self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
-        self._client: aioredis.Redis | None = None
+        self._client: aioredis.Redis | None = None  # publishing and claims
+        self._lease_client: aioredis.Redis | None = None
+        self._history_client: aioredis.Redis | None = None  # history older than the rings
         self._last_is_guess = False
+        self._settling = asyncio.Lock()
         self._reader_client: aioredis.Redis | None = None
         self._reader: asyncio.Task[None] | None = None
         self._renewers: dict[Lease, asyncio.Task[None]] = {}
@@ -113,6 +124,8 @@ class RedisBroker(Broker):
         self._own: dict[int, Message] = {}  # published here, not yet read back: built once
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._stream_topics: dict[bytes, str] = {}
+        self._ring_from: dict[str, int] = {}  # per topic: the ring holds every stored id above this
+        self._older_reads: dict[tuple[str, int, int], asyncio.Task[list[Message]]] = {}
 
     # -- keys ----------------------------------------------------------------------------------
     @property
@@ -133,28 +146,45 @@ class RedisBroker(Broker):
     def healthy(self) -> bool:
         return self._healthy
 
-    def _connect_client(self, socket_timeout: float) -> aioredis.Redis:
+    def _connect_client(
+        self,
+        socket_timeout: float,
+        pool: type[aioredis.ConnectionPool] = aioredis.ConnectionPool,
+        **limits: Any,
+    ) -> aioredis.Redis:
         # No retries: a publish retried after a lost reply could store its event twice.
-        return aioredis.from_url(
-            self.url,
-            socket_connect_timeout=2.0,
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
+        return aioredis.Redis.from_pool(
+            pool.from_url(
+                self.url,
+                socket_connect_timeout=2.0,
+                socket_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+                **limits,
+            )
         )
+
+    @property
+    def _clients(self) -> list[aioredis.Redis]:
+        clients = (self._client, self._lease_client, self._reader_client, self._history_client)
+        return [c for c in clients if c is not None]
 
     async def connect(self) -> None:
         self._client = self._connect_client(5.0)
+        self._lease_client = self._connect_client(5.0)
         self._reader_client = self._connect_client(BLOCK_MS / 1000 + 5.0)
+        # Streams wanting old history queue for a few connections rather than fail.
+        self._history_client = self._connect_client(
+            HISTORY_TIMEOUT,
+            aioredis.BlockingConnectionPool,
+            max_connections=HISTORY_CONNECTIONS,
+            timeout=None,
+        )
         self._publish_script = self._client.register_script(PUBLISH)
-        self._renew_script = self._client.register_script(RENEW)
-        self._release_script = self._client.register_script(RELEASE)
+        self._renew_script = self._lease_client.register_script(RENEW)
+        self._release_script = self._lease_client.register_script(RELEASE)
         self._stream_topics = {self.stream_key(name).encode(): name for name in self.topics}
         try:
-            self._last = int(await self._client.get(self.id_key) or 0)
-            for name in self.topics:
-                newest = await self._client.xrevrange(self.stream_key(name), count=1)
-                for entry_id, fields in newest:
-                    self.topics[name].history.append(self._decode(name, _entry_id(entry_id), fields))
+            await self._load_rings(self._client)
             self._healthy = True
         except (RedisError, OSError) as exc:
             # Start degraded rather than not at all: the reader keeps trying in the background.
@@ -166,12 +196,11 @@ class RedisBroker(Broker):
     async def disconnect(self) -> None:
         await super().disconnect()
         tasks = [t for t in (self._reader, *self._renewers.values()) if t is not None]
-        await cancel_and_wait(tasks)
+        await cancel_and_wait([*tasks, *self._older_reads.values()])
         self._renewers.clear()
-        for client in (self._client, self._reader_client):
-            if client is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
+        for client in self._clients:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
         self._healthy = False
 
     def _unavailable(self, doing: str, exc: BaseException) -> BrokerUnavailable:
@@ -180,12 +209,29 @@ class RedisBroker(Broker):
         return BrokerUnavailable(f"cannot {doing}: Redis at {self.where} is unreachable ({reason})")
 
     # -- events --------------------------------------------------------------------------------
+    async def _load_rings(self, client: aioredis.Redis) -> None:
+        """Take Redis's id counter and fill each topic's ring with its stream, in one transaction
+        (so the reader, starting after that id, neither skips nor repeats an event)."""
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.get(self.id_key)
+            for name, state in self.topics.items():
+                pipe.xrevrange(self.stream_key(name), count=state.history.maxlen)
+            last, *streams = await pipe.execute()
+        self._last = int(last or 0)
+        for (name, state), entries in zip(self.topics.items(), streams, strict=True):
+            state.history.extend(self._decode(name, _entry_id(i), fields) for i, fields in reversed(entries))
+            full = len(entries) == state.history.maxlen
+            # A full ring may have older neighbours in Redis (a longer `history` elsewhere).
+            self._ring_from[name] = state.history[0].id - 1 if full else 0
+
     async def _settle_last(self, client: aioredis.Redis) -> None:
-        """After a start while Redis was down, `_last` is this machine's clock: replace it with
-        Redis's id counter before anything is stored or read, so no event is skipped."""
+        """After a start while Redis was down, `_last` is this machine's clock and the rings are
+        empty: load them and Redis's id counter before anything is stored or read."""
         if self._last_is_guess:
-            self._last = int(await client.get(self.id_key) or 0)
-            self._last_is_guess = False
+            async with self._settling:
+                if self._last_is_guess:
+                    await self._load_rings(client)
+                    self._last_is_guess = False
 
     async def publish(self, topic: str, event: Event) -> Message:
         state = self.topic(topic)
@@ -237,21 +283,51 @@ class RedisBroker(Broker):
         return message
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
-        self.topic(topic)
+        state = self.topic(topic)
         assert self._client is not None, "broker not connected"
-        start = "-" if after_id is None or after_id < 0 else f"({after_id}-0"
         try:
             await self._settle_last(self._client)
-            entries = await self._client.xrange(self.stream_key(topic), min=start)
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"read the history of {topic!r}", exc) from exc
-        messages = [self._decode(topic, _entry_id(entry_id), fields) for entry_id, fields in entries]
-        if messages:
-            # Everything stored before the newest of these must reach this process's subscribers
-            # (held while they start) before they go live, or a multiplexed subscriber could
-            # skip an older event of another topic that the reader has not delivered yet.
-            await self._reader_reached(messages[-1].id)
-        return messages
+        if self._own:  # read your own writes: what this process stored is in its rings
+            await self._reader_reached(max(self._own))
+        start, older = after_id, []
+        # Ids at or below the ring's floor are asked of Redis; the floor may rise meanwhile.
+        while start is not None and start < (floor := self._ring_from.get(topic, 0)):
+            older += await self._read_older(topic, start, floor)
+            start = floor
+        return older + state.after(start)
+
+    def deliver(self, message: Message) -> None:
+        history = self.topics[message.topic].history
+        if len(history) == history.maxlen:  # the ring drops its oldest: Redis has to answer for it
+            self._ring_from[message.topic] = history[0].id
+        super().deliver(message)
+
+    async def _read_older(self, topic: str, after: int, upto: int) -> list[Message]:
+        """`topic`'s stored messages with ids in (after, upto]: one Redis read shared by every
+        stream asking for the same range meanwhile."""
+        key = (topic, after, upto)
+        read = self._older_reads.get(key)
+        if read is None:
+            read = asyncio.create_task(self._xrange(topic, after, upto), name=f"history:{topic}")
+            self._older_reads[key] = read
+            read.add_done_callback(self._older_read_done)
+        return await asyncio.shield(read)
+
+    def _older_read_done(self, read: asyncio.Task[list[Message]]) -> None:
+        self._older_reads = {k: t for k, t in self._older_reads.items() if t is not read}
+        if not read.cancelled():
+            read.exception()  # retrieved here too: every stream waiting for it may have left
+
+    async def _xrange(self, topic: str, after: int, upto: int) -> list[Message]:
+        assert self._history_client is not None, "broker not connected"
+        start = "-" if after <= 0 else f"({after}-0"
+        try:
+            entries = await self._history_client.xrange(self.stream_key(topic), min=start, max=f"{upto}-0")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(f"read the history of {topic!r}", exc) from exc
+        return [self._decode(topic, _entry_id(entry_id), fields) for entry_id, fields in entries]
 
     def _decode(self, topic: str, id: int, fields: dict[bytes, bytes]) -> Message:
         event = fields.get(b"e", b"").decode() or None
@@ -267,10 +343,8 @@ class RedisBroker(Broker):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((target, waiter))
-        try:
-            await asyncio.wait_for(waiter, CATCH_UP_TIMEOUT)
-        except TimeoutError:
-            raise BrokerUnavailable(f"the reader of Redis at {self.where} is behind; try again") from None
+        try:  # a reader that is behind makes the stream wait, then go on: the rest comes live
+            await asyncio.wait([waiter], timeout=CATCH_UP_TIMEOUT)
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove((target, waiter))
@@ -303,8 +377,9 @@ class RedisBroker(Broker):
                 delay = 0.0
                 log.info("reconnected to Redis at %s; resuming after event %d", self.where, self._last)
                 # Pooled connections to the old server would fail their next command.
-                if self._client is not None:
-                    await self._client.connection_pool.disconnect(inuse_connections=False)
+                for client in self._clients:
+                    if client is not self._reader_client:
+                        await client.connection_pool.disconnect(inuse_connections=False)
             self._healthy = True
             if reply:
                 self._deliver_batch(reply)
@@ -333,14 +408,14 @@ class RedisBroker(Broker):
     # -- leadership ----------------------------------------------------------------------------
     async def acquire_lease(self, topic: str) -> Lease:
         """Wait until this instance holds `topic`'s lease, polling while another one holds it."""
-        assert self._client is not None, "broker not connected"
+        assert self._lease_client is not None, "broker not connected"
         lease = Lease(topic, uuid.uuid4().hex)
         ttl_ms = int(self.lease_ttl * 1000)
         poll = min(1.0, self.lease_ttl / 4)
         while True:
             attempted = time.monotonic()
             try:
-                if await self._client.set(self.lease_key(topic), lease.token, nx=True, px=ttl_ms):
+                if await self._lease_client.set(self.lease_key(topic), lease.token, nx=True, px=ttl_ms):
                     break
             except (RedisError, OSError):
                 pass  # the reader reports the outage; keep trying
@@ -350,7 +425,7 @@ class RedisBroker(Broker):
         return lease
 
     async def _renew(self, lease: Lease, renewed_at: float) -> None:
-        assert self._client is not None
+        assert self._lease_client is not None
         key, ttl_ms = self.lease_key(lease.topic), int(self.lease_ttl * 1000)
         while not lease.lost.is_set():
             await asyncio.sleep(self.lease_ttl / 3)
@@ -393,7 +468,7 @@ class RedisBroker(Broker):
         renewer = self._renewers.pop(lease, None)
         if renewer is not None:
             renewer.cancel()
-        if lease.lost.is_set() or self._client is None:
+        if lease.lost.is_set() or self._lease_client is None:
             return
         lease.lost.set()
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself

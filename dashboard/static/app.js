@@ -145,11 +145,12 @@
       if (e instanceof MessageEvent) return; // an event of a topic named "error"
       if (!downSince) downSince = Date.now();
       if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (an error status, e.g. 503 while the server stops): retry ourselves.
+        // The browser gave up (an error status, e.g. 503 while the server stops or sheds new
+        // streams): retry ourselves, jittered so that a crowd of pages does not come back at once.
         setConnection("offline");
         source = null;
         manualRetry = Math.min(manualRetry + 1, 6);
-        setTimeout(connect, 500 * 2 ** (manualRetry - 1));
+        setTimeout(connect, 500 * 2 ** (manualRetry - 1) * (0.5 + Math.random()));
       } else {
         setConnection(Date.now() - downSince > OFFLINE_AFTER_MS ? "offline" : "reconnecting");
       }

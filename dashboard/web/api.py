@@ -31,17 +31,23 @@ async def topics(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """GET /healthz: liveness and readiness; 503 while the broker is down or the server stops."""
+    """GET /healthz: liveness and readiness; 503 while the broker is down, the server sheds new
+    streams, or it stops."""
     runtime = request.app.state.runtime
     readable = set(runtime.access.readable(runtime.access.viewer(request), list(runtime.config.topics)))
     runners = {name: r for name, r in runtime.supervisor.runners.items() if name in readable}
     broker_ok = runtime.broker.healthy
-    status = "stopping" if runtime.stopping else ("ok" if broker_ok else "degraded")
+    status = "ok" if broker_ok else "degraded"
+    if runtime.stopping:
+        status = "stopping"
+    elif runtime.admission.shedding:
+        status = "overloaded"
     body = {
         "status": status,
         "broker": {"url_scheme": runtime.config.broker.url.split(":", 1)[0], "ok": broker_ok},
         "feeds": {name: runner.state for name, runner in runners.items()},
         # the topics whose feed runs on this instance (with a shared broker, one instance each)
         "leading": sorted(name for name, runner in runners.items() if runner.leader),
+        "streams": runtime.admission.as_json(),  # open, the most this process holds, shedding
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

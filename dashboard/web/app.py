@@ -46,6 +46,7 @@ class Runtime:
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
+        self.admission = sse.Admission(sse.open_files_limit() - sse.FD_HEADROOM)
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         self.relay = Relay(config.ai)

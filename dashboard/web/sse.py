@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -23,6 +24,57 @@ SSE_HEADERS = [
 KEEPALIVE = encode_comment("keepalive")
 KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 RAW_SEND = "dashboard.raw_send"  # the server's own `send`, kept in the scope by DashboardApp
+FD_HEADROOM = 100  # open files kept free of streams: Redis, logs, plain requests, the listener
+SHED_RETRY_AFTER = 2  # seconds a refused stream is asked to wait (the page backs off on its own)
+
+
+def open_files_limit() -> int:
+    """How many files this process may open, after raising its soft limit to the hard one: each
+    stream holds a socket, and the soft default (often 1,024) is far below what a process carries."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class Admission:
+    """Sheds new streams (503 + Retry-After) while this process is saturated: its streams hold
+    all the sockets it may open, less a headroom. Says so in the log once per episode."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.open = 0
+        self.shedding = False
+
+    def admit(self) -> None:
+        if self.open >= self.limit:
+            if not self.shedding:
+                self.shedding = True
+                log.warning(
+                    "shedding new streams: %d open, the most this process can hold (open files); "
+                    "answering 503 with Retry-After until some close",
+                    self.open,
+                )
+            raise HTTPError(
+                503,
+                f"this server holds {self.open} streams, its most; retry in {SHED_RETRY_AFTER}s",
+                "overloaded",
+                headers={"Retry-After": str(SHED_RETRY_AFTER)},
+            )
+        self.open += 1
+
+    def release(self) -> None:
+        self.open -= 1
+        if self.shedding and self.open < self.limit:
+            self.shedding = False
+            log.info("accepting new streams again: %d open", self.open)
+
+    def as_json(self) -> dict[str, int | bool]:
+        return {"open": self.open, "limit": self.limit, "shedding": self.shedding}
 
 
 class Heartbeat:
@@ -70,10 +122,13 @@ def direct_writer(scope: Scope) -> Callable[[bytes], bool] | None:
 class EventStream:
     """An ASGI response that streams one subscription until it closes or the client leaves."""
 
-    def __init__(self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, *, retry_ms: int) -> None:
+    def __init__(
+        self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, admission: Admission, *, retry_ms: int
+    ) -> None:
         self.broker = broker
         self.sub = sub
         self.heartbeat = heartbeat
+        self.admission = admission
         self.retry_ms = retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,6 +153,7 @@ class EventStream:
             watcher.cancel()
             self.heartbeat.subscriptions.discard(sub)
             self.broker.unsubscribe(sub)
+            self.admission.release()
 
     async def _close_on_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -134,8 +190,16 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     for name in topics:
         broker.topic(name)  # UnknownTopic -> 404
     runtime.access.require(request, topics)  # 401 / 403
-    sub = await broker.subscribe(topics, last_event_id(request), mux=mux, replay=replay_count(request))
-    return EventStream(broker, sub, runtime.heartbeat, retry_ms=runtime.config.server.retry_ms)
+    last_id, replay = last_event_id(request), replay_count(request)
+    runtime.admission.admit()
+    try:
+        sub = await broker.subscribe(topics, last_id, mux=mux, replay=replay)
+    except BaseException:
+        runtime.admission.release()
+        raise
+    return EventStream(
+        broker, sub, runtime.heartbeat, runtime.admission, retry_ms=runtime.config.server.retry_ms
+    )
 
 
 async def topic_stream(request: Request) -> EventStream:
