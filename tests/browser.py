@@ -1,4 +1,4 @@
-"""Browser fixtures: Debian's Chromium driven by Playwright, one browser per test session.
+"""Browser fixtures: Debian's Chromium driven by Playwright, one browser per test module.
 
 `open_page(url, **context_options)` opens the dashboard in a fresh context and records the page's
 console errors and its requests, so a test can check for CSP violations and count connections.
@@ -38,8 +38,10 @@ class Opened:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One browser per test module: Playwright's sync API holds an event loop in this thread while
+    it runs, which other modules' `asyncio.run` would trip over."""
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
