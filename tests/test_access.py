@@ -400,3 +400,13 @@ def test_the_page_signs_in_with_a_link_and_shows_only_the_viewers_panels(server,
     page.wait_for_selector('.panel[data-topic="ci.test"] [data-role="age"]:not(:empty)')
     assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the token
     assert not opened.console_errors, opened.console_errors
+
+
+def test_the_page_says_so_when_its_viewer_session_is_refused_and_stops_retrying(server, open_page):
+    page = open_page(f"{server.url}/?token={token(['cpu'])}").page
+    page.wait_for_selector('#connection[data-state="live"]')
+    # The server comes back with another key: the cookie's token is now refused (401).
+    server.config.write_text(VIEWERS.replace(SECRET, "a-new-viewer-secret-0123456789abcdef"))
+    server.restart()
+    page.wait_for_selector('#connection[data-state="signed out"]', timeout=30_000)
+    assert "Open the dashboard again with a new link" in page.inner_text("#panels")

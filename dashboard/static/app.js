@@ -124,11 +124,37 @@
     return max;
   }
 
-  function connect() {
+  // Whether the stream was refused because the viewer's session ended (401) or lost a topic (403):
+  // retrying cannot help then, so the page says what to do instead of trying for ever.
+  async function signedOut() {
+    const probe = new AbortController();
+    const response = await fetch(streamUrl(), { signal: probe.signal, credentials: "same-origin" });
+    probe.abort();
+    if (response.status !== 401 && response.status !== 403) return false;
+    let message = "";
+    try {
+      message = (await response.json()).error.message;
+    } catch (e) {
+      message = "";
+    }
+    setConnection("signed out");
+    const notice = document.createElement("p");
+    notice.className = "empty";
+    notice.setAttribute("role", "alert");
+    notice.textContent = (message || "Access was refused") + ". Open the dashboard again with a new link.";
+    grid.prepend(notice);
+    return true;
+  }
+
+  function streamUrl() {
     const params = topics.map((t) => "topic=" + encodeURIComponent(t));
     const from = resumeFrom();
     if (from) params.push("last_event_id=" + from);
-    source = new EventSource("sse?" + params.join("&"));
+    return "sse?" + params.join("&");
+  }
+
+  function connect() {
+    source = new EventSource(streamUrl());
     for (const [topic, list] of byTopic) {
       source.addEventListener(topic, (e) => deliver(topic, "message", e));
       for (const type of list[0].events) {
@@ -150,7 +176,8 @@
         setConnection("offline");
         source = null;
         manualRetry = Math.min(manualRetry + 1, 6);
-        setTimeout(connect, 500 * 2 ** (manualRetry - 1) * (0.5 + Math.random()));
+        const retry = () => setTimeout(connect, 500 * 2 ** (manualRetry - 1) * (0.5 + Math.random()));
+        signedOut().then((gone) => gone || retry(), retry);
       } else {
         setConnection(Date.now() - downSince > OFFLINE_AFTER_MS ? "offline" : "reconnecting");
       }
