@@ -129,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
         access_log=args.access_log,
+        # The peer address stays the connection's own: auth.viewers.trusted_proxies is checked
+        # against it, and an X-Forwarded-For header must not be able to stand in for it.
+        proxy_headers=False,
     )
     server = Server(uv_config)
 
@@ -181,6 +184,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
         access_log=args.access_log,
+        proxy_headers=False,  # as in a single process: the peer is who connected
     )
     sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up

@@ -190,6 +190,13 @@ auth:
         else:
             assert alice.status_code == 401
             assert sorted(bob.json()["topics"]) == ["lobby"]
+            # claiming to be forwarded by a trusted proxy changes nothing: the peer is who connected
+            spoofed = {
+                "X-Forwarded-User": "alice",
+                "X-Forwarded-For": "10.1.2.3",
+                "Forwarded": "for=10.1.2.3",
+            }
+            assert opened(http, "/sse/cpu", headers=spoofed).status_code == 401
 
 
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
