@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from dashboard.events import http_chunk
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Dialect, Renderer
 from dashboard.relay.dialects.openai import dumps
@@ -19,16 +20,12 @@ from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
 from dashboard.web.errors import HTTPError, read_json, token_in
+from dashboard.web.sse import SSE_HEADERS, direct_writer
 
 log = logging.getLogger("dashboard.relay")
 
 OPENAI = dialects.get("openai")
 ANTHROPIC = dialects.get("anthropic")
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -145,6 +142,7 @@ class _Relayed:
         self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
         work = asyncio.create_task(self.run(send))
         gone = asyncio.create_task(_disconnected(receive))
         try:
@@ -200,10 +198,14 @@ class RelayedStream(_Relayed):
         )
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            # Chunks go straight to the client's socket, as the SSE fan-out's do, past the
+            # middleware's `send` wrappers (through them only while the socket is paused).
+            write = direct_writer(self.scope, body_read=True)
             async for batch in upstream.batches():
                 out = renderer.frames(batch)
                 if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if write is None or not write(http_chunk(out)):
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
                     upstream.handed_on(batch)
             tail = renderer.end()
         except RelayError as exc:
