@@ -47,6 +47,13 @@ def test_anthropic_sdk_streams_from_either_provider(server, provider, scenario):
     assert final.content[0].text == answer_text("a")
 
 
+def test_the_simulated_provider_answers_the_anthropic_sdk(server):
+    with claude(server).messages.stream(model="simulated", max_tokens=500, messages=HI) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "simulated provider" in text and final.usage.output_tokens > 20
+
+
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 @pytest.mark.parametrize("scenario", ["echo", "bytewise", "multiline"])
 def test_openai_sdk_streams_from_either_provider(server, provider, scenario):
