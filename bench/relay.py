@@ -1,23 +1,27 @@
 """Relay benchmark: the same streams read directly from an upstream and through the relay.
 
-    python -m bench.relay [--pairs 400] [--streams 200] [--write-results]
+    python -m bench.relay [--pairs 400] [--streams 200,500] [--rounds 3] [--write-results]
 
 Runs a lean OpenAI-compatible upstream (own process), `dashboard serve` with a provider on it
-(own process), and a raw-socket client here. Reports the time to first token and the gaps between
-chunks, direct versus relayed: what the relay adds (p50, p99), and with 200 concurrent streams,
-whether any chunk gap stretched beyond twice the upstream's.
+(own process), LiteLLM's proxy on it too when `litellm` is installed, and a raw-socket client here.
+Reports the time to first token and the gaps between chunks, direct versus through each relay: what
+a relay adds (p50, p99), and with 200 and 500 concurrent streams, how many chunk gaps stretched
+beyond twice the upstream's. Every figure is the median of the rounds, with its range.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import itertools
 import json
 import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,22 +112,15 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
 
-async def sequential(up: int, relay: int, pairs: int, chunks: int, gap_ms: int) -> dict:
-    direct_ttft, relay_ttft, direct_gaps, relay_gaps = [], [], [], []
+async def sequential(ports: dict[str, int], pairs: int, order: list[str]) -> dict[str, list[float]]:
+    """Time to first token of each target, asked in turn (`order`) `pairs` times after a warm-up."""
+    ttft: dict[str, list[float]] = {name: [] for name in ports}
     for i in range(pairs + 20):
-        d = await one_stream(up, "/v1/chat/completions", chunks, gap_ms)
-        r = await one_stream(relay, "/v1/chat/completions", chunks, gap_ms)
-        if i < 20:
-            continue  # warm-up: connection pools, caches
-        direct_ttft.append(d[0])
-        relay_ttft.append(r[0])
-        direct_gaps.extend(d[1])
-        relay_gaps.extend(r[1])
-    return {
-        "ttft": {p: (pct(direct_ttft, p), pct(relay_ttft, p)) for p in (50, 99)},
-        "gap": {p: (pct(direct_gaps, p), pct(relay_gaps, p)) for p in (50, 99)},
-        "samples": (len(relay_ttft), len(relay_gaps)),
-    }
+        for name in order:
+            t, _ = await one_stream(ports[name], "/v1/chat/completions", 6, 5)
+            if i >= 20:  # warm-up: connection pools, caches
+                ttft[name].append(t)
+    return ttft
 
 
 async def concurrent(port: int, streams: int, chunks: int, gap_ms: int) -> dict:
@@ -132,13 +129,31 @@ async def concurrent(port: int, streams: int, chunks: int, gap_ms: int) -> dict:
     gaps = [g for _, gs in results for g in gs]
     limit = 2 * gap_ms / 1000
     return {
-        "max_gap": max(gaps),
         "p99_gap": pct(gaps, 99),
-        "p50_gap": pct(gaps, 50),
-        "over_2x": sum(g > limit for g in gaps),
-        "gaps": len(gaps),
+        "over_2x": sum(g > limit for g in gaps) / len(gaps),
         "p99_ttft": pct([t for t, _ in results], 99),
     }
+
+
+async def one_round(args: argparse.Namespace, ports: dict[str, int], n: int) -> dict:
+    """One round; the targets' order turns round by round so none always goes first."""
+    names = list(ports)
+    order = names[n % len(names) :] + names[: n % len(names)]
+    ttft = await sequential(ports, args.pairs, order)
+    seq = {name: (pct(ttft[name], 50), pct(ttft[name], 99)) for name in names}
+    conc = {}
+    for streams in args.streams:
+        conc[streams] = {
+            name: await concurrent(ports[name], streams, args.chunks, args.gap) for name in order
+        }
+    return {"seq": seq, "conc": conc}
+
+
+def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str:
+    """The median and the range of a figure over the rounds."""
+    ordered = sorted(v * scale for v in values)
+    median = statistics.median(ordered)
+    return f"{fmt.format(median)} ({fmt.format(ordered[0])}-{fmt.format(ordered[-1])})"
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -180,6 +195,40 @@ def start_relay(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("the relay did not start")
 
 
+def start_litellm(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    """LiteLLM's proxy (one worker) in front of the same upstream, as a peer."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: '*'\n    litellm_params:\n      model: 'openai/*'\n"
+        f"      api_base: 'http://127.0.0.1:{upstream_port}/v1'\n      api_key: 'unused'\n"
+    )
+    log = (tmp / "litellm.log").open("wb")
+    command = [
+        "litellm",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(1200):  # it takes a while to import
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"LiteLLM's proxy did not start:\n{(tmp / 'litellm.log').read_text(errors='replace')}")
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -198,48 +247,50 @@ def machine() -> dict:
     }
 
 
-async def run(args: argparse.Namespace, up: int, relay: int) -> dict:
-    seq = await sequential(up, relay, args.pairs, chunks=6, gap_ms=5)
-    direct = await concurrent(up, args.streams, chunks=args.chunks, gap_ms=args.gap)
-    relayed = await concurrent(relay, args.streams, chunks=args.chunks, gap_ms=args.gap)
-    return {"seq": seq, "direct": direct, "relayed": relayed}
-
-
-def report(results: dict, args: argparse.Namespace, info: dict, load_before: tuple) -> str:
-    seq, direct, relayed = results["seq"], results["direct"], results["relayed"]
+def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before: tuple, note: str) -> str:
+    names = [n for n in rounds[0]["seq"] if n != "direct"]
     lines = [
         f"Machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; "
         f"load average before/after: {load_before[0]:.2f} / {info['load'][0]:.2f}",
         "",
-        f"Sequential, {seq['samples'][0]} request pairs (direct then relayed, alternating), "
-        f"6 chunks 5 ms apart:",
+        f"Each figure: the median of {len(rounds)} rounds, (min-max) over them; targets asked in turn, "
+        "the order turning each round.",
         "",
-        "| measure | direct | relayed | added by the relay | ratio |",
+        f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart; added = "
+        "the target's time to first token less the upstream's own (direct), in ms:",
+        "",
+        "| target | TTFT p50 | TTFT p99 | added p50 | added p99 |",
         "|---|---|---|---|---|",
     ]
-    for name, key in (("time to first token", "ttft"), ("inter-chunk gap", "gap")):
-        for p in (50, 99):
-            d, r = seq[key][p]
-            lines.append(f"| {name} p{p} | {ms(d)} | {ms(r)} | {ms(r - d)} | {r / d:.2f}x |")
-    limit = 2 * args.gap
-    lines += [
-        "",
-        f"{args.streams} concurrent streams, {args.chunks} chunks {args.gap} ms apart (limit: no gap over "
-        f"{limit} ms):",
-        "",
-        "| | p50 gap | p99 gap | max gap | gaps over 2x | p99 time to first token |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, res in (("direct", direct), ("relayed", relayed)):
-        lines.append(
-            f"| {name} | {ms(res['p50_gap'])} | {ms(res['p99_gap'])} | {ms(res['max_gap'])} | "
-            f"{res['over_2x']} of {res['gaps']} | {ms(res['p99_ttft'])} |"
-        )
-    lines += [
-        "",
-        f"Ratios: relayed/direct p99 gap {relayed['p99_gap'] / direct['p99_gap']:.2f}x, "
-        f"max gap {relayed['max_gap'] / (args.gap / 1000):.2f}x the upstream's {args.gap} ms.",
-    ]
+    for name in ["direct", *names]:
+        p50 = [r["seq"][name][0] for r in rounds]
+        p99 = [r["seq"][name][1] for r in rounds]
+        added50 = [r["seq"][name][0] - r["seq"]["direct"][0] for r in rounds]
+        added99 = [r["seq"][name][1] - r["seq"]["direct"][1] for r in rounds]
+        added = "| - | - |" if name == "direct" else f"| {spread(added50)} | {spread(added99)} |"
+        lines.append(f"| {name} | {spread(p50)} | {spread(p99)} {added}")
+    for streams in args.streams:
+        lines += [
+            "",
+            f"{streams} concurrent streams, {args.chunks} chunks {args.gap} ms apart (target: at most "
+            f"0.5% of gaps over {2 * args.gap} ms, TTFT p99 within 2x of direct's):",
+            "",
+            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ["direct", *names]:
+            res = [r["conc"][streams][name] for r in rounds]
+            ratio = [
+                r["conc"][streams][name]["p99_ttft"] / r["conc"][streams]["direct"]["p99_ttft"]
+                for r in rounds
+            ]
+            lines.append(
+                f"| {name} | {spread([x['over_2x'] for x in res], 100, '{:.2f}')} | "
+                f"{spread([x['p99_gap'] for x in res], fmt='{:.1f}')} | "
+                f"{spread([x['p99_ttft'] for x in res], fmt='{:.0f}')} | {spread(ratio, 1, '{:.1f}x')} |"
+            )
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 
@@ -259,8 +310,14 @@ def write_results(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
-    parser.add_argument("--pairs", type=int, default=400, help="sequential request pairs (default 400)")
-    parser.add_argument("--streams", type=int, default=200, help="concurrent streams (default 200)")
+    parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
+    parser.add_argument(
+        "--streams",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[200, 500],
+        help="concurrent streams, comma-separated (default 200,500)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are their medians (default 3)")
     parser.add_argument("--chunks", type=int, default=50, help="chunks per concurrent stream (default 50)")
     parser.add_argument("--gap", type=int, default=20, help="upstream gap between chunks, ms (default 20)")
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
@@ -277,20 +334,31 @@ def main() -> int:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        up_proc, up_port = start_upstream(tmp)
-        relay_proc = None
+        procs: list[subprocess.Popen] = []
         try:
+            up_proc, up_port = start_upstream(tmp)
+            procs.append(up_proc)
             relay_proc, relay_port = start_relay(tmp, up_port)
-            results = runner(run(args, up_port, relay_port))
+            procs.append(relay_proc)
+            ports = {"direct": up_port, "sse-dashboard": relay_port}
+            note = ""
+            if importlib.util.find_spec("litellm") is None:
+                note = "LiteLLM's proxy: skipped, not installed (`pip install 'litellm[proxy]'` adds it)."
+            else:
+                litellm_proc, ports["litellm"] = start_litellm(tmp, up_port)
+                procs.append(litellm_proc)
+            rounds = []
+            for n in range(args.rounds):
+                rounds.append(runner(one_round(args, ports, n)))
+                print(f"round {n + 1} of {args.rounds} done", file=sys.stderr)
         finally:
-            for proc in (relay_proc, up_proc):
-                if proc is not None:
-                    proc.terminate()
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-    text = report(results, args, machine(), load_before)
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    text = report(rounds, args, machine(), load_before, note)
     print(text)
     if args.write_results:
         write_results(text)

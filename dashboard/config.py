@@ -207,8 +207,12 @@ class AISimulation(Strict):
 
 class AIProvider(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    type: Literal["openai", "simulated"] = "openai"
-    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1")
+    type: str = Field(
+        "openai", description="the API dialect it speaks: openai, anthropic (or simulated: built in)"
+    )
+    base_url: str | None = Field(
+        None, description="e.g. https://api.openai.com/v1 or https://api.anthropic.com/v1"
+    )
     api_key: SecretStr | None = Field(None, description="from the environment: ${OPENAI_API_KEY}")
     models: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns of model names")
     headers: dict[str, str] = Field(default_factory=dict)
@@ -220,9 +224,19 @@ class AIProvider(Strict):
     )
     simulation: AISimulation = Field(default_factory=AISimulation)
 
+    @field_validator("type")
+    @classmethod
+    def _known_dialect(cls, value: str) -> str:
+        from dashboard.relay.dialects import DIALECTS  # the relay imports this module
+
+        if value != "simulated" and value not in DIALECTS:
+            known = ", ".join([*sorted(DIALECTS), "simulated"])
+            raise ValueError(f"unknown provider type {value!r} (known: {known})")
+        return value
+
     @model_validator(mode="after")
     def _needs_base_url(self) -> AIProvider:
-        if self.type == "openai" and not self.base_url:
+        if self.type != "simulated" and not self.base_url:
             raise ValueError(f"provider {self.name!r} needs a base_url (or type: simulated)")
         return self
 

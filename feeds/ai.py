@@ -3,8 +3,9 @@
 `POST /feeds/{topic}/prompt {"prompt": "..."}` queues a prompt (202, `{"completion": id}`); one
 completion runs at a time per topic, the others wait in a bounded queue (429 when it is full).
 `POST /feeds/{topic}/stop` stops the running one. Each completion publishes `prompt`, then `token`
-events, then `done` (with usage, timings and cost) or `error`. It goes through the server's relay:
-the same providers, keys, retries and timeouts as `/v1/chat/completions`.
+events, then `done` (with usage, timings and cost) or `error` (`message`: what failed and whether to
+retry, for the person who asked; `detail`: the relay's full account, for operators). It goes through
+the server's relay: the same providers, keys, retries and timeouts as `/v1/chat/completions`.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class AI(Feed):
             await self.publish(Event(prompt, event="prompt"))
             upstream = await relay.open_stream(self._request(job.prompt), measure)
             async for batch in upstream.batches():
-                text = "".join(chunk.text() for chunk in batch)
+                text = "".join(chunk.text for chunk in batch)
                 if text:
                     await self.publish(Event({"completion": job.id, "text": text}, event="token"))
                     upstream.handed_on(batch)
@@ -173,9 +174,10 @@ class AI(Feed):
         except RelayError as exc:
             measure.outcome = "timeout" if exc.status == 504 else "error"
             log.warning("topic %r: completion %s failed: %s", self.topic, job.id, exc.message)
-            await self.publish(
-                Event({"completion": job.id, "code": exc.code, "message": exc.message}, "error")
-            )
+            # The panel shows `message` to whoever prompted; `detail` (providers, statuses) is for
+            # operators reading the topic's events, as in the log line above.
+            error = {"completion": job.id, "code": exc.code, "message": exc.summary, "detail": exc.message}
+            await self.publish(Event(error, "error"))
             return
         except asyncio.CancelledError:
             if not job.stopping:

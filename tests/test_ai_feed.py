@@ -105,7 +105,10 @@ def test_an_upstream_error_becomes_an_error_event(server):
         completion = http.post("/feeds/broken/prompt", json={"prompt": "hi"}).json()["completion"]
         got = until_done(events, completion)
     kind, data = got[-1]
-    assert kind == "error" and data["code"] == "upstream_stream_error" and "mid-stream" in data["message"]
+    assert kind == "error" and data["code"] == "upstream_stream_error" and "mid-stream" in data["detail"]
+    message = data["message"]
+    assert message.startswith("The AI provider stopped with an error") and "Try again" in message
+    assert "'a'" not in data["message"], "the person who asked is not told which internal provider failed"
 
 
 def test_late_viewer_gets_the_answer_so_far_then_stop_cancels(server, upstream):

@@ -1,9 +1,11 @@
-"""A scripted OpenAI-compatible upstream on a loopback port, for the relay tests.
+"""A scripted upstream on a loopback port speaking both dialects, for the relay tests.
 
 It speaks raw HTTP/1.1 over asyncio streams (in a thread), so each test can choose exactly which
-bytes go out and how: one byte per write, CRLF, keepalive comments, errors mid-stream, resets,
-hangs. The scenario is the request's model name; the first path segment names the provider
-(`/a/v1/...`, `/b/v1/...`). Every request is recorded, with when its connection closed.
+bytes go out and how: one byte per write, CRLF, keepalive comments, multi-line events, errors
+mid-stream, resets, hangs. The scenario is the request's model name after its first `-`; the first
+path segment names the provider (`/a/v1/...`, `/b/v1/...`); the path's end the dialect: OpenAI
+chat completions (`.../chat/completions`) or Anthropic Messages (`.../messages`). Every request is
+recorded, with when its connection closed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-RATE_LIMITED = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
 WORDS = ["Hello", " from", " the", " loopback", " upstream", "."]
 
 
@@ -58,23 +59,54 @@ def chunk(text: str | None = None, *, finish: str | None = None, role: bool = Fa
     }
 
 
-def frame(obj: Any, eol: str = "\n") -> bytes:
-    data = obj if isinstance(obj, str) else json.dumps(obj)
-    return f"data: {data}{eol}{eol}".encode()
+def frame(obj: Any, eol: str = "\n", *, multiline: bool = False) -> bytes:
+    """One event; an Anthropic one (a dict with a `type`) is named by it. `multiline`: the JSON is
+    spread over one `data:` line per line, as SSE allows."""
+    data = obj if isinstance(obj, str) else json.dumps(obj, indent=1 if multiline else None)
+    named = f"event: {obj['type']}{eol}" if isinstance(obj, dict) and "type" in obj else ""
+    return (named + "".join(f"data: {line}{eol}" for line in data.split("\n")) + eol).encode()
 
 
-def answer_frames(provider: str, body: dict, eol: str = "\n") -> list[bytes]:
-    """A complete, well-formed answer: role, the words (first tagged with the provider), finish,
-    usage when asked for, [DONE]."""
-    frames = [frame(chunk("", role=True), eol)]
-    for i, word in enumerate(WORDS):
-        frames.append(frame(chunk(f"[{provider}] {word}" if i == 0 else word), eol))
-    frames.append(frame(chunk(finish="stop"), eol))
+def message_event(kind: str, **fields: Any) -> dict:
+    return {"type": kind, **fields}
+
+
+def text_delta(text: str) -> dict:
+    return message_event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+
+
+def message_start() -> dict:
+    message = {"id": "msg_up", "type": "message", "role": "assistant", "content": [], "model": "up"}
+    message |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 1}}
+    return message_event("message_start", message=message)
+
+
+def answer_events(provider: str, body: dict, *, anthropic: bool) -> list[Any]:
+    """A complete, well-formed answer: the start, the words (first tagged with the provider), the
+    finish, usage (OpenAI: when asked for), the end."""
+    words = [f"[{provider}] {word}" if i == 0 else word for i, word in enumerate(WORDS)]
+    if anthropic:
+        block = {"type": "text", "text": ""}
+        usage = {"output_tokens": len(WORDS)}
+        stop = {"stop_reason": "end_turn", "stop_sequence": None}
+        return [
+            message_start(),
+            message_event("content_block_start", index=0, content_block=block),
+            message_event("ping"),
+            *(text_delta(w) for w in words),
+            message_event("content_block_stop", index=0),
+            message_event("message_delta", delta=stop, usage=usage),
+            message_event("message_stop"),
+        ]
+    events: list[Any] = [chunk("", role=True), *(chunk(w) for w in words), chunk(finish="stop")]
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 11 + len(WORDS)}
-        frames.append(frame({**chunk(), "choices": [], "usage": usage}, eol))
-    frames.append(frame("[DONE]", eol))
-    return frames
+        events.append({**chunk(), "choices": [], "usage": usage})
+    return [*events, "[DONE]"]
+
+
+def answer_frames(provider: str, body: dict, eol: str = "\n", *, anthropic: bool = False) -> list[bytes]:
+    return [frame(e, eol) for e in answer_events(provider, body, anthropic=anthropic)]
 
 
 def answer_text(provider: str) -> str:
@@ -168,7 +200,7 @@ class Upstream:
 
 
 class Scenario:
-    """What the upstream answers, chosen by the model name (`t-<scenario>`)."""
+    """What the upstream answers, chosen by the model name (`t-<scenario>`), in the request's dialect."""
 
     def __init__(self, upstream: Upstream, seen: Seen, writer: asyncio.StreamWriter) -> None:
         self.up = upstream
@@ -176,6 +208,7 @@ class Scenario:
         self.writer = writer
         self.body = seen.body if isinstance(seen.body, dict) else {}
         self.provider = seen.provider
+        self.anthropic = seen.path.endswith("/messages")
 
     async def run(self) -> None:
         if self.seen.method == "GET" and self.seen.path.endswith("/models"):
@@ -187,8 +220,7 @@ class Scenario:
         self.up.counts[key] = n = self.up.counts.get(key, 0) + 1
         handler = getattr(self, "s_" + name.replace("-", "_"), None)
         if handler is None:
-            error = {"message": f"no model {self.seen.model}", "code": "model_not_found"}
-            await self.json(404, {"error": error})
+            await self.error(404, f"no model {self.seen.model}", "not_found_error")
             return
         await handler(n)
 
@@ -202,6 +234,14 @@ class Scenario:
         )
         self.writer.write(head.encode() + body)
         await self.writer.drain()
+
+    def error_body(self, message: str, kind: str) -> dict:
+        if self.anthropic:
+            return {"type": "error", "error": {"type": kind, "message": message}}
+        return {"error": {"message": message, "type": kind, "code": None}}
+
+    async def error(self, status: int, message: str, kind: str, headers: dict | None = None) -> None:
+        await self.json(status, self.error_body(message, kind), headers)
 
     async def start_stream(self, *, chunked: bool = True) -> None:
         head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
@@ -217,9 +257,27 @@ class Scenario:
         self.writer.write(b"0\r\n\r\n")
         await self.writer.drain()
 
+    def frames(self, eol: str = "\n") -> list[bytes]:
+        return answer_frames(self.provider, self.body, eol, anthropic=self.anthropic)
+
+    def opening(self) -> list[bytes]:
+        """The frames before the first text: the role chunk, or message_start and the block's start."""
+        if self.anthropic:
+            return self.frames()[:2]
+        return self.frames()[:1]
+
+    def text(self, text: str) -> bytes:
+        return frame(text_delta(text) if self.anthropic else chunk(text))
+
+    def partial(self) -> list[bytes]:
+        """The opening and the first two words: "[a] Hello from"."""
+        opening = self.opening()
+        words = [f for f in self.frames() if b"Hello" in f or b" from" in f]
+        return [*opening, *words[:2]]
+
     async def answer(self, eol: str = "\n") -> None:
         await self.start_stream()
-        for f in answer_frames(self.provider, self.body, eol):
+        for f in self.frames(eol):
             await self.send(f)
         await self.end()
 
@@ -234,6 +292,13 @@ class Scenario:
         if self.body.get("stream"):
             await self.answer()
             return
+        if self.anthropic:
+            content = [{"type": "text", "text": answer_text(self.provider)}]
+            usage = {"input_tokens": 11, "output_tokens": len(WORDS)}
+            message = {"id": "msg_up", "type": "message", "role": "assistant", "model": "up"}
+            message |= {"content": content, "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+            await self.json(200, message)
+            return
         message = {"role": "assistant", "content": answer_text(self.provider)}
         usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 11 + len(WORDS)}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -242,14 +307,14 @@ class Scenario:
 
     async def s_bytewise(self, n: int) -> None:
         await self.start_stream()
-        for f in answer_frames(self.provider, self.body):
+        for f in self.frames():
             for i in range(len(f)):
                 await self.send(f[i : i + 1])
         await self.end()
 
     async def s_crlf(self, n: int) -> None:
         await self.start_stream()
-        data = b"".join(answer_frames(self.provider, self.body, "\r\n"))
+        data = b"".join(self.frames("\r\n"))
         # cut inside every CRLF pair so a CR ends one network chunk and its LF starts the next
         for part in data.split(b"\r\n"):
             await self.send(part + b"\r")
@@ -259,22 +324,28 @@ class Scenario:
     async def s_keepalive(self, n: int) -> None:
         await self.start_stream()
         await self.send(b": keepalive\n\n")
-        for f in answer_frames(self.provider, self.body):
+        for f in self.frames():
             await self.send(b":\n" + f + b": ping\n\n")
+        await self.end()
+
+    async def s_multiline(self, n: int) -> None:
+        """Every event's JSON spread over several `data:` lines."""
+        await self.start_stream()
+        events = answer_events(self.provider, self.body, anthropic=self.anthropic)
+        for e in events:
+            await self.send(frame(e, multiline=True))
         await self.end()
 
     async def s_error_mid(self, n: int) -> None:
         await self.start_stream()
-        frames = answer_frames(self.provider, self.body)
-        for f in frames[:3]:
+        for f in self.partial():
             await self.send(f)
-        error = {"error": {"message": "The server had an error while processing", "type": "server_error"}}
-        await self.send(frame(error))
+        await self.send(frame(self.error_body("The server had an error while processing", "api_error")))
         await self.end()
 
     async def s_reset(self, n: int) -> None:
         await self.start_stream()
-        for f in answer_frames(self.provider, self.body)[:3]:
+        for f in self.partial():
             await self.send(f)
         await asyncio.sleep(0.05)
         self.reset()
@@ -282,28 +353,27 @@ class Scenario:
     async def s_drop(self, n: int) -> None:
         """A clean close mid-answer on a close-delimited body: looks like an end, is not one."""
         await self.start_stream(chunked=False)
-        for f in answer_frames(self.provider, self.body)[:3]:
+        for f in self.partial():
             await self.send(f, chunked=False)
 
     async def s_ratelimit_once(self, n: int) -> None:
         if n == 1:
-            await self.json(429, RATE_LIMITED, {"retry-after": "1"})
+            await self.error(429, "Rate limit reached", "rate_limit_error", {"retry-after": "1"})
             return
         await self.answer()
 
     async def s_ratelimit(self, n: int) -> None:
-        await self.json(429, RATE_LIMITED, {"retry-after": "3600"})
+        await self.error(429, "Rate limit reached", "rate_limit_error", {"retry-after": "3600"})
 
     async def s_fail_a(self, n: int) -> None:
         """500 from provider a, an answer from b."""
         if self.provider == "a":
-            await self.json(500, {"error": {"message": "internal error", "type": "server_error"}})
+            await self.error(500, "internal error", "api_error")
             return
         await self.answer()
 
     async def s_bad_request(self, n: int) -> None:
-        error = {"message": "temperature is out of range", "type": "invalid_request_error"}
-        await self.json(400, {"error": error})
+        await self.error(400, "temperature is out of range", "invalid_request_error")
 
     async def s_no_first_token(self, n: int) -> None:
         await self.start_stream()
@@ -317,29 +387,37 @@ class Scenario:
 
     async def s_idle(self, n: int) -> None:
         await self.start_stream()
-        for f in answer_frames(self.provider, self.body)[:3]:
+        for f in self.partial():
             await self.send(f)
         await asyncio.sleep(30)
 
     async def s_slow(self, n: int) -> None:
         """A token every 0.1 s, for ever (total timeout, client disconnect)."""
         await self.start_stream()
-        await self.send(frame(chunk("", role=True)))
+        for f in self.opening():
+            await self.send(f)
         for i in range(600):
-            await self.send(frame(chunk(f"t{i} ")))
+            await self.send(self.text(f"t{i} "))
             await asyncio.sleep(0.1)
 
+    def key(self) -> str:
+        if self.anthropic:
+            return self.seen.headers.get("x-api-key", "")
+        return self.seen.headers.get("authorization", "").removeprefix("Bearer ")
+
     async def s_echo_key(self, n: int) -> None:
-        """Echoes the Authorization header back, whole and in part, as careless providers do."""
-        key = self.seen.headers.get("authorization", "").removeprefix("Bearer ")
+        """Echoes the key back, whole and in part, as careless providers do."""
+        key = self.key()
         message = f"Incorrect API key provided: {key}. Also {key[:10]}...{key[-12:]}"
-        await self.json(401, {"error": {"message": message, "type": "invalid_request_error"}})
+        await self.error(401, message, "authentication_error")
 
     async def s_echo_key_mid(self, n: int) -> None:
-        key = self.seen.headers.get("authorization", "").removeprefix("Bearer ")
+        key = self.key()
         await self.start_stream()
-        await self.send(frame(chunk(f"your key is {key} ok", role=True)))
-        await self.send(frame({"error": {"message": f"key {key} was revoked", "type": "server_error"}}))
+        for f in self.opening():
+            await self.send(f)
+        await self.send(self.text(f"your key is {key} ok"))
+        await self.send(frame(self.error_body(f"key {key} was revoked", "api_error")))
         await self.end()
 
 
@@ -358,8 +436,14 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
     return listener, fillers
 
 
+# Model prefixes by the dialect of the provider serving them: plain, hanging, slow, unreachable.
+PREFIXES = {"openai": ("t", "h", "z", "c"), "anthropic": ("m", "hm", "zm", "cm")}
+
+
 def relay_config(upstream_url: str, blackhole_port: int, *, extra: str = "") -> str:
-    """A server config with providers on the loopback upstream (see the module docs)."""
+    """A server config with providers on the loopback upstream (see the module docs): providers
+    a, b, hang, slowpoke, blackhole speak OpenAI; am, bm, hang-m, slowpoke-m, blackhole-m (on the
+    same upstream paths) speak Anthropic."""
     return f"""
 server: {{max_body: 65536}}
 ai:
@@ -390,6 +474,38 @@ ai:
     - name: blackhole
       base_url: http://127.0.0.1:{blackhole_port}/v1
       models: ["c-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{connect: 0.5}}
+    - name: am
+      type: anthropic
+      base_url: {upstream_url}/a/v1
+      api_key: ${{RELAY_TEST_KEY}}
+      models: ["m-*"]
+      retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
+      timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
+      prices: {{input: 1.0, output: 2.0}}
+    - name: bm
+      type: anthropic
+      base_url: {upstream_url}/b/v1
+      api_key: ${{RELAY_TEST_KEY}}
+      models: ["m-*"]
+      retries: {{attempts: 1}}
+    - name: hang-m
+      type: anthropic
+      base_url: {upstream_url}/a/v1
+      models: ["hm-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{connect: 0.5, first_token: 0.8, idle: 0.8, total: 2.0}}
+    - name: slowpoke-m
+      type: anthropic
+      base_url: {upstream_url}/a/v1
+      models: ["zm-*"]
+      retries: {{attempts: 1}}
+      timeouts: {{first_token: 5, idle: 5, total: 1.5}}
+    - name: blackhole-m
+      type: anthropic
+      base_url: http://127.0.0.1:{blackhole_port}/v1
+      models: ["cm-*"]
       retries: {{attempts: 1}}
       timeouts: {{connect: 0.5}}
     - name: simulated

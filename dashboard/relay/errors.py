@@ -1,4 +1,5 @@
-"""The relay's errors, grouped by cause; each knows the HTTP status and OpenAI error it becomes."""
+"""The relay's errors, grouped by cause; each knows the HTTP status and OpenAI error it becomes, and
+says in `summary` what failed and whether to retry, in words for a person using the dashboard."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ class RelayError(DashboardError):
     status = 502
     code = "upstream_error"
     type = "server_error"
+    summary = "The AI provider failed to answer. Try again in a moment."
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-
-    def as_openai(self) -> dict:
-        """The body of an OpenAI-shaped error: `{"error": {...}}`."""
-        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
 
 
 class NoProvider(RelayError):
@@ -28,6 +26,7 @@ class NoProvider(RelayError):
     status = 404
     code = "model_not_found"
     type = "invalid_request_error"
+    summary = "No AI provider serves this model. Retrying will not help: ask the dashboard's operator."
 
 
 # -- timeouts --------------------------------------------------------------------------------
@@ -37,6 +36,7 @@ class RelayTimeout(RelayError):
     status = 504
     type = "timeout"
     which = ""
+    summary = "The AI provider took too long to answer. Try again."
 
     @property
     def code(self) -> str:  # type: ignore[override]
@@ -72,6 +72,7 @@ class UpstreamUnreachable(RelayError):
     """The provider could not be connected to."""
 
     code = "upstream_unreachable"
+    summary = "The AI provider cannot be reached. Try again later."
 
 
 class UpstreamStatus(RelayError):
@@ -81,9 +82,11 @@ class UpstreamStatus(RelayError):
         super().__init__(message, **kwargs)
         if status == 429:
             self.status, self.code, self.type = 429, code or "rate_limited", "rate_limit_error"
+            self.summary = "The AI provider is busy (rate limited). Try again in a minute."
         elif 400 <= status < 500 and status not in (401, 403):
             # The request itself was refused (bad parameters, unknown model): the client's to fix.
             self.status, self.code, self.type = status, code or "upstream_rejected", "invalid_request_error"
+            self.summary = "The AI provider refused the request. Retrying will not help."
         else:
             # 5xx, or 401/403: the provider or the relay's own credentials, never the client's.
             self.status, self.code, self.type = 502, code or "upstream_error", "server_error"
@@ -93,15 +96,18 @@ class UpstreamProtocolError(RelayError):
     """The provider's answer is not a well-formed OpenAI response or event stream."""
 
     code = "upstream_protocol_error"
+    summary = "The AI provider sent an answer the dashboard cannot read. Try again later."
 
 
 class UpstreamIncomplete(RelayError):
     """The provider's stream broke off before the answer was complete."""
 
     code = "upstream_incomplete"
+    summary = "The answer broke off before it was complete. Try again."
 
 
 class UpstreamStreamError(RelayError):
     """The provider sent an error object in the middle of a stream."""
 
     code = "upstream_stream_error"
+    summary = "The AI provider stopped with an error before the answer was complete. Try again."

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 import httpx
 
 from dashboard.config import AIProvider
+from dashboard.relay import dialects
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
 _GRAM = 8
@@ -52,19 +53,20 @@ class Provider:
         self.config = config
         self.name = config.name
         self.simulated = config.type == "simulated"
+        self.dialect = dialects.get("openai" if self.simulated else config.type)
         self.timeouts = config.timeouts
         self.retries = config.retries
         key = config.api_key.get_secret_value() if config.api_key else ""
         self.headers = {"content-type": "application/json", "accept": "text/event-stream, application/json"}
         if key:
-            self.headers["authorization"] = f"Bearer {key}"
+            self.headers.update(self.dialect.auth_headers(key))
         self.headers.update(config.headers)
         self.redactor = Redactor([key, *config.headers.values()])
         t = self.timeouts
         # Read gaps are timed by the relay itself (first token, idle), so it can say which expired.
         self._timeouts = {"connect": t.connect, "read": None, "write": t.first_token, "pool": t.connect}
         base = "http://simulated.invalid/v1" if self.simulated else (config.base_url or "").rstrip("/")
-        self.chat_url = httpx.URL(base + "/chat/completions")
+        self.chat_url = httpx.URL(base + self.dialect.path)
         self.models_url = httpx.URL(base + "/models")
         self.transport = self._make_transport()
 

@@ -1,9 +1,9 @@
-"""The OpenAI-compatible routes: POST /v1/chat/completions (streamed or not) and GET /v1/models."""
+"""The relay's routes: POST /v1/chat/completions (OpenAI) and POST /v1/messages (Anthropic), each
+streamed or not and served by providers of either dialect, and GET /v1/models."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -11,44 +11,39 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from dashboard.events import http_chunk
+from dashboard.relay import dialects
+from dashboard.relay.dialects import Dialect, Renderer
+from dashboard.relay.dialects.openai import dumps
 from dashboard.relay.errors import RelayError
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
-from dashboard.web.errors import HTTPError, read_json, require_bearer
+from dashboard.web.errors import HTTPError, read_json, token_in
+from dashboard.web.sse import SSE_HEADERS, direct_writer
 
 log = logging.getLogger("dashboard.relay")
 
-_OPENAI_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-}
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+OPENAI = dialects.get("openai")
+ANTHROPIC = dialects.get("anthropic")
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
 
-def openai_error(
-    status: int, message: str, code: str, type_: str | None = None, headers=None
+def error_response(
+    client: Dialect, status: int, message: str, code: str, type_: str | None = None, headers=None
 ) -> JSONResponse:
-    """An error as the OpenAI SDKs read it: `{"error": {"message", "type", "param", "code"}}`."""
-    if type_ is None:
-        type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """An error in the shape the client's SDK reads."""
+    return JSONResponse(client.error_body(status, message, code, type_), status_code=status, headers=headers)
 
 
-def _relay_error_response(error: RelayError) -> JSONResponse:
-    return openai_error(error.status, error.message, error.code, error.type, error.headers or None)
+def _relay_error_response(client: Dialect, error: RelayError) -> JSONResponse:
+    return error_response(client, error.status, error.message, error.code, error.type, error.headers or None)
 
 
 def _check_access(request: Request) -> None:
     """Pages of other sites can neither read nor spend (403); a POST must say it is JSON (415), so no
-    form or text/plain "simple" request gets through without a preflight; then the api token."""
+    form or text/plain "simple" request gets through without a preflight; then the api token, as a
+    Bearer token or (as the Anthropic SDK sends it) in x-api-key."""
     if cross_site(request):
         raise HTTPError(403, "the AI relay does not answer requests from another site's page", "cross_origin")
     if request.method == "POST":
@@ -56,8 +51,17 @@ def _check_access(request: Request) -> None:
         if media_type != "application/json":
             raise HTTPError(415, f"send the body as application/json, not {media_type or 'no content type'}")
     tokens = request.app.state.runtime.config.auth.api_tokens
-    if tokens:
-        require_bearer(request, tokens, "the AI relay (/v1)")
+    if not tokens:
+        return
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    token = bearer.strip() if scheme.lower() == "bearer" else None
+    token = token or request.headers.get("x-api-key")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not token:
+        what = "the AI relay (/v1) requires 'Authorization: Bearer <token>' or 'x-api-key: <token>'"
+        raise HTTPError(401, what, headers=challenge)
+    if not token_in(token, tokens):
+        raise HTTPError(401, "invalid token", headers=challenge)
 
 
 async def models(request: Request) -> Response:
@@ -65,53 +69,80 @@ async def models(request: Request) -> Response:
     try:
         _check_access(request)
     except HTTPError as exc:
-        return openai_error(exc.status, exc.message, exc.code, headers=exc.headers)
+        return error_response(OPENAI, exc.status, exc.message, exc.code, headers=exc.headers)
     data = await list_models(request.app.state.runtime.relay)
     return JSONResponse({"object": "list", "data": data})
 
 
 async def chat_completions(request: Request) -> Any:
     """POST /v1/chat/completions: relayed to the first provider that serves the model."""
+    return await _relay(request, OPENAI)
+
+
+async def messages(request: Request) -> Any:
+    """POST /v1/messages: the Anthropic Messages API, relayed the same way."""
+    return await _relay(request, ANTHROPIC)
+
+
+async def _relay(request: Request, client: Dialect) -> Any:
     measure = Measure(model="")
     runtime = request.app.state.runtime
     try:
         _check_access(request)
         body = await read_json(request, runtime.config.server.max_body)
-        _validate(body)
+        _validate(body, client)
+        _stream_flag(request, body)
     except HTTPError as exc:
-        return openai_error(exc.status, exc.message, exc.code, headers=exc.headers)
+        return error_response(client, exc.status, exc.message, exc.code, headers=exc.headers)
     relay: Relay = runtime.relay
     measure.model = body["model"]
     try:
         providers = relay.route(body["model"])
     except RelayError as exc:
-        return _relay_error_response(exc)
+        return _relay_error_response(client, exc)
     measure.label = relay.model_label(providers[0], body["model"])
     if body.get("stream"):
-        return RelayedStream(relay, body, measure)
-    return RelayedCompletion(relay, body, measure)
+        return RelayedStream(relay, body, measure, client)
+    return RelayedCompletion(relay, body, measure, client)
 
 
-def _validate(body: Any) -> None:
+def _stream_flag(request: Request, body: dict[str, Any]) -> None:
+    """`?stream=true` counts as `"stream": true` when the body does not say."""
+    raw = request.query_params.get("stream")
+    if raw is None or "stream" in body:
+        return
+    if raw.lower() not in _FLAGS:
+        raise HTTPError(400, f"?stream= must be true or false, got {raw!r}", "invalid_request")
+    body["stream"] = _FLAGS[raw.lower()]
+
+
+def _validate(body: Any, client: Dialect) -> None:
     if not isinstance(body, dict):
         raise HTTPError(400, "the body must be a JSON object", "invalid_request")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise HTTPError(400, "'model' is required and must be a string", "invalid_request")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise HTTPError(400, "'messages' is required and must be a non-empty list", "invalid_request")
+    if not all(isinstance(m, dict) for m in body["messages"]):
+        raise HTTPError(400, "each of 'messages' must be an object", "invalid_request")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise HTTPError(400, "'stream' must be true or false", "invalid_request")
+    limit = body.get("max_tokens")
+    if client is ANTHROPIC and (type(limit) is not int or limit < 1):
+        raise HTTPError(400, "'max_tokens' is required and must be a positive integer", "invalid_request")
 
 
 class _Relayed:
     """An ASGI response that relays one completion and stops the upstream when the client leaves."""
 
-    def __init__(self, relay: Relay, body: dict[str, Any], measure: Measure) -> None:
+    def __init__(self, relay: Relay, body: dict[str, Any], measure: Measure, client: Dialect) -> None:
         self.relay = relay
         self.body = body
         self.measure = measure
+        self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
         work = asyncio.create_task(self.run(send))
         gone = asyncio.create_task(_disconnected(receive))
         try:
@@ -151,31 +182,39 @@ class _Relayed:
 
     async def _fail(self, send: Send, error: RelayError) -> None:
         self.measure.outcome = "timeout" if error.status == 504 else "error"
-        await _send_response(send, _relay_error_response(error))
+        await _send_response(send, _relay_error_response(self.client, error))
 
 
 class RelayedStream(_Relayed):
     async def run(self, send: Send) -> None:
+        measure = self.measure
         try:
-            upstream: UpstreamStream = await self.relay.open_stream(self.body, self.measure)
+            upstream: UpstreamStream = await self.relay.open_stream(self.body, measure, self.client)
         except RelayError as exc:
             await self._fail(send, exc)
             return
+        renderer: Renderer = self.client.renderer(
+            upstream.provider.dialect, usage=self.client.wants_usage(self.body)
+        )
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            # Chunks go straight to the client's socket, as the SSE fan-out's do, past the
+            # middleware's `send` wrappers (through them only while the socket is paused).
+            write = direct_writer(self.scope, body_read=True)
             async for batch in upstream.batches():
-                out = b"".join(b"data: " + c.data + b"\n\n" for c in batch if c.relay)
+                out = renderer.frames(batch)
                 if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if write is None or not write(http_chunk(out)):
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
                     upstream.handed_on(batch)
-            tail = b"data: [DONE]\n\n"
+            tail = renderer.end()
         except RelayError as exc:
             # Text may have been relayed already: never retry; end with an error, never like an answer.
-            self.measure.outcome = "timeout" if exc.status == 504 else "error"
+            measure.outcome = "timeout" if exc.status == 504 else "error"
             log.warning("relay stream from %r failed: %s", upstream.provider.name, exc.message)
-            tail = b"data: " + json.dumps(exc.as_openai()).encode() + b"\n\n"
+            tail = renderer.error(exc)
         finally:
-            self.measure.ended = self.measure.ended or now()
+            measure.ended = measure.ended or now()
             await upstream.aclose()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -183,13 +222,14 @@ class RelayedStream(_Relayed):
 class RelayedCompletion(_Relayed):
     async def run(self, send: Send) -> None:
         try:
-            data, _ = await self.relay.complete(self.body, self.measure)
+            data, completion, dialect = await self.relay.complete(self.body, self.measure, self.client)
         except RelayError as exc:
             await self._fail(send, exc)
             return
         self.measure.first_event_out = self.measure.ended = now()
-        response = Response(data, media_type="application/json")
-        await _send_response(send, response)
+        if dialect is not self.client:
+            data = dumps(self.client.completion_body(completion)).encode()
+        await _send_response(send, Response(data, media_type="application/json"))
 
 
 async def _send_response(send: Send, response: Response) -> None:

@@ -13,13 +13,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 import httpx
 
 from dashboard.config import AIConfig
+from dashboard.relay import dialects
+from dashboard.relay.dialects import Chunk, Completion, Dialect
 from dashboard.relay.errors import (
     ConnectTimeout,
     FirstTokenTimeout,
@@ -43,39 +44,10 @@ log = logging.getLogger("dashboard.relay")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
-_DONE = b"[DONE]"
+OPENAI = dialects.get("openai")
+_DONE = "[DONE]"
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 _MAX_BODY = 64 << 20  # a non-streamed answer larger than this is not a chat completion
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One upstream data event: its bytes (passed on as they are) and its JSON."""
-
-    data: bytes
-    obj: dict[str, Any]
-    relay: bool = True  # False for the usage chunk the relay asked for and the client did not
-
-    def text(self) -> str:
-        """The text this chunk adds to the answer (content, or reasoning when that is all it has)."""
-        choices = self.obj.get("choices")
-        if not choices or not isinstance(choices[0], dict):
-            return ""
-        delta = choices[0].get("delta") or {}
-        if not isinstance(delta, dict):
-            return ""
-        content = delta.get("content")
-        return content if isinstance(content, str) else ""
-
-
-def _has_token(obj: dict[str, Any]) -> bool:
-    choices = obj.get("choices")
-    if not choices or not isinstance(choices[0], dict):
-        return False
-    delta = choices[0].get("delta")
-    return isinstance(delta, dict) and bool(
-        delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
-    )
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -124,31 +96,40 @@ class Relay:
         await asyncio.gather(*(p.aclose() for p in self.providers), return_exceptions=True)
 
     # -- streams ---------------------------------------------------------------------------------
-    async def open_stream(self, body: dict[str, Any], measure: Measure) -> UpstreamStream:
+    async def open_stream(
+        self, body: dict[str, Any], measure: Measure, client: Dialect = OPENAI
+    ) -> UpstreamStream:
         """A stream from the first provider that sends an event; retries and fallbacks happen here,
-        and only here, so nothing is ever sent to the client twice."""
-        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        payloads: dict[bool, bytes] = {}
+        and only here, so nothing is ever sent to the client twice. `body` is in the `client`'s
+        dialect; each provider is asked in its own."""
+        payloads: dict[tuple[str, bool], bytes] = {}
 
         async def attempt(provider: Provider, deadline: float) -> UpstreamStream:
-            add_usage = provider.config.include_usage and not client_wants_usage
-            if add_usage not in payloads:
-                out = {**body, "stream": True}
-                if add_usage:
-                    out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-                payloads[add_usage] = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
-            stream = UpstreamStream(provider, measure, deadline, strip_usage=add_usage)
-            await stream.open(payloads[add_usage])
+            key = (provider.dialect.name, provider.config.include_usage)
+            if key not in payloads:
+                out = provider.dialect.upstream_body(body, client, stream=True, usage=key[1])
+                payloads[key] = _json_bytes(out)
+            stream = UpstreamStream(provider, measure, deadline)
+            await stream.open(payloads[key])
             return stream
 
         return await self._first_answer(body, measure, attempt)
 
-    async def complete(self, body: dict[str, Any], measure: Measure) -> tuple[bytes, dict[str, Any]]:
-        """A non-streamed completion: the provider's JSON body (secrets redacted) and its parse."""
-        payload = json.dumps({**body, "stream": False}, separators=(",", ":"), ensure_ascii=False).encode()
+    async def complete(
+        self, body: dict[str, Any], measure: Measure, client: Dialect = OPENAI
+    ) -> tuple[bytes, Completion, Dialect]:
+        """A non-streamed completion: the provider's JSON body (secrets redacted), its parse, and
+        the dialect it is written in."""
+        payloads: dict[str, bytes] = {}
 
-        async def attempt(provider: Provider, deadline: float) -> tuple[bytes, dict[str, Any]]:
-            return await _complete_once(provider, payload, measure, deadline)
+        async def attempt(provider: Provider, deadline: float) -> tuple[bytes, Completion, Dialect]:
+            dialect = provider.dialect
+            if dialect.name not in payloads:
+                payloads[dialect.name] = _json_bytes(
+                    dialect.upstream_body(body, client, stream=False, usage=False)
+                )
+            data, completion = await _complete_once(provider, payloads[dialect.name], measure, deadline)
+            return data, completion, dialect
 
         return await self._first_answer(body, measure, attempt)
 
@@ -162,7 +143,7 @@ class Relay:
         measure.first_attempt = now()
         loop = asyncio.get_running_loop()
         start = loop.time() - (measure.first_attempt - measure.started)
-        errors: list[str] = []
+        earlier: list[str] = []  # what failed before the last error, each distinct failure once
         error: RelayError | None = None
         for provider in providers:
             deadline = start + provider.timeouts.total
@@ -174,8 +155,9 @@ class Relay:
                 try:
                     return await attempt(provider, deadline)
                 except RelayError as exc:
+                    if error is not None and error.message not in earlier:
+                        earlier.append(error.message)
                     error = exc
-                errors.append(f"{provider.name}: {error.message}")
                 if not getattr(error, "retry", False) or n == retries.attempts:
                     break
                 wait = getattr(error, "retry_after", None)
@@ -192,8 +174,10 @@ class Relay:
             if provider is not providers[-1]:
                 log.warning("provider %r failed (%s); falling back", provider.name, error.message)
         assert error is not None
-        if len(errors) > 1:
-            error.message = f"{error.message} (attempts: {'; '.join(errors)})"
+        if measure.attempts > 1:
+            before = [m for m in earlier if m != error.message]
+            history = f"; before: {'; '.join(before)}" if before else ""
+            error.message += f" ({measure.attempts} attempts{history})"
             error.args = (error.message,)
         raise error
 
@@ -266,7 +250,7 @@ def _first_token_expired(provider: Provider, deadline: float, first: float) -> R
 
 async def _complete_once(
     provider: Provider, payload: bytes, measure: Measure, deadline: float
-) -> tuple[bytes, dict[str, Any]]:
+) -> tuple[bytes, Completion]:
     loop = asyncio.get_running_loop()
     first = min(deadline, loop.time() + provider.timeouts.first_token)
     request = provider.request("POST", provider.chat_url, payload)
@@ -300,26 +284,21 @@ async def _complete_once(
         data = provider.redactor.data(b"".join(parts))
         try:
             obj = json.loads(data)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+            completion = provider.dialect.parse_completion(obj)
         except ValueError:
             raise _mark(
                 UpstreamProtocolError(
-                    f"provider {provider.name!r} answered 200 with a body that is not JSON"
+                    f"provider {provider.name!r} answered 200 with a body that is not "
+                    f"a {provider.dialect.name} completion"
                 ),
                 retry=False,
                 fallback=True,
             ) from None
-        if not isinstance(obj, dict) or "choices" not in obj:
-            raise _mark(
-                UpstreamProtocolError(f"provider {provider.name!r} answered 200 without choices"),
-                retry=False,
-                fallback=True,
-            )
-        usage = obj.get("usage")
-        measure.usage = usage if isinstance(usage, dict) else None
-        choices = obj.get("choices") or [{}]
-        if isinstance(choices[0], dict):
-            measure.finish_reason = choices[0].get("finish_reason")
-        return data, obj
+        measure.usage = completion.usage
+        measure.finish_reason = completion.finish_reason
+        return data, completion
     except httpx.TransportError as exc:
         raise _transport_error(provider, exc, sent=False) from None
     finally:
@@ -332,11 +311,11 @@ class UpstreamStream:
     is in hand (or raises a relay error that may be retried); iterating yields batches of chunks
     and raises a relay error if the stream fails, times out or breaks off."""
 
-    def __init__(self, provider: Provider, measure: Measure, deadline: float, *, strip_usage: bool) -> None:
+    def __init__(self, provider: Provider, measure: Measure, deadline: float) -> None:
         self.provider = provider
         self.measure = measure
         self.deadline = deadline
-        self.strip_usage = strip_usage
+        self.state: dict[str, Any] = {}  # the dialect's own, for this stream
         self.parser = SSEParser()
         self.response: httpx.Response | None = None
         self._raw: AsyncIterator[bytes] | None = None
@@ -457,7 +436,7 @@ class UpstreamStream:
     def _convert(self, events: list[SSEEvent], out: list[Chunk]) -> None:
         measure = self.measure
         for event in events:
-            data = event.data
+            data = self.provider.redactor.data(event.data).decode("utf-8", "replace")
             if data == _DONE:
                 self.finished = True
                 break
@@ -478,19 +457,19 @@ class UpstreamStream:
                     f"provider {self.provider.name!r} sent an error mid-stream: "
                     f"{self.provider.redactor.text(str(message)) or 'no message'}"
                 )
-            chunk = Chunk(self.provider.redactor.data(data), obj)
-            usage = obj.get("usage")
-            if usage:
-                measure.usage = usage if isinstance(usage, dict) else None
-                if self.strip_usage and not obj.get("choices"):
-                    chunk.relay = False
-            choices = obj.get("choices")
-            if choices and isinstance(choices[0], dict):
-                if choices[0].get("finish_reason"):
-                    measure.finish_reason = choices[0]["finish_reason"]
-                if _has_token(obj):
-                    measure.text_chunks += 1
+            chunk = self.provider.dialect.parse_event(event, data, obj, self.state)
+            if chunk is None:
+                continue
+            if chunk.usage is not None:
+                measure.usage = chunk.usage
+            if chunk.finish_reason:
+                measure.finish_reason = chunk.finish_reason
+            if chunk.token:
+                measure.text_chunks += 1
             out.append(chunk)
+            if chunk.last:
+                self.finished = True
+                break
 
     def handed_on(self, batch: list[Chunk]) -> None:
         """Note the time a batch reached the client (for TTFT and the relay's own overhead)."""
@@ -499,7 +478,7 @@ class UpstreamStream:
             t = now()
             if measure.first_event_out is None:
                 measure.first_event_out = t
-            if any(_has_token(c.obj) for c in batch):
+            if any(c.token for c in batch):
                 measure.first_token_out = t
 
     async def aclose(self) -> None:
@@ -517,6 +496,10 @@ class UpstreamStream:
                             pass
         finally:
             await response.aclose()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def list_models(relay: Relay, ttl: float = 60.0) -> list[dict[str, Any]]:

@@ -113,6 +113,7 @@ def create_app(config: Config) -> Starlette:
         Route("/publish/{topic}", publish.publish, methods=["POST"]),
         Route("/metrics", telemetry.endpoint),
         Route("/v1/chat/completions", relay_routes.chat_completions, methods=["POST"]),
+        Route("/v1/messages", relay_routes.messages, methods=["POST"]),
         Route("/v1/models", relay_routes.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),

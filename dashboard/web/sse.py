@@ -93,17 +93,20 @@ class Heartbeat:
                 sub.wrote = False
 
 
-def direct_writer(scope: Scope) -> Callable[[bytes], bool] | None:
+def direct_writer(scope: Scope, *, body_read: bool = False) -> Callable[[bytes], bool] | None:
     """A function writing HTTP chunks straight to the client's socket, when the server allows it.
 
     Under uvicorn's httptools protocol, the publisher can then put a frame on each subscriber's
-    socket itself instead of waking one task per subscriber: that is most of the cost of fan-out.
+    socket itself instead of waking one task per subscriber: that is most of the cost of fan-out
+    (and the relay puts each batch of chunks there without the middleware's `send` wrappers).
     It honours the protocol's flow control (returns False while writing is paused, and the frame
     then goes through the ordinary ASGI `send`). Anywhere else: None, and ASGI `send` is used.
+    Call it after the response has started; `body_read`: the request was not a GET, but its body
+    has been read in full.
     """
     cycle = getattr(scope.get(RAW_SEND), "__self__", None)
     if (
-        scope.get("method") != "GET"
+        (scope.get("method") != "GET" and not body_read)
         or type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl"
         or getattr(cycle, "chunked_encoding", None) is not True
     ):

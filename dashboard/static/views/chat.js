@@ -2,7 +2,7 @@
 // streams in as text from `token` events; Stop POSTs to feeds/<topic>/stop.
 // Events: prompt {completion, prompt, model}, token {completion, text},
 // done {completion, finish_reason, stopped, usage, ttft_ms, tokens_per_s, duration_ms, provider, simulated},
-// error {completion, code, message}.
+// error {completion, code, message (for the person who asked), detail (for operators)}.
 "use strict";
 
 window.Dashboard.views.chat = function (panel) {
@@ -191,8 +191,9 @@ window.Dashboard.views.chat = function (panel) {
         showMeta(data);
       } else if (type === "error") {
         const entry = entryFor(id);
-        const message = [data.code, data.message].filter((v) => v !== undefined && v !== null).map(text).join(": ");
-        entry.bubble.append(el("p", { className: "chat-error", text: message || "the answer failed" }));
+        // `message` says what failed and whether to retry; the details (`detail`) are for operators.
+        const message = typeof data.message === "string" && data.message ? data.message : "The answer failed. Try again.";
+        entry.bubble.append(el("p", { className: "chat-error", text: message }));
         finish(entry, "error");
       }
       refresh();

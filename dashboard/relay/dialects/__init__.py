@@ -1,0 +1,163 @@
+"""API dialects: how a provider is asked and answers, and how a client asks and is answered.
+
+The relay's common form is an OpenAI chat completions body; each dialect converts its own requests
+to and from it, parses its provider's events into normalised `Chunk`s and renders normalised chunks
+for its clients. A dialect is one module in this package that defines `dialect = YourDialect()`;
+providers name it as their `type`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
+
+from dashboard.events import encode_frame
+from dashboard.relay.errors import RelayError
+from dashboard.relay.sse import SSEEvent
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One upstream event, normalised. `data` and `event` are the event as the provider sent it
+    (keys redacted), re-framed as they are for a client of the same dialect."""
+
+    data: str
+    event: str | None = None
+    text: str = ""  # the text it adds to the answer
+    token: bool = False  # it carries a token: text, a tool call or reasoning
+    start: bool = False  # the answer begins (the role, or Anthropic's message_start)
+    finish_reason: str | None = None  # in OpenAI's words: stop, length, tool_calls, content_filter
+    usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens, total_tokens (so far)
+    id: str | None = None
+    model: str | None = None
+    usage_only: bool = False  # OpenAI's closing usage chunk: relayed only to clients that asked for it
+    last: bool = False  # the provider's end-of-stream event ([DONE], message_stop)
+
+
+@dataclass(slots=True)
+class Completion:
+    """A non-streamed answer, normalised."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int] | None
+    id: str
+    model: str
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class Renderer:
+    """Writes one streamed answer for a client: frames for each batch, then the end or an error."""
+
+    def frames(self, chunks: list[Chunk]) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        raise NotImplementedError
+
+    def error(self, error: RelayError) -> bytes:
+        raise NotImplementedError
+
+
+class Dialect:
+    """One API dialect. `path` is the completion endpoint under a provider's base_url."""
+
+    name = ""
+    path = ""
+
+    # -- as a provider speaks it -----------------------------------------------------------------
+    def auth_headers(self, key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def upstream_body(
+        self, body: dict[str, Any], source: Dialect, *, stream: bool, usage: bool
+    ) -> dict[str, Any]:
+        """The provider's request for a client's `body`, written in the `source` dialect; `usage`:
+        ask for token counts when the dialect makes them optional."""
+        out = body if source is self else self.from_common(source.to_common(body))
+        return {**out, "stream": stream}
+
+    def parse_event(self, event: SSEEvent, data: str, obj: dict[str, Any], state: dict) -> Chunk | None:
+        """An upstream event as a chunk (None: nothing for the client, e.g. a ping); `state` is the
+        stream's own. Error events are recognised before this is called."""
+        raise NotImplementedError
+
+    def parse_completion(self, obj: dict[str, Any]) -> Completion:
+        """A non-streamed answer; ValueError when it is not one."""
+        raise NotImplementedError
+
+    # -- as a client speaks it -------------------------------------------------------------------
+    def wants_usage(self, body: dict[str, Any]) -> bool:
+        """Whether a client's streamed request asks for token counts."""
+        raise NotImplementedError
+
+    def to_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def from_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def renderer(self, source: Dialect, *, usage: bool) -> Renderer:
+        """How a stream from a `source` provider is written to this dialect's client; `usage`: the
+        client asked for token counts."""
+        if source is self:
+            return PassThrough(self, usage=usage)
+        return self.converter(usage=usage)
+
+    def converter(self, *, usage: bool) -> Renderer:
+        """A renderer for streams from providers of another dialect."""
+        raise NotImplementedError
+
+    def stream_tail(self) -> bytes:
+        """What ends a stream after the provider's last event (OpenAI's `[DONE]`)."""
+        return b""
+
+    def completion_body(self, completion: Completion) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, code: str, type_: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def error_frame(self, error: RelayError) -> bytes:
+        """A relay error as the event that ends a stream for this dialect's client."""
+        raise NotImplementedError
+
+
+class PassThrough(Renderer):
+    """The provider speaks the client's dialect: each event re-framed from its parsed data."""
+
+    def __init__(self, dialect: Dialect, *, usage: bool) -> None:
+        self.dialect = dialect
+        self.usage = usage
+
+    def frames(self, chunks: list[Chunk]) -> bytes:
+        usage = self.usage
+        return b"".join(encode_frame(c.data, c.event) for c in chunks if usage or not c.usage_only)
+
+    def end(self) -> bytes:
+        return self.dialect.stream_tail()
+
+    def error(self, error: RelayError) -> bytes:
+        return self.dialect.error_frame(error)
+
+
+def _discover() -> dict[str, Dialect]:
+    found: dict[str, Dialect] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        dialect = getattr(module, "dialect", None)
+        if isinstance(dialect, Dialect):
+            found[dialect.name] = dialect
+    return found
+
+
+DIALECTS = _discover()
+
+
+def get(name: str) -> Dialect:
+    return DIALECTS[name]

@@ -1,0 +1,165 @@
+"""OpenAI chat completions (`POST {base_url}/chat/completions`): the relay's common form."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from dashboard.events import encode_frame
+from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer
+from dashboard.relay.errors import RelayError
+from dashboard.relay.sse import SSEEvent
+
+_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+DONE = encode_frame("[DONE]")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class OpenAI(Dialect):
+    name = "openai"
+    path = "/chat/completions"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    def upstream_body(
+        self, body: dict[str, Any], source: Dialect, *, stream: bool, usage: bool
+    ) -> dict[str, Any]:
+        out = super().upstream_body(body, source, stream=stream, usage=usage)
+        if stream and usage and not self.wants_usage(out):
+            out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
+        return out
+
+    def parse_event(self, event: SSEEvent, data: str, obj: dict[str, Any], state: dict) -> Chunk | None:
+        chunk = Chunk(data, event.event, id=obj.get("id"), model=obj.get("model"))
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            chunk.usage = usage
+        choices = obj.get("choices")
+        if choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    chunk.text = content
+                chunk.token = bool(content or delta.get("tool_calls") or delta.get("reasoning_content"))
+                chunk.start = "role" in delta
+            chunk.finish_reason = choice.get("finish_reason")
+        elif chunk.usage is not None:
+            chunk.usage_only = True
+        return chunk
+
+    def parse_completion(self, obj: dict[str, Any]) -> Completion:
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            raise ValueError("no choices")
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = message.get("content")
+        usage = obj.get("usage")
+        return Completion(
+            text=content if isinstance(content, str) else "",
+            finish_reason=choice.get("finish_reason"),
+            usage=usage if isinstance(usage, dict) else None,
+            id=str(obj.get("id") or "chatcmpl-relay"),
+            model=str(obj.get("model") or ""),
+        )
+
+    def wants_usage(self, body: dict[str, Any]) -> bool:
+        options = body.get("stream_options")
+        return isinstance(options, dict) and bool(options.get("include_usage"))
+
+    def to_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def from_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def converter(self, *, usage: bool) -> Renderer:
+        return ToOpenAI(usage=usage)
+
+    def stream_tail(self) -> bytes:
+        return DONE
+
+    def completion_body(self, completion: Completion) -> dict[str, Any]:
+        message = {"role": "assistant", "content": completion.text}
+        body: dict[str, Any] = {
+            "id": completion.id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": completion.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": completion.finish_reason}],
+        }
+        if completion.usage is not None:
+            body["usage"] = completion.usage
+        return body
+
+    def error_body(self, status: int, message: str, code: str, type_: str | None = None) -> dict[str, Any]:
+        """An error as the OpenAI SDKs read it: `{"error": {"message", "type", "param", "code"}}`."""
+        if type_ is None:
+            type_ = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+    def error_frame(self, error: RelayError) -> bytes:
+        return encode_frame(dumps(self.error_body(error.status, error.message, error.code, error.type)))
+
+
+class ToOpenAI(Renderer):
+    """A stream from a provider of another dialect, as chat.completion.chunk events."""
+
+    def __init__(self, *, usage: bool) -> None:
+        self.usage = usage
+        self.id = "chatcmpl-relay"
+        self.model = ""
+        self.created = int(time.time())
+        self.last_usage: dict[str, int] | None = None
+
+    def _frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return encode_frame(dumps({**self._base(), "choices": [choice]}))
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def frames(self, chunks: list[Chunk]) -> bytes:
+        out: list[bytes] = []
+        for c in chunks:
+            if c.id:
+                self.id = c.id
+            if c.model:
+                self.model = c.model
+            if c.usage is not None:
+                self.last_usage = c.usage
+            if c.start:
+                out.append(self._frame({"role": "assistant", "content": ""}))
+            if c.text:
+                out.append(self._frame({"content": c.text}))
+            if c.finish_reason:
+                out.append(self._frame({}, c.finish_reason))
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        if self.usage and self.last_usage is not None:
+            return encode_frame(dumps({**self._base(), "choices": [], "usage": self.last_usage})) + DONE
+        return DONE
+
+    def error(self, error: RelayError) -> bytes:
+        return dialect.error_frame(error)
+
+
+dialect = OpenAI()

@@ -1,0 +1,203 @@
+"""Both dialects, both ways, through the real server: the official anthropic SDK on /v1/messages and
+the openai SDK on /v1/chat/completions, each against OpenAI and Anthropic providers, streamed and
+not; multi-line upstream events; Anthropic-shaped errors; `?stream=true`."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.support import ServerFactory
+from tests.upstream import answer_text, relay_config
+
+KEY = "sk-ant-test-" + secrets.token_hex(24)
+PROVIDERS = {"openai": "t", "anthropic": "m"}  # model prefix served by a provider of that dialect
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def server(upstream, tmp_path_factory):
+    factory = ServerFactory(tmp_path_factory.mktemp("dialects"))
+    yield factory(relay_config(upstream.url, 9, extra="topics: {}"), env={"RELAY_TEST_KEY": KEY})
+    factory.close()
+
+
+def claude(server, api_key: str = "unused") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key=api_key, max_retries=0, timeout=20)
+
+
+def gpt(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=20)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("scenario", ["echo", "bytewise", "crlf", "keepalive", "multiline"])
+def test_anthropic_sdk_streams_from_either_provider(server, provider, scenario):
+    model = f"{PROVIDERS[provider]}-{scenario}"
+    with claude(server).messages.stream(model=model, max_tokens=100, messages=HI) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == answer_text("a"), f"{provider}/{scenario}: got {text!r}"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 6
+    assert final.content[0].text == answer_text("a")
+
+
+def test_the_simulated_provider_answers_the_anthropic_sdk(server):
+    with claude(server).messages.stream(model="simulated", max_tokens=500, messages=HI) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "simulated provider" in text and final.usage.output_tokens > 20
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("scenario", ["echo", "bytewise", "multiline"])
+def test_openai_sdk_streams_from_either_provider(server, provider, scenario):
+    chunks = list(
+        gpt(server).chat.completions.create(
+            model=f"{PROVIDERS[provider]}-{scenario}",
+            messages=HI,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer_text("a"), f"{provider}/{scenario}: got {text!r}"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_non_streamed_answers_in_the_clients_dialect(server, provider):
+    model = f"{PROVIDERS[provider]}-echo"
+    message = claude(server).messages.create(model=model, max_tokens=100, messages=HI)
+    assert message.content[0].text == answer_text("a") and message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (11, 6)
+    completion = gpt(server).chat.completions.create(model=model, messages=HI)
+    assert completion.choices[0].message.content == answer_text("a")
+    assert completion.choices[0].finish_reason == "stop" and completion.usage.total_tokens == 17
+
+
+def test_an_anthropic_provider_is_asked_in_its_own_dialect(server, upstream):
+    system = "be brief"
+    gpt(server).chat.completions.create(
+        model="m-echo",
+        messages=[{"role": "system", "content": system}, *HI],
+        max_tokens=50,
+        stop="END",
+        stream=True,
+    ).close()
+    seen = upstream.wait_for(lambda: upstream.requests("m-echo") and upstream.requests("m-echo")[-1])
+    assert seen.path == "/a/v1/messages"
+    assert seen.headers["x-api-key"] == KEY and seen.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in seen.headers, "the key goes in x-api-key only"
+    assert seen.body == {
+        "model": "m-echo",
+        "messages": HI,
+        "max_tokens": 50,
+        "system": system,
+        "stop_sequences": ["END"],
+        "stream": True,
+    }
+
+
+def test_an_openai_provider_is_asked_in_its_own_dialect(server, upstream):
+    claude(server).messages.create(
+        model="t-echo", max_tokens=50, system="be brief", messages=HI, stop_sequences=["END"]
+    )
+    seen = upstream.requests("t-echo")[-1]
+    assert seen.path == "/a/v1/chat/completions" and seen.headers["authorization"] == f"Bearer {KEY}"
+    assert seen.body == {
+        "model": "t-echo",
+        "messages": [{"role": "system", "content": "be brief"}, *HI],
+        "max_tokens": 50,
+        "stop": ["END"],
+        "stream": False,
+    }
+
+
+def test_multi_line_events_are_re_framed_one_data_line_per_line(server):
+    """An upstream event over several data: lines reaches the client as the same data, each of its
+    lines on a data: line of its own (a bare continuation line would be dropped by clients)."""
+    for model in ("t-multiline", "m-multiline"):
+        body = {"model": model, "messages": HI, "max_tokens": 10, "stream": True}
+        path = "/v1/chat/completions" if model.startswith("t") else "/v1/messages"
+        with httpx.Client(base_url=server.url, timeout=20) as http:
+            raw = http.post(path, json=body).text
+        events = [e for e in raw.split("\n\n") if e]
+        for event in events:
+            lines = event.split("\n")
+            assert all(line.startswith(("data: ", "event: ")) for line in lines), event
+            data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
+            if data != "[DONE]":
+                json.loads(data)  # the event's data is whole
+        assert len(events) >= 8 and any(e.count("\ndata: ") >= 3 for e in events), raw[:400]
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_errors_reach_the_anthropic_sdk_in_its_shape(server, provider):
+    prefix = PROVIDERS[provider]
+    client = claude(server)
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client.messages.create(model="nope", max_tokens=10, messages=HI)
+    assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "not_found_error"
+    assert "nope" in info.value.message
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model=f"{prefix}-bad-request", max_tokens=10, messages=HI)
+    assert "temperature is out of range" in info.value.message
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model=f"{prefix}-ratelimit", max_tokens=10, messages=HI)
+    assert info.value.response.headers.get("retry-after") == "3600"
+    got: list[str] = []
+    model = f"{prefix}-error-mid"
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        client.messages.stream(model=model, max_tokens=10, messages=HI) as stream,
+    ):
+        got.extend(stream.text_stream)
+    assert "".join(got) == "[a] Hello from", "text before the error is relayed once"
+    assert "error while processing" in str(info.value)
+
+
+def test_bad_messages_requests_are_anthropic_errors(server):
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        response = http.post("/v1/messages", json={"model": "m-echo", "messages": HI})
+        assert response.status_code == 400
+        assert response.json()["error"] == {
+            "type": "invalid_request_error",
+            "message": "'max_tokens' is required and must be a positive integer",
+        }
+        response = http.post("/v1/messages", content=b"{}", headers={"content-type": "text/plain"})
+        assert response.status_code == 415 and response.json()["type"] == "error"
+        response = http.post("/v1/messages", json={}, headers={"origin": "https://evil.example"})
+        assert response.status_code == 403 and response.json()["error"]["type"] == "permission_error"
+
+
+def test_v1_messages_takes_the_api_token_in_x_api_key_or_as_bearer(upstream, serve):
+    server = serve(
+        relay_config(upstream.url, 9, extra="auth: {api_tokens: [dash-token]}\ntopics: {}"),
+        env={"RELAY_TEST_KEY": KEY},
+    )
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        claude(server, api_key="wrong").messages.create(model="m-echo", max_tokens=10, messages=HI)
+    assert info.value.body["error"]["type"] == "authentication_error"
+    message = claude(server, api_key="dash-token").messages.create(model="m-echo", max_tokens=10, messages=HI)
+    assert message.content[0].text == answer_text("a")
+    assert upstream.requests("m-echo")[-1].headers["x-api-key"] == KEY, "the provider gets its own key"
+    bearer = anthropic.Anthropic(base_url=server.url, auth_token="dash-token", max_retries=0)
+    assert bearer.messages.create(model="t-echo", max_tokens=10, messages=HI).content[0].text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_stream_true_in_the_query_streams(server, path):
+    body = {"model": "m-echo", "messages": HI, "max_tokens": 10}
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        response = http.post(path, params={"stream": "true"}, json=body)
+        assert response.headers["content-type"].startswith("text/event-stream"), response.text[:200]
+        assert "Hello" in response.text
+        refused = http.post(path, params={"stream": "maybe"}, json=body)
+        assert refused.status_code == 400 and "stream" in refused.text
