@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from datetime import datetime
@@ -23,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dashboard import Event, Feed
-from dashboard.web.errors import HTTPError, bearer_token, read_body
+from dashboard.web.errors import HTTPError, bearer_token, parse_json, read_body
 from dashboard.web.publish import describe_invalid
 from feeds._payloads import (
     BODY_MAX,
@@ -195,10 +194,7 @@ class Notifications(Feed):
             # GitHub's other content type: the JSON in a `payload` field. (A JSON body sent
             # with curl's default form type is read as the JSON it is.)
             body = form_payload(body)
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+        payload = parse_json(body)
         github_event = request.headers.get("x-github-event")
         try:
             if github_event:

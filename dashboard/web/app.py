@@ -22,7 +22,7 @@ from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
-from dashboard.web.errors import EXCEPTION_HANDLERS
+from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
 from dashboard.web.telemetry import RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")
@@ -113,7 +113,7 @@ def create_app(config: Config) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
-    middleware = [Middleware(RequestMetrics, telemetry=telemetry)]
+    middleware = [Middleware(RequestMetrics, telemetry=telemetry), Middleware(HeaderLimit)]
     app = DashboardApp(
         routes=routes,
         middleware=middleware,
