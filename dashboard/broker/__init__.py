@@ -41,6 +41,7 @@ class Subscription:
         "closed",
         "last_id",
         "max_backlog",
+        "missed",
         "mux",
         "overflowed",
         "sending",
@@ -56,6 +57,7 @@ class Subscription:
         self.last_id = 0
         self.closed = False
         self.overflowed = False
+        self.missed = 0  # events dropped when it was cut off
         self._pending: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
         # Live messages are held here while the backlog is read, then queued after it.
@@ -83,6 +85,8 @@ class Subscription:
             self.wrote = True
             return True
         if len(self._pending) >= self.max_backlog:
+            # Cut off: it misses the events it had waiting and this one (keepalives aside).
+            self.missed = 1 + sum(frame.startswith(b"id: ") for frame in self._pending)
             self.overflowed = True
             self.close()
             return False
@@ -158,7 +162,8 @@ class TopicState:
     subscribers: set[Subscription] = field(default_factory=set)
     published: int = 0
     delivered: int = 0
-    dropped: int = 0
+    dropped: int = 0  # events that subscribers cut off for falling behind missed
+    cut_off: int = 0  # subscribers cut off
     recent: deque[float] = field(default_factory=deque)
 
     @property
@@ -280,7 +285,8 @@ class Broker(ABC):
             if sub.push(message):
                 delivered += 1
             elif sub.overflowed:
-                state.dropped += 1
+                state.dropped += sub.missed
+                state.cut_off += 1
                 self._forget(sub)
         state.delivered += delivered
 
