@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from dashboard.broker import GAP_EVENT
 from dashboard.supervisor import STATUS_EVENT
 
 
@@ -57,7 +58,7 @@ async def index(request: Request) -> Response:
                 "title": panel.title,
                 "view": panel.view if panel.view in VIEWS else "json",
                 "size": panel.size,
-                "events": [STATUS_EVENT, *feed_class.event_types],
+                "events": [STATUS_EVENT, GAP_EVENT, *feed_class.event_types],
                 "state": _shown_state(runtime.supervisor.runners[panel.topic].state),
                 "options": panel.options,
             }
