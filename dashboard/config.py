@@ -27,6 +27,9 @@ from dashboard.feed import Feed, resolve_feed
 
 TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+#: Values a config may hold once its aliases are expanded; a real one holds hundreds, an alias
+#: bomb ("billion laughs") billions.
+MAX_NODES = 100_000
 
 DEFAULT_CONFIG = """\
 # Built-in default: works offline, with no keys.
@@ -327,11 +330,17 @@ class _Source:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expanded_size(node)
             self.data = self._build(loader, node, ()) if node is not None else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)
             self.issues.append(ConfigIssue(file, mark.line + 1 if mark else None, f"invalid YAML: {problem}"))
+            self.data = {}
+        except RecursionError:
+            line = loader.get_mark().line + 1
+            self.issues.append(ConfigIssue(file, line, "invalid YAML: nested too deeply"))
             self.data = {}
         finally:
             loader.dispose()
@@ -386,6 +395,38 @@ class _Source:
             if loc[:end] in self.lines:
                 return self.lines[loc[:end]]
         return None
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """A YAMLError at the first value that holds more than MAX_NODES values once its aliases are
+    expanded, or that holds itself. Each node is sized once, so this is linear in the text."""
+    sizes: dict[int, int] = {}  # id(node) -> expanded size; -1 while its children are being sized
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            if known < 0:
+                raise _node_error(node, "an alias refers to a value that contains it")
+            return known
+        sizes[id(node)] = -1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_NODES:
+            raise _node_error(
+                node, f"this value holds more than {MAX_NODES} values once its aliases are expanded"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _node_error(node: yaml.Node, problem: str) -> yaml.YAMLError:
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:

@@ -3,14 +3,17 @@
 Items are `{id, title, body, level, source, url, ts}`. The webhook (`POST /feeds/{topic}/webhook`)
 takes a generic JSON body, GitHub events and Prometheus Alertmanager alerts (mapped in
 `feeds/_payloads.py`) and only with a valid HMAC-SHA256 signature made with the topic's
-`webhook_secret`; without a secret configured it refuses every webhook. Duplicate ids are dropped.
+`webhook_secret` (GitHub's `X-Hub-Signature-256`, or the Standard Webhooks headers), or that
+secret as a bearer token; without a secret configured it refuses every webhook. Duplicate ids are
+dropped, and so is a Standard Webhooks message seen before (its `webhook-id`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from datetime import datetime
@@ -23,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dashboard import Event, Feed
-from dashboard.web.errors import HTTPError, bearer_token, read_body
+from dashboard.web.errors import HTTPError, bearer_token, parse_count, parse_json, read_body
 from dashboard.web.publish import describe_invalid
 from feeds._payloads import (
     BODY_MAX,
@@ -50,6 +53,7 @@ LEVEL_ALIASES = {
     "failure": "error",
 }
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+SECRET_PREFIX = "whsec_"  # a Standard Webhooks secret: the key is the base64 that follows
 
 
 class Notification(BaseModel):
@@ -106,6 +110,21 @@ def signature_of(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def hmac_key(secret: str) -> bytes:
+    """The HMAC key of a webhook secret: `whsec_<base64>` is decoded (Standard Webhooks), any
+    other secret is used as its UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    return secret.encode()
+
+
+def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """A Standard Webhooks `webhook-signature` entry: `v1,` and the base64 HMAC-SHA256 of
+    `{webhook-id}.{webhook-timestamp}.{body}`."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
 def form_payload(body: bytes) -> bytes:
     """The `payload` field of a form-encoded body (400 when there is none)."""
     try:
@@ -130,11 +149,28 @@ class Notifications(Feed):
         dedupe_seconds: float = Field(
             86_400, gt=0, description="an id seen within this many seconds is dropped as a duplicate"
         )
+        webhook_tolerance: float = Field(
+            300,
+            gt=0,
+            description="Standard Webhooks: seconds a webhook-timestamp may be from this server's clock",
+        )
 
         @field_validator("webhook_secret", mode="before")
         @classmethod
         def _empty_is_none(cls, value: Any) -> Any:
             return None if value == "" else value
+
+        @field_validator("webhook_secret")
+        @classmethod
+        def _decodable(cls, value: SecretStr | None) -> SecretStr | None:
+            if value is not None:
+                try:
+                    hmac_key(value.get_secret_value())
+                except (binascii.Error, ValueError):
+                    raise ValueError(
+                        f"a secret starting with {SECRET_PREFIX} must be base64 after it"
+                    ) from None
+            return value
 
     # -- intake --------------------------------------------------------------------------------
     async def on_publish(self, data: Any) -> list[Event]:
@@ -168,18 +204,47 @@ class Notifications(Feed):
                 "webhook_disabled",
             )
         secret = self.options.webhook_secret.get_secret_value().encode()
-        if request.headers.get(SIGNATURE_HEADER) is not None:
+        if request.headers.get(SIGNATURE_HEADER) is not None or "webhook-signature" in request.headers:
             return secret
         token = bearer_token(request)
         if token is None:
             raise HTTPError(
                 401,
                 f"webhook requires an {SIGNATURE_HEADER} header (sha256=<HMAC-SHA256 of the body "
-                "with the topic's webhook_secret>) or 'Authorization: Bearer <webhook_secret>'",
+                "with the topic's webhook_secret>), the Standard Webhooks headers (webhook-id, "
+                "webhook-timestamp, webhook-signature) or 'Authorization: Bearer <webhook_secret>'",
             )
         if not hmac.compare_digest(token.encode(), secret):
             raise HTTPError(401, "invalid webhook token")
         return secret
+
+    def check_standard_webhook(self, request: Request, body: bytes) -> str | None:
+        """The `webhook-id` of a Standard Webhooks message whose timestamp is within
+        `webhook_tolerance` and one of whose `v1` signatures matches; None without those headers.
+        400 when a header is missing or malformed, 401 when the timestamp or signature is not."""
+        signatures = request.headers.get("webhook-signature")
+        if signatures is None:
+            return None
+        msg_id = request.headers.get("webhook-id", "")
+        raw_timestamp = request.headers.get("webhook-timestamp", "")
+        if not msg_id or not raw_timestamp:
+            raise HTTPError(400, "webhook-signature needs the webhook-id and webhook-timestamp headers")
+        timestamp = parse_count(raw_timestamp, "webhook-timestamp")
+        tolerance = self.options.webhook_tolerance
+        skew = time.time() - timestamp
+        if abs(skew) > tolerance:
+            raise HTTPError(
+                401,
+                f"webhook-timestamp is {abs(skew):.0f} s {'old' if skew > 0 else 'in the future'}: "
+                f"outside the tolerance of {tolerance:g} s (a replayed or delayed message)",
+                "stale_timestamp",
+            )
+        assert self.options.webhook_secret is not None
+        key = hmac_key(self.options.webhook_secret.get_secret_value())
+        expected = standard_signature(key, msg_id, timestamp, body).encode()
+        if not any(hmac.compare_digest(given.encode(), expected) for given in signatures.split()):
+            raise HTTPError(401, "no webhook-signature matches the message", "bad_signature")
+        return msg_id
 
     async def webhook(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/webhook: verify, parse, map to items, drop duplicates, publish."""
@@ -190,15 +255,30 @@ class Notifications(Feed):
             signature.strip().lower().encode(), signature_of(secret, body).encode()
         ):
             raise HTTPError(401, f"{SIGNATURE_HEADER} does not match the body", "bad_signature")
+        msg_id = self.check_standard_webhook(request, body)
+        if msg_id is None:
+            return await self.accept(request, body)
+        # A message is taken once, on any instance; a replay gets a 2xx (the sender's retry after
+        # a lost answer stops) and publishes nothing.
+        if not await self.claim(f"webhook-id:{msg_id}", self.options.dedupe_seconds):
+            return JSONResponse(
+                {"topic": self.topic, "ids": [], "notifications": [], "duplicates": 0, "replayed": True},
+                status_code=202,
+            )
+        try:
+            return await self.accept(request, body)
+        except BaseException:  # not taken after all: the sender's retry must not be a replay
+            await self.unclaim(f"webhook-id:{msg_id}")
+            raise
+
+    async def accept(self, request: Request, body: bytes) -> JSONResponse:
+        """Parse a verified webhook body, map it to items, drop duplicates, publish: 202."""
         form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
         if form and not body.lstrip().startswith((b"{", b"[")):
             # GitHub's other content type: the JSON in a `payload` field. (A JSON body sent
             # with curl's default form type is read as the JSON it is.)
             body = form_payload(body)
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+        payload = parse_json(body)
         github_event = request.headers.get("x-github-event")
         try:
             if github_event:

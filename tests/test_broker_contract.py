@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -229,5 +230,72 @@ def test_a_claim_is_won_once_until_it_expires_or_is_given_back(make_broker):
             assert await one.claim("short", 0.2) is True
             await asyncio.sleep(0.3)  # on purpose: let the claim expire
             assert await one.claim("short", 0.2) is True
+
+    asyncio.run(scenario())
+
+
+def gap_of(frame: tuple[int, str, str]) -> dict:
+    _, event, data = frame
+    assert event.rsplit(":", 1)[-1] == "gap", frame
+    return json.loads(data)
+
+
+def test_resume_after_evicted_events_says_they_were_lost(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            ids = [(await broker.publish("short", Event({"n": i}))).id for i in range(6)]  # keeps 3
+            sub = await broker.subscribe(["short"], ids[0])
+            gap, *kept = await take(sub, 4)
+            assert gap[0] == ids[2] and gap_of(gap)["reason"] == "expired", gap
+            assert "lost" in gap_of(gap)["message"] and gap_of(gap)["last_event_id"] == ids[0]
+            assert [f[0] for f in kept] == ids[3:]
+            # Resuming from the gap event's id (the newest evicted) is complete again: no gap event.
+            again = await broker.subscribe(["short"], gap[0])
+            assert [f[0] for f in await take(again, 3)] == ids[3:]
+            await nothing_more(again)
+
+    asyncio.run(scenario())
+
+
+def test_multiplexed_resume_reports_the_topic_that_lost_events(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            first = await broker.publish("a", Event({"n": 0}))
+            ids = [(await broker.publish("short", Event({"n": i}))).id for i in range(4)]
+            sub = await broker.subscribe(["a", "short"], first.id, mux=True)
+            frames = await take(sub, 4)
+            assert [(f[0], f[1]) for f in frames] == [
+                (ids[0], "short:gap"),
+                (ids[1], "short"),
+                (ids[2], "short"),
+                (ids[3], "short"),
+            ]
+            await nothing_more(sub)
+
+    asyncio.run(scenario())
+
+
+def test_resume_from_an_id_this_broker_never_gave_replays_history_and_says_so(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            ids = [(await broker.publish(t, Event({"n": i}))).id for i, t in enumerate("aab")]
+            foreign = ids[-1] + 10**12  # another server's id, or one from before history was wiped
+            single = await broker.subscribe(["a"], foreign)
+            mux = await broker.subscribe(["a", "b"], foreign, mux=True)
+            frames = await take(single, 3)
+            assert [(f[0], f[1]) for f in frames] == [(0, "gap"), (ids[0], "message"), (ids[1], "message")]
+            assert (
+                gap_of(frames[0])["reason"] == "unknown_id" and gap_of(frames[0])["last_event_id"] == foreign
+            )
+            frames = await take(mux, 5)
+            assert [(f[0], f[1]) for f in frames] == [
+                (0, "a:gap"),
+                (0, "b:gap"),
+                *zip(ids, "aab", strict=True),
+            ]
+            # Then live, although the new ids are below the one the reader came with.
+            live = await broker.publish("a", Event({"n": 9}))
+            assert [f[0] for f in await take(single, 1)] == [live.id]
+            assert [f[0] for f in await take(mux, 1)] == [live.id]
 
     asyncio.run(scenario())

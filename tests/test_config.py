@@ -180,3 +180,43 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path):
 def test_committed_config_is_valid():
     result = run_cli("check", "--config", str(ROOT / "config.yaml"))
     assert result.returncode == 0, result.stderr
+
+
+BILLION_LAUGHS = """\
+topics: {t: {feed: demo}}
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_an_alias_bomb_is_a_config_error_with_its_line(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS)
+    # Expanded, this holds a billion strings; unbounded, `check` ran for minutes and gigabytes.
+    result = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", "--config", str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert result.returncode == 1, result.stderr
+    # `f` is the first value past 100,000 values (9**6 = 531,441 strings).
+    assert f"{bomb}:7: invalid YAML: this value holds more than 100000 values" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_merge_key_bombs_and_self_reference_are_config_errors():
+    doubling = "\n".join(f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], x{i}: 1}}" for i in range(1, 40))
+    errors = errors_of("topics: {}\nm0: &m0 {k0: 1, k1: 2}\n" + doubling)
+    assert len(errors) == 1 and "more than 100000 values" in errors[0], errors
+    assert errors_of("topics: &t {a: {feed: demo, options: {x: *t}}}") == [
+        "cfg.yaml:1: invalid YAML: an alias refers to a value that contains it"
+    ]
+    assert errors_of("topics: " + "[" * 5000 + "]" * 5000) == ["cfg.yaml:1: invalid YAML: nested too deeply"]

@@ -408,3 +408,32 @@ def test_themes_keyboard_and_phone(serve, open_page):
     assert len(set(round(x) for x in lefts)) == 1, lefts
     phone.screenshot("dashboard-phone.png")
     assert path.exists()
+
+
+def test_a_panel_says_when_events_were_lost_while_it_was_away(redis_prefix, serve, open_page):
+    config = f"""
+        server: {{retry_ms: 300}}
+        broker: {{url: "redis://127.0.0.1:6379/0", prefix: "{redis_prefix}"}}
+        topics:
+          counter: {{feed: "{TESTS}:Counter", options: {{interval: 0.05}}, history: 5}}
+        panels:
+          - {{topic: counter, title: Log, view: log, options: {{status: false}}}}
+        """
+    server = serve(config)
+    opened = open_page(server.url)
+    page = opened.page
+    page.wait_for_function("() => document.querySelectorAll('.log-line').length >= 3")
+    notice = page.locator("#panel-1 [data-role=notice]")
+    assert notice.is_hidden(), "nothing was lost yet"
+    server.stop()
+    page.wait_for_selector("#connection[data-state=reconnecting]")
+    # Another instance keeps the topic going while the page is away: more than its history of 5.
+    other = serve(config)
+    wait_published(other, "counter", 20)
+    other.stop()
+    server.start()
+    page.wait_for_selector("#panel-1[data-gap=expired]")
+    assert "Events were lost" in notice.inner_text(), notice.inner_text()
+    assert notice.is_visible()
+    page.wait_for_selector("#connection[data-state=live]")
+    assert csp_errors(opened) == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from urllib.parse import urlencode
 
@@ -323,3 +325,85 @@ def test_webhook_and_publish_share_duplicate_memory(serve):
         assert hooked.json()["duplicates"] == 1
         [item] = items(client, 1)
         assert item["id"] == "build-1" and item["title"] == "b"
+
+
+WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-key-32-bytes!!").decode()
+STANDARD_CONFIG = f"""
+topics:
+  inbox:
+    feed: notifications
+    options: {{webhook_secret: "{WHSEC}", webhook_tolerance: 60}}
+"""
+
+
+def standard_headers(body: bytes, msg_id: str, timestamp: int, key: bytes | None = None) -> dict[str, str]:
+    """The Standard Webhooks headers, signed as the reference libraries sign them."""
+    key = base64.b64decode(WHSEC.removeprefix("whsec_")) if key is None else key
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    signature = "v1," + base64.b64encode(digest).decode()
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        # A sender rotating its secret signs with both: any one matching is enough.
+        "webhook-signature": f"v1,{base64.b64encode(b'old key signature').decode()} {signature}",
+        "Content-Type": "application/json",
+    }
+
+
+def test_standard_webhooks_are_verified_and_each_message_taken_once(serve):
+    server = serve(STANDARD_CONFIG)
+    body = json.dumps({"title": "deploy finished", "level": "success"}).encode()
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    with server.client() as client:
+        answer = client.post(HOOK, content=body, headers=standard_headers(body, msg_id, int(time.time())))
+        assert answer.status_code == 202 and len(answer.json()["ids"]) == 1, answer.text
+        [item] = items(client, 1)
+        assert item["title"] == "deploy finished"
+        # The same message again (a replay, or the sender retrying with a fresh timestamp): taken
+        # for a 2xx, published not again.
+        for timestamp in (int(time.time()), int(time.time()) + 5):
+            again = client.post(HOOK, content=body, headers=standard_headers(body, msg_id, timestamp))
+            assert again.status_code == 202 and again.json()["replayed"] is True, again.text
+            assert again.json()["ids"] == []
+        assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 1
+
+
+def test_standard_webhooks_refuse_stale_timestamps_and_bad_signatures(serve):
+    server = serve(STANDARD_CONFIG)
+    body = b'{"title": "from the past"}'
+    with server.client() as client:
+        for skew in (-120, 120):  # outside the 60 s tolerance, either way
+            headers = standard_headers(body, "msg_stale", int(time.time()) + skew)
+            answer = client.post(HOOK, content=body, headers=headers)
+            assert answer.status_code == 401 and answer.json()["error"]["code"] == "stale_timestamp", (
+                answer.text
+            )
+        headers = standard_headers(body, "msg_forged", int(time.time()), key=b"not the key")
+        answer = client.post(HOOK, content=body, headers=headers)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "bad_signature", answer.text
+        tampered = standard_headers(body, "msg_tampered", int(time.time()))
+        answer = client.post(HOOK, content=b'{"title": "changed"}', headers=tampered)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "bad_signature", answer.text
+        for broken in ({"webhook-id": ""}, {"webhook-timestamp": "1e9"}):
+            answer = client.post(HOOK, content=body, headers={**tampered, **broken})
+            assert answer.status_code == 400, answer.text
+        # Refusals use up no id: the genuine message is still taken.
+        answer = client.post(
+            HOOK, content=body, headers=standard_headers(body, "msg_forged", int(time.time()))
+        )
+        assert answer.status_code == 202 and len(answer.json()["ids"]) == 1, answer.text
+        assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 1
+    assert "Traceback" not in server.output()
+
+
+def test_a_standard_webhook_that_fails_can_be_retried(serve):
+    server = serve(STANDARD_CONFIG)
+    with server.client() as client:
+        bad = b'{"no_title_anywhere": 1}'
+        answer = client.post(HOOK, content=bad, headers=standard_headers(bad, "msg_retry", int(time.time())))
+        assert answer.status_code == 422, answer.text
+        good = b'{"title": "fixed"}'
+        answer = client.post(
+            HOOK, content=good, headers=standard_headers(good, "msg_retry", int(time.time()))
+        )
+        assert answer.status_code == 202 and len(answer.json()["ids"]) == 1, answer.text

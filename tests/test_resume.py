@@ -47,19 +47,55 @@ def test_random_reconnects_lose_nothing_and_repeat_nothing(serve, path):
         assert {e for e, _, _ in seen} == {"fast", "slow"}
 
 
-def test_resume_from_an_id_older_than_history_starts_from_what_is_kept(serve):
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("path", ["/sse/t", "/sse?topic=t&topic=u"], ids=["single", "mux"])
+def test_resume_from_an_id_older_than_history_says_events_were_lost(request, serve, broker, path):
+    url = "memory://"
+    if broker == "redis":
+        url = f'redis://127.0.0.1:6379/0", prefix: "{request.getfixturevalue("redis_prefix")}'
     server = serve(
-        """
+        f"""
+        broker: {{url: "{url}"}}
         topics:
-          t: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 100}, history: 5}
+          t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 100}}, history: 5}}
+          u: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 1}}}}
         """
     )
+    gap = "t:gap" if "topic=" in path else "gap"
     with server.client() as client:
         first = read_events(client, "/sse/t", 1)[0]
         read_events(client, "/sse/t?replay=0", 10)  # let more than `history` events pass
-        replayed = read_events(client, "/sse/t", 5, headers={"Last-Event-ID": first.id})
-        ns = [e.json()["n"] for e in replayed]
-        assert ns == list(range(ns[0], ns[0] + 5)) and ns[0] > first.json()["n"] + 1
+        lost, *replayed = read_events(
+            client, path, 6, headers={"Last-Event-ID": first.id}, skip=("status", "u")
+        )
+        assert lost.event == gap and lost.json()["reason"] == "expired", (lost.event, lost.data)
+        ns = [e.json()["n"] for e in replayed if e.event in ("message", "t")]
+        assert ns == list(range(ns[0], ns[0] + len(ns))) and ns[0] > first.json()["n"] + 1
+        assert int(lost.id) < int(replayed[0].id), "the gap event's id is where the replay starts"
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("path", ["/sse/t", "/sse?topic=t"], ids=["single", "mux"])
+def test_resume_from_an_id_ahead_of_the_server_replays_history_and_says_so(request, serve, broker, path):
+    url = "memory://"
+    if broker == "redis":
+        url = f'redis://127.0.0.1:6379/0", prefix: "{request.getfixturevalue("redis_prefix")}'
+    server = serve(
+        f"""
+        broker: {{url: "{url}"}}
+        topics:
+          t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 50}}}}
+        """
+    )
+    gap = "t:gap" if "topic=" in path else "gap"
+    with server.client() as client:
+        newest = read_events(client, "/sse/t", 3)[-1]
+        ahead = str(int(newest.id) + 10**12)  # another server's id, or one from before a wipe
+        told, *events = read_events(client, path, 8, headers={"Last-Event-ID": ahead})
+        assert told.event == gap and told.json()["reason"] == "unknown_id", (told.event, told.data)
+        assert ahead in told.json()["message"]
+        # History first (from the first event), then live: the stream is not silent.
+        assert events[0].json()["n"] == 1 and int(events[-1].id) > int(newest.id)
 
 
 def test_fresh_connection_replays_history_then_goes_live(serve):

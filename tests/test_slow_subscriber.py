@@ -45,8 +45,11 @@ def test_stalled_reader_is_cut_off_and_a_fast_reader_sees_every_event(serve):
         for sock in stalled:
             sock.close()
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "the fast reader lost events"
-    assert topic["dropped"] == 5, topic
-    assert 'dashboard_events_dropped_total{topic="bulk"} 5.0' in metrics
+    # Each stalled reader is cut off holding a full backlog (64 events) and missing the 65th:
+    # the metric counts the events lost, and readers cut off separately.
+    assert topic["dropped"] == 5 * 65, topic
+    assert 'dashboard_events_dropped_total{topic="bulk"} 325.0' in metrics, metrics
+    assert 'dashboard_subscribers_cut_off_total{topic="bulk"} 5.0' in metrics, metrics
     # 1000 events of 16 KiB went by; five stalled readers must not each keep them all (80 MiB),
     # only their bounded backlog (64 frames, about 1 MiB each).
     assert rss_after - rss_before < 25 * 1024 * 1024, f"RSS grew by {(rss_after - rss_before) >> 20} MiB"

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from dashboard.errors import DashboardError, UnknownTopic
-from dashboard.events import Event, Message
+from dashboard.events import Event, Message, encode_data
 
 SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
+GAP_EVENT = "gap"  # the event type telling a resuming reader that it missed events
 
 
 class Subscription:
@@ -40,6 +41,7 @@ class Subscription:
         "closed",
         "last_id",
         "max_backlog",
+        "missed",
         "mux",
         "overflowed",
         "sending",
@@ -55,6 +57,7 @@ class Subscription:
         self.last_id = 0
         self.closed = False
         self.overflowed = False
+        self.missed = 0  # events dropped when it was cut off
         self._pending: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
         # Live messages are held here while the backlog is read, then queued after it.
@@ -82,6 +85,8 @@ class Subscription:
             self.wrote = True
             return True
         if len(self._pending) >= self.max_backlog:
+            # Cut off: it misses the events it had waiting and this one (keepalives aside).
+            self.missed = 1 + sum(frame.startswith(b"id: ") for frame in self._pending)
             self.overflowed = True
             self.close()
             return False
@@ -101,16 +106,21 @@ class Subscription:
             self._pending.append(frame)
             self._wake()
 
-    def start(self, backlog: list[Message], floors: dict[str, int] | None = None) -> None:
+    def start(
+        self, backlog: list[Message], floors: dict[str, int] | None = None, gaps: list[Message] | None = None
+    ) -> None:
         """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live.
 
         `floors` holds, per topic, the newest id a limited replay left out: a message that old
-        arriving live (late, from a backend's reader) is left out too."""
+        arriving live (late, from a backend's reader) is left out too. `gaps` are `gap` events
+        for this subscriber alone, queued in id order among the rest."""
         held, self._held = self._held or [], None
         floors = floors or {}
-        for message in sorted((*backlog, *held), key=lambda m: m.id):
-            if message.id > self.last_id and message.id > floors.get(message.topic, 0):
-                self.last_id = message.id
+        gaps = gaps or []
+        for message in sorted((*gaps, *backlog, *held), key=lambda m: m.id):
+            new = message.id > self.last_id and message.id > floors.get(message.topic, 0)
+            if new or any(message is gap for gap in gaps):
+                self.last_id = max(self.last_id, message.id)
                 self._pending.append(message.mux_frame if self.mux else message.frame)
         if self._pending:
             self._wake()
@@ -152,7 +162,8 @@ class TopicState:
     subscribers: set[Subscription] = field(default_factory=set)
     published: int = 0
     delivered: int = 0
-    dropped: int = 0
+    dropped: int = 0  # events that subscribers cut off for falling behind missed
+    cut_off: int = 0  # subscribers cut off
     recent: deque[float] = field(default_factory=deque)
 
     @property
@@ -223,6 +234,14 @@ class Broker(ABC):
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         """The stored messages of `topic` with an id above `after_id` (all when None), oldest first."""
 
+    @abstractmethod
+    async def evicted_id(self, topic: str) -> int:
+        """The newest id dropped from `topic`'s history to make room (0 when none was)."""
+
+    @abstractmethod
+    async def newest_id(self) -> int:
+        """An id at least as new as any this broker has given; a resume id above it is not ours."""
+
     @property
     def healthy(self) -> bool:
         return True
@@ -278,7 +297,8 @@ class Broker(ABC):
             if sub.push(message):
                 delivered += 1
             elif sub.overflowed:
-                state.dropped += 1
+                state.dropped += sub.missed
+                state.cut_off += 1
                 self._forget(sub)
         state.delivered += delivered
 
@@ -294,8 +314,11 @@ class Broker(ABC):
         duplicate. Without `last_id`, the last `replay` stored events (all when None) come first."""
         names = tuple(dict.fromkeys(topics))
         states = [self.topic(n) for n in names]
+        # An id this broker never gave (another server's, or from before Redis was wiped) would
+        # hold every event back: replay what history holds instead, and say so.
+        ahead = last_id is not None and last_id > await self.newest_id()
         sub = Subscription(names, mux=mux, max_backlog=self.max_backlog)
-        if last_id is not None:
+        if last_id is not None and not ahead:
             sub.last_id = last_id
         # Registered before history is read, so nothing published meanwhile is missed; the
         # subscription holds live messages until the backlog is queued, and drops duplicates by id.
@@ -303,20 +326,53 @@ class Broker(ABC):
             state.subscribers.add(sub)
         backlog: list[Message] = []
         floors: dict[str, int] = {}  # per topic: the newest id left out of a limited replay
+        gaps: list[Message] = []
         try:
             for name in names:
-                history = await self.read_history(name, last_id)
+                history = await self.read_history(name, None if ahead else last_id)
                 if last_id is None and replay is not None:
                     cut = max(0, len(history) - replay)
                     if cut:
                         floors[name] = history[cut - 1].id
                     history = history[cut:]
+                elif last_id is not None:
+                    gap = await self._gap(name, last_id, history, ahead)
+                    if gap is not None:
+                        gaps.append(gap)
                 backlog.extend(history)
         except BaseException:
             self.unsubscribe(sub)
             raise
-        sub.start(backlog, floors)
+        sub.start(backlog, floors, gaps)
         return sub
+
+    async def _gap(self, topic: str, last_id: int, history: list[Message], ahead: bool) -> Message | None:
+        """The `gap` event for a reader resuming after `last_id` that missed events (or whose id is
+        not ours); None when `history` holds all it missed.
+
+        Ids are clock-based, not contiguous, so only an evicted id above `last_id` proves a loss.
+        It is read after the history: an eviction meanwhile may report a loss that was not, but
+        never hides one. The gap event's id sits just below what is replayed, so a reader that
+        reconnects right after it resumes from there without being told again."""
+        evicted = await self.evicted_id(topic)
+        if history:
+            evicted = min(evicted, history[0].id - 1)
+        if ahead:
+            reason = "unknown_id"
+            message = (
+                f"Last-Event-ID {last_id} is newer than any event here (another server's, or history "
+                f"was wiped): replaying the history of {topic!r} that is kept"
+            )
+        elif evicted > last_id:
+            reason = "expired"
+            message = (
+                f"events of {topic!r} after Last-Event-ID {last_id} left its history before this "
+                "reconnect: some were lost; resuming from the oldest kept"
+            )
+        else:
+            return None
+        data = encode_data({"reason": reason, "last_event_id": last_id, "message": message})
+        return Message.build(evicted, topic, GAP_EVENT, data, time.time())
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()

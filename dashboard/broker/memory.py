@@ -18,6 +18,8 @@ class MemoryBroker(Broker):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._last_id = 0
+        self._started = time.time_ns() // 1000  # ids from before a restart are below this
+        self._evicted: dict[str, int] = {}
 
     def next_id(self, requested: str | None = None) -> int:
         if requested is None:
@@ -27,12 +29,20 @@ class MemoryBroker(Broker):
         return self._last_id
 
     async def publish(self, topic: str, event: Event) -> Message:
-        self.topic(topic)
+        history = self.topic(topic).history
         message = Message.build(
             self.next_id(event.id), topic, event.event, encode_data(event.data), time.time()
         )
+        if len(history) == history.maxlen:
+            self._evicted[topic] = history[0].id  # appending it below drops the oldest
         self.deliver(message)
         return message
+
+    async def evicted_id(self, topic: str) -> int:
+        return self._evicted.get(topic, 0)
+
+    async def newest_id(self) -> int:
+        return max(self._last_id, self._started)
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         return self.topic(topic).after(after_id)

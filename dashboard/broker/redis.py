@@ -45,7 +45,7 @@ HISTORY_CONNECTIONS = 4  # connections for history older than the ring; more rea
 HISTORY_TIMEOUT = 30.0  # a slow history read makes its streams wait this long before they fail
 MAX_ID = 2**53  # ids are Lua numbers (doubles) in the script
 
-# KEYS: id counter, topic stream, topic lease.
+# KEYS: id counter, topic stream, topic lease, the topic's newest evicted id.
 # ARGV: maxlen, floor id, requested id or "", lease token or "", lease ttl ms, event, data, ts.
 PUBLISH = """
 local token = ARGV[4]
@@ -70,6 +70,11 @@ else
 end
 local sid = string.format('%.0f', id)
 redis.call('SET', KEYS[1], sid)
+local excess = redis.call('XLEN', KEYS[2]) + 1 - tonumber(ARGV[1])
+if excess > 0 then
+  local evicted = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)
+  redis.call('SET', KEYS[4], evicted[#evicted][1])
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], sid .. '-0', 'e', ARGV[6], 'd', ARGV[7], 't', ARGV[8])
 return sid
 """
@@ -134,6 +139,9 @@ class RedisBroker(Broker):
 
     def stream_key(self, topic: str) -> str:
         return f"{self.prefix}:topic:{topic}"
+
+    def evicted_key(self, topic: str) -> str:
+        return f"{self.prefix}:evicted:{topic}"
 
     def lease_key(self, topic: str) -> str:
         return f"{self.prefix}:lease:{topic}"
@@ -249,7 +257,7 @@ class RedisBroker(Broker):
         try:
             await self._settle_last(self._client)
             sid = await self._publish_script(
-                keys=[self.id_key, self.stream_key(topic), self.lease_key(topic)],
+                keys=[self.id_key, self.stream_key(topic), self.lease_key(topic), self.evicted_key(topic)],
                 args=[
                     state.history.maxlen or self.default_history,
                     self._last,
@@ -328,6 +336,23 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"read the history of {topic!r}", exc) from exc
         return [self._decode(topic, _entry_id(entry_id), fields) for entry_id, fields in entries]
+
+    async def evicted_id(self, topic: str) -> int:
+        assert self._client is not None, "broker not connected"
+        try:
+            raw = await self._client.get(self.evicted_key(topic))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(f"read the history of {topic!r}", exc) from exc
+        return _entry_id(raw) if raw else 0
+
+    async def newest_id(self) -> int:
+        assert self._client is not None, "broker not connected"
+        try:
+            await self._settle_last(self._client)
+            stored = int(await self._client.get(self.id_key) or 0)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("read the newest event id", exc) from exc
+        return max(stored, self._last)
 
     def _decode(self, topic: str, id: int, fields: dict[bytes, bytes]) -> Message:
         event = fields.get(b"e", b"").decode() or None

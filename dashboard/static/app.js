@@ -3,6 +3,7 @@
 // `event:` is the topic (`cpu`) or `topic:type` (`chat:token`, `cpu:status`). Each event has an id;
 // the browser resumes with Last-Event-ID by itself, and when it gives up (the server answered with
 // an error) we open a new stream with `?last_event_id=` so that nothing is missed or repeated.
+// When the server cannot replay all we missed, a `gap` event says so and the panel shows it.
 "use strict";
 
 (function () {
@@ -26,6 +27,7 @@
       statusEl: el.querySelector('[data-role="status"]'),
       ageEl: el.querySelector('[data-role="age"]'),
       errorEl: el.querySelector('[data-role="error"]'),
+      noticeEl: el.querySelector('[data-role="notice"]'),
       updated: 0,
       state: el.querySelector('[data-role="status"]').dataset.state || "waiting",
     };
@@ -60,9 +62,27 @@
     panel.statusEl.title = util.isObject(status) && status.restarts ? "restarts: " + status.restarts : "";
   }
 
+  // The server could not replay everything since our last event: it left history ("expired"),
+  // or our id is not one of its own ("unknown_id", and it replays its history from the start).
+  function showGap(topic, gap, id) {
+    const expired = util.isObject(gap) && gap.reason === "expired";
+    if (expired) lastId.set(topic, Math.max(lastId.get(topic) || 0, id));
+    else lastId.delete(topic); // the replay starts below the id we had: show it
+    const text = expired
+      ? "Events were lost while disconnected (more than the history keeps)"
+      : "Reconnected to a server that did not know where we were: history replayed";
+    for (const panel of byTopic.get(topic) || []) {
+      panel.noticeEl.hidden = false;
+      panel.noticeEl.textContent = text + " at " + util.clock(Date.now()) + ".";
+      panel.noticeEl.title = util.isObject(gap) ? String(gap.message || "") : "";
+      panel.el.dataset.gap = expired ? "expired" : "unknown_id";
+    }
+  }
+
   function deliver(topic, type, event) {
     // A topic named "error" or "open" shares its name with the EventSource's own events.
     if (!(event instanceof MessageEvent)) return;
+    if (type === "gap") return showGap(topic, util.parse(event.data), Number(event.lastEventId));
     const id = Number(event.lastEventId);
     if (id && id <= (lastId.get(topic) || 0)) return; // already shown
     if (id) lastId.set(topic, id);

@@ -23,7 +23,7 @@ from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
-from dashboard.web.errors import EXCEPTION_HANDLERS
+from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
 from dashboard.web.telemetry import RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")
@@ -122,7 +122,7 @@ def create_app(config: Config) -> Starlette:
     if config.server.cors_origins:
         cors = config.server.cors_origins
         middleware.append(Middleware(ReadsCORS, origins=cors, credentials=config.server.cors_credentials))
-    middleware.append(Middleware(RequestMetrics, telemetry=telemetry))
+    middleware += [Middleware(RequestMetrics, telemetry=telemetry), Middleware(HeaderLimit)]
     app = DashboardApp(
         routes=routes,
         middleware=middleware,

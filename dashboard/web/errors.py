@@ -1,14 +1,17 @@
-"""HTTP errors as JSON `{"error": {"code", "message"}}`, from one place; bounded request bodies."""
+"""HTTP errors as JSON `{"error": {"code", "message"}}`, from one place; bounded request input:
+body size, JSON nesting, header values."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.errors import BrokerUnavailable, UnknownTopic
 
@@ -97,13 +100,80 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body parsed as JSON; 400 with the parser's message when it is not JSON."""
-    body = await read_body(request, limit)
+MAX_JSON_DEPTH = 64  # arrays and objects nested deeper than this are refused before parsing
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN_CLOSE = bytes.maketrans(b"{}", b"[]")
+
+
+def json_nesting_problem(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why `body` is too deeply nested to parse; None when it is not.
+
+    Checked before `json.loads`, which would recurse once per level. Strings are removed, then
+    the brackets left: each pass deletes every innermost pair, so a document nested `d` deep is
+    emptied in `d` passes of C-speed `replace`. Unmatched brackets (invalid JSON, which the
+    parser then reports) count as levels too."""
+    brackets = _JSON_STRING.sub(b"", body).translate(_OPEN_CLOSE, _NOT_BRACKETS)
+    for depth in range(limit + 1):
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):  # nothing but unmatched brackets left, if any
+            if depth + shorter.count(b"[") <= limit:
+                return None
+            break
+        brackets = shorter
+    return f"arrays and objects are nested deeper than {limit} levels"
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` parsed as JSON; 400 `invalid_json` saying why when it is not JSON or nests too deep."""
+    problem = json_nesting_problem(body)
+    if problem is not None:
+        raise HTTPError(400, f"invalid JSON: {problem}", "invalid_json")
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON (see `parse_json`), at most `limit` bytes of it."""
+    return parse_json(await read_body(request, limit))
+
+
+_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() and int() take '²' and '٣'
+
+
+def parse_count(raw: str, what: str) -> int:
+    """A whole number given by a client (an event id, a count): 400 naming `what` otherwise."""
+    if not _ID.fullmatch(raw):
+        raise HTTPError(400, f"{what} must be a whole number of at most 18 digits, got {shown(raw)}")
+    return int(raw)
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A client's value quoted in an error message, cut short so that the answer stays small."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+MAX_HEADER = 8192  # bytes in one request header value; nginx's default buffer holds 8 KiB too
+
+
+class HeaderLimit:
+    """ASGI middleware: 400 for a request with a header value over MAX_HEADER bytes, before any
+    route reads it (uvicorn's httptools parser bounds neither one value nor all of them)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if len(value) > MAX_HEADER:
+                    header = name.decode("latin-1")
+                    message = f"the {header} header is {len(value)} bytes, over the limit of {MAX_HEADER}"
+                    await error_response(400, message, "header_too_large")(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def bearer_token(request: Request) -> str | None:

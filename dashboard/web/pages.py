@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from dashboard.broker import GAP_EVENT
 from dashboard.supervisor import STATUS_EVENT
 from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
 from dashboard.web.errors import HTTPError
@@ -99,7 +100,7 @@ def _panels(runtime) -> list[dict]:
                 "title": panel.title,
                 "view": panel.view if panel.view in VIEWS else "json",
                 "size": panel.size,
-                "events": [STATUS_EVENT, *feed_class.event_types],
+                "events": [STATUS_EVENT, GAP_EVENT, *feed_class.event_types],
                 "state": _shown_state(runtime.supervisor.runners[panel.topic].state),
                 "options": panel.options,
             }

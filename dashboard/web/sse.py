@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
 from dashboard.events import encode_comment, encode_retry, http_chunk
-from dashboard.web.errors import HTTPError
+from dashboard.web.errors import HTTPError, parse_count
 
 log = logging.getLogger("dashboard.sse")
 
@@ -167,22 +167,13 @@ class EventStream:
 def last_event_id(request: Request) -> int | None:
     """Where to resume: the Last-Event-ID header (sent by EventSource itself) or `?last_event_id=`."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise HTTPError(400, f"Last-Event-ID must be an event id from this server, got {raw!r}") from None
+    return parse_count(raw.strip(), "Last-Event-ID") if raw else None
 
 
 def replay_count(request: Request) -> int | None:
     """`?replay=N`: how many stored events a fresh connection gets first (default: all)."""
     raw = request.query_params.get("replay")
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise HTTPError(400, f"replay must be a whole number, got {raw!r}")
-    return int(raw)
+    return None if raw is None else parse_count(raw, "replay")
 
 
 async def open_stream(request: Request, topics: list[str], *, mux: bool) -> EventStream:

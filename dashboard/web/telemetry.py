@@ -48,8 +48,14 @@ class RuntimeCollector(Collector):
         )
         dropped = CounterMetricFamily(
             "dashboard_events_dropped",
-            "Events not delivered because the subscriber fell more than server.max_backlog frames "
-            "behind; each drop cuts that subscriber off (it resumes with Last-Event-ID)",
+            "Events subscribers missed when cut off for falling more than server.max_backlog frames "
+            "behind: the ones waiting for them and the one that did not fit (a multiplexed "
+            "subscriber's are counted on the topic whose event cut it off); it resumes with Last-Event-ID",
+            labels=["topic"],
+        )
+        cut_off = CounterMetricFamily(
+            "dashboard_subscribers_cut_off",
+            "Subscribers cut off for falling more than server.max_backlog frames behind",
             labels=["topic"],
         )
         restarts = CounterMetricFamily(
@@ -64,11 +70,12 @@ class RuntimeCollector(Collector):
             published.add_metric([name], state.published)
             delivered.add_metric([name], state.delivered)
             dropped.add_metric([name], state.dropped)
+            cut_off.add_metric([name], state.cut_off)
             runner = runners.get(name)
             if runner is not None:
                 restarts.add_metric([name], runner.restarts)
                 running.add_metric([name], 1 if runner.state == "running" else 0)
-        yield from (subscribers, published, delivered, dropped, restarts, running)
+        yield from (subscribers, published, delivered, dropped, cut_off, restarts, running)
 
 
 class DefaultRegistry(Collector):
