@@ -235,12 +235,14 @@ class Broker(ABC):
         """The stored messages of `topic` with an id above `after_id` (all when None), oldest first."""
 
     @abstractmethod
-    async def evicted_id(self, topic: str) -> int:
-        """The newest id dropped from `topic`'s history to make room (0 when none was)."""
+    async def evicted_id(self, topic: str, after: int) -> int:
+        """The newest id dropped from `topic`'s history to make room, when it is above `after`
+        (0 otherwise): the proof that a reader resuming after `after` lost events."""
 
     @abstractmethod
-    async def newest_id(self) -> int:
-        """An id at least as new as any this broker has given; a resume id above it is not ours."""
+    async def gave(self, id: int) -> bool:
+        """Whether `id` is not above the newest id this broker has given: a resume id above it is
+        not ours (another server's, or from before the broker was wiped)."""
 
     @property
     def healthy(self) -> bool:
@@ -316,7 +318,7 @@ class Broker(ABC):
         states = [self.topic(n) for n in names]
         # An id this broker never gave (another server's, or from before Redis was wiped) would
         # hold every event back: replay what history holds instead, and say so.
-        ahead = last_id is not None and last_id > await self.newest_id()
+        ahead = last_id is not None and not await self.gave(last_id)
         sub = Subscription(names, mux=mux, max_backlog=self.max_backlog)
         if last_id is not None and not ahead:
             sub.last_id = last_id
@@ -354,7 +356,7 @@ class Broker(ABC):
         It is read after the history: an eviction meanwhile may report a loss that was not, but
         never hides one. The gap event's id sits just below what is replayed, so a reader that
         reconnects right after it resumes from there without being told again."""
-        evicted = await self.evicted_id(topic)
+        evicted = await self.evicted_id(topic, last_id)
         if history:
             evicted = min(evicted, history[0].id - 1)
         if ahead:

@@ -38,11 +38,12 @@ class MemoryBroker(Broker):
         self.deliver(message)
         return message
 
-    async def evicted_id(self, topic: str) -> int:
-        return self._evicted.get(topic, 0)
+    async def evicted_id(self, topic: str, after: int) -> int:
+        evicted = self._evicted.get(topic, 0)
+        return evicted if evicted > after else 0
 
-    async def newest_id(self) -> int:
-        return max(self._last_id, self._started)
+    async def gave(self, id: int) -> bool:
+        return id <= max(self._last_id, self._started)
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         return self.topic(topic).after(after_id)

@@ -337,22 +337,27 @@ class RedisBroker(Broker):
             raise self._unavailable(f"read the history of {topic!r}", exc) from exc
         return [self._decode(topic, _entry_id(entry_id), fields) for entry_id, fields in entries]
 
-    async def evicted_id(self, topic: str) -> int:
-        assert self._client is not None, "broker not connected"
+    # A resume is checked here without a Redis trip when this process knows the answer; otherwise
+    # on the history connections, which make a storm of streams wait, never the publisher.
+    async def evicted_id(self, topic: str, after: int) -> int:
+        if after >= self._ring_from.get(topic, 0):
+            return 0  # the ring holds every stored id above `after`: nothing was lost
+        assert self._history_client is not None, "broker not connected"
         try:
-            raw = await self._client.get(self.evicted_key(topic))
+            raw = await self._history_client.get(self.evicted_key(topic))
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"read the history of {topic!r}", exc) from exc
-        return _entry_id(raw) if raw else 0
+        evicted = _entry_id(raw) if raw else 0
+        return evicted if evicted > after else 0
 
-    async def newest_id(self) -> int:
-        assert self._client is not None, "broker not connected"
+    async def gave(self, id: int) -> bool:
+        if id <= self._last:
+            return True
+        assert self._history_client is not None, "broker not connected"
         try:
-            await self._settle_last(self._client)
-            stored = int(await self._client.get(self.id_key) or 0)
+            return id <= int(await self._history_client.get(self.id_key) or 0)
         except (RedisError, OSError) as exc:
             raise self._unavailable("read the newest event id", exc) from exc
-        return max(stored, self._last)
 
     def _decode(self, topic: str, id: int, fields: dict[bytes, bytes]) -> Message:
         event = fields.get(b"e", b"").decode() or None
@@ -414,6 +419,11 @@ class RedisBroker(Broker):
         batch: list[Message] = []
         for key, entries in reply:
             topic = self._stream_topics[key]
+            if entries and len(entries) >= (self.topics[topic].history.maxlen or 0):
+                # A full stream's worth of news: older ones may have been trimmed before this read,
+                # so the ring cannot answer for ids below these (Redis, and its evicted id, can).
+                floor = _entry_id(entries[0][0]) - 1
+                self._ring_from[topic] = max(self._ring_from.get(topic, 0), floor)
             for entry_id, fields in entries:
                 id = _entry_id(entry_id)
                 batch.append(own.pop(id, None) or self._decode(topic, id, fields))
