@@ -268,11 +268,12 @@ async def _complete_once(
         size = 0
         raw = response.aiter_bytes()
         while True:
+            limit = min(deadline, loop.time() + provider.timeouts.idle)
             try:
-                async with asyncio.timeout_at(min(deadline, loop.time() + provider.timeouts.idle)):
+                async with asyncio.timeout_at(limit):
                     part = await anext(raw, None)
             except TimeoutError:
-                if loop.time() >= deadline:
+                if limit == deadline:  # the bound that expired, as above
                     raise TotalTimeout(f"total timeout ({provider.timeouts.total:g}s) expired") from None
                 raise IdleTimeout(f"idle timeout ({provider.timeouts.idle:g}s) expired mid-answer") from None
             if part is None:
@@ -401,11 +402,13 @@ class UpstreamStream:
                     raise error
             if self.finished:
                 return
+            limit = min(self.deadline, loop.time() + idle)
             try:
-                async with asyncio.timeout_at(min(self.deadline, loop.time() + idle)):
+                async with asyncio.timeout_at(limit):
                     part = await anext(self._raw, None)
             except TimeoutError:
-                if loop.time() >= self.deadline:
+                # Which bound it was, not the clock's reading: a timer may fire a tick early.
+                if limit == self.deadline:
                     raise TotalTimeout(
                         f"total timeout ({provider.timeouts.total:g}s) expired "
                         f"mid-answer from {provider.name!r}"
