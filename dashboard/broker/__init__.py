@@ -154,6 +154,7 @@ class TopicState:
     delivered: int = 0
     dropped: int = 0
     recent: deque[float] = field(default_factory=deque)
+    listeners: list[Callable[[Message], None]] = field(default_factory=list)
 
     @property
     def last_id(self) -> int | None:
@@ -281,6 +282,12 @@ class Broker(ABC):
                 state.dropped += 1
                 self._forget(sub)
         state.delivered += delivered
+        for listener in state.listeners:
+            listener(message)
+
+    def listen(self, topic: str, listener: Callable[[Message], None]) -> None:
+        """Call `listener` with every message of `topic` this process delivers (alert rules)."""
+        self.topic(topic).listeners.append(listener)
 
     async def subscribe(
         self,

@@ -150,7 +150,7 @@
     const params = topics.map((t) => "topic=" + encodeURIComponent(t));
     const from = resumeFrom();
     if (from) params.push("last_event_id=" + from);
-    return "sse?" + params.join("&");
+    return (document.documentElement.dataset.root || "") + "sse?" + params.join("&");
   }
 
   function connect() {

@@ -30,6 +30,15 @@ async def topics(request: Request) -> JSONResponse:
     return JSONResponse({"topics": body})
 
 
+async def alerts(request: Request) -> JSONResponse:
+    """GET /api/alerts: each rule on a topic the viewer may read, with its state, last value and
+    its delivery attempts (never a webhook's secret, path or query)."""
+    runtime = request.app.state.runtime
+    viewer = runtime.access.viewer(request)
+    rules = runtime.alerts.as_json(lambda topic: runtime.access.may_read(viewer, topic))
+    return JSONResponse({"alerts": rules})
+
+
 async def healthz(request: Request) -> JSONResponse:
     """GET /healthz: liveness and readiness; 503 while the broker is down, the server sheds new
     streams, or it stops."""
