@@ -106,6 +106,18 @@
     }
   }
 
+  // Presence frames carry no id of their own: they bypass deliver() and its replay check.
+  function showWatching(list, event) {
+    if (!(event instanceof MessageEvent)) return;
+    const data = util.parse(event.data);
+    if (!util.isObject(data) || typeof data.watching !== "number") return;
+    for (const panel of list) {
+      const el = panel.el.querySelector('[data-role="watching"]');
+      el.textContent = data.watching + " watching";
+      el.hidden = false;
+    }
+  }
+
   // -- the connection ----------------------------------------------------------------------------
   const topics = JSON.parse(grid.dataset.topics || "[]");
   let source = null;
@@ -148,6 +160,7 @@
 
   function streamUrl() {
     const params = topics.map((t) => "topic=" + encodeURIComponent(t));
+    params.push("presence=1"); // how many watch each topic, pushed when it changes
     const from = resumeFrom();
     if (from) params.push("last_event_id=" + from);
     return (document.documentElement.dataset.root || "") + "sse?" + params.join("&");
@@ -160,6 +173,7 @@
       for (const type of list[0].events) {
         source.addEventListener(topic + ":" + type, (e) => deliver(topic, type, e));
       }
+      source.addEventListener(topic + ":presence", (e) => showWatching(list, e));
     }
     source.onopen = (e) => {
       if (e instanceof MessageEvent) return; // an event of a topic named "open"

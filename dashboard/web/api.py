@@ -20,6 +20,7 @@ async def topics(request: Request) -> JSONResponse:
             "feed": topic.feed,
             "title": topic.title or name,
             "subscribers": len(state.subscribers),
+            "watching": runtime.presence.watching(name),  # streams on every instance sharing the broker
             "last_event_id": state.last_id,
             "rate": round(state.rate(), 3),
             "published": state.published,

@@ -19,9 +19,11 @@ from dashboard.alerts import Alerts
 from dashboard.config import Config
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
+from dashboard.presence import Presence
 from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
+from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS
@@ -60,6 +62,7 @@ class Runtime:
             self.feeds[name] = feed
             self.supervisor.add(name, feed)
         self.alerts = Alerts(config.alerts, self.broker)
+        self.presence = Presence(self.broker, config.broker.lease_ttl)
 
     async def publish(self, topic: str, event: Event) -> Message:
         return await self.broker.publish(topic, event)
@@ -76,11 +79,14 @@ class Runtime:
         self.supervisor.start()
         self.alerts.start()
         heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
+        presence = asyncio.create_task(self.presence.run(), name="presence")
         try:
             yield
         finally:
             self.close_streams()
             heartbeat.cancel()
+            await cancel_and_wait([presence])
+            await self.presence.leave()
             await self.alerts.stop()
             await self.supervisor.stop()
             await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
