@@ -26,6 +26,7 @@ from dashboard.errors import ConfigError, ConfigIssue, DashboardError
 from dashboard.feed import Feed, resolve_feed
 
 TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # boards, panel ids and alert rules, like topics
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 #: Values a config may hold once its aliases are expanded; a real one holds hundreds, an alias
 #: bomb ("billion laughs") billions.
@@ -74,8 +75,12 @@ class ServerConfig(Strict):
         description="origins (https://wiki.example.com) whose pages may read /sse and /api; none by default",
     )
     cors_credentials: bool = Field(False, description="let those origins send cookies (viewer sessions)")
+    frame_ancestors: list[str] = Field(
+        default_factory=list,
+        description="origins whose pages may frame /embed/... panels (CSP frame-ancestors); none by default",
+    )
 
-    @field_validator("cors_origins")
+    @field_validator("cors_origins", "frame_ancestors")
     @classmethod
     def _origins(cls, origins: list[str]) -> list[str]:
         for origin in origins:
@@ -287,10 +292,66 @@ class TopicConfig(Strict):
 
 class PanelConfig(Strict):
     topic: str
+    id: str | None = Field(None, pattern=NAME_PATTERN, description="names the panel in /embed/{board}/{id}")
     title: str | None = None
-    view: Literal["chart", "stat", "list", "log", "chat", "json"] | None = None
+    view: Literal["chart", "stat", "list", "log", "chat", "json", "alerts"] | None = None
     size: Literal["s", "m", "l", "xl"] = "m"
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DashboardConfig(Strict):
+    """One board: its title and panels, served at /d/{name}."""
+
+    title: str | None = None
+    panels: list[PanelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> DashboardConfig:
+        ids = [p.id for p in self.panels if p.id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"panel ids must be unique on a board: {', '.join(sorted(ids))}")
+        return self
+
+
+class WebhookConfig(Strict):
+    """An outbound delivery of an alert rule, signed with the Standard Webhooks headers."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret: SecretStr = Field(description="signs each delivery: whsec_<base64>, as Standard Webhooks has it")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds one attempt may take")
+    attempts: int = Field(5, ge=1, le=20, description="tries per delivery, the first included")
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, secret: SecretStr) -> SecretStr:
+        from dashboard.alerts import secret_key
+
+        secret_key(secret.get_secret_value())  # ValueError when it is empty
+        return secret
+
+
+class AlertRule(Strict):
+    """A threshold on a field of a topic's events: ok -> pending -> firing -> ok."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    topic: str
+    field: str = Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$", description="dotted path into the event's JSON data")
+    above: float | None = None
+    below: float | None = None
+    for_: float = Field(0.0, alias="for", ge=0, description="seconds the condition holds before firing")
+    notify: str = Field(description="a notifications topic: told of each change, of firing and resolving")
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> AlertRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"alert {self.name!r}: give exactly one of above or below")
+        return self
+
+
+DEFAULT_BOARD = "main"  # the board's name when the config has `panels:` and no `dashboards:`
 
 
 class Config(Strict):
@@ -301,12 +362,33 @@ class Config(Strict):
     ai: AIConfig = Field(default_factory=AIConfig)
     topics: dict[str, TopicConfig] = Field(default_factory=dict)
     panels: list[PanelConfig] | None = None
+    dashboards: dict[str, DashboardConfig] | None = None
+    alerts: list[AlertRule] = Field(default_factory=list)
 
     source: str = Field("<default>", exclude=True, description="where the config was read from")
 
-    def effective_panels(self) -> list[PanelConfig]:
-        """The configured panels with defaults filled in: one per topic when none are given."""
-        panels = self.panels if self.panels is not None else [PanelConfig(topic=t) for t in self.topics]
+    @model_validator(mode="after")
+    def _unique_rules(self) -> Config:
+        names = [rule.name for rule in self.alerts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"alert names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def boards(self) -> dict[str, DashboardConfig]:
+        """Every board by name, panels filled in; without `dashboards:`, one board named `main`
+        made of `panels:` (one panel per topic when there is none)."""
+        if self.dashboards:
+            return {
+                name: board.model_copy(update={"panels": self.effective_panels(board.panels)})
+                for name, board in self.dashboards.items()
+            }
+        return {DEFAULT_BOARD: DashboardConfig(panels=self.effective_panels())}
+
+    def effective_panels(self, panels: list[PanelConfig] | None = None) -> list[PanelConfig]:
+        """Panels with defaults filled in: `panels:` when none are given, one per topic without it."""
+        if panels is None:
+            panels = self.panels if self.panels is not None else [PanelConfig(topic=t) for t in self.topics]
         return [
             panel.model_copy(
                 update={
@@ -469,14 +551,28 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 if found is not None:
                     resolved[name] = found
 
-    # Panels are checked against the raw topics too, so these errors come in the same round.
-    panels = data.get("panels")
-    known = {} if topics is None else topics
-    for i, panel in enumerate(panels if isinstance(panels, list) else []):
-        topic = panel.get("topic") if isinstance(panel, dict) else None
-        if isinstance(topic, str) and isinstance(known, dict) and topic not in known:
-            line = source.line_of(("panels", i, "topic"))
-            issues.append(ConfigIssue(file, line, f"panels.{i}.topic: no topic named {topic!r}"))
+    # Panels and rules are checked against the raw topics too, so these errors come in the same round.
+    known = topics if isinstance(topics, dict) else {}
+    for where in _topic_references(data):
+        topic = _at(data, where)
+        if isinstance(topic, str) and topic not in known:
+            path = ".".join(str(p) for p in where)
+            issues.append(ConfigIssue(file, source.line_of(where), f"{path}: no topic named {topic!r}"))
+        elif where[-1] == "notify" and topic in resolved and resolved[topic][0].default_view != "list":
+            issues.append(
+                ConfigIssue(
+                    file,
+                    source.line_of(where),
+                    f"{'.'.join(str(p) for p in where)}: topic {topic!r} does not carry notifications "
+                    "(use a topic of the notifications feed)",
+                )
+            )
+    boards = data.get("dashboards")
+    for name in boards if isinstance(boards, dict) else ():
+        if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
+            line = source.line_of(("dashboards", name))
+            message = f"bad dashboard name {name!r}: use a-z, 0-9, '_', '.', '-'"
+            issues.append(ConfigIssue(file, line, message))
 
     config: Config | None = None
     try:
@@ -496,6 +592,39 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
     assert config is not None
     return config
+
+
+def _topic_references(data: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Where the config names a topic: panels, boards' panels, alert rules and what they notify."""
+    found: list[tuple[Any, ...]] = []
+
+    def panels_at(*path: Any) -> None:
+        panels = _at(data, path)
+        for i, panel in enumerate(panels if isinstance(panels, list) else []):
+            if isinstance(panel, dict):
+                found.append((*path, i, "topic"))
+
+    panels_at("panels")
+    boards = data.get("dashboards")
+    for name, board in boards.items() if isinstance(boards, dict) else ():
+        if isinstance(board, dict):
+            panels_at("dashboards", name, "panels")
+    rules = data.get("alerts")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, dict):
+            found += [("alerts", i, key) for key in ("topic", "notify") if key in rule]
+    return found
+
+
+def _at(data: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        if isinstance(data, dict):
+            data = data.get(key)
+        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+            data = data[key]
+        else:
+            return None
+    return data
 
 
 def _resolve_topic(

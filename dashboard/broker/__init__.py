@@ -10,7 +10,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -44,6 +44,7 @@ class Subscription:
         "missed",
         "mux",
         "overflowed",
+        "presence",
         "sending",
         "topics",
         "writer",
@@ -66,6 +67,8 @@ class Subscription:
         self.writer: Callable[[bytes], bool] | None = None
         self.sending = False  # the stream is inside a send: a direct write would overtake it
         self.wrote = False  # something was written since the last heartbeat tick
+        #: per topic, the number of watchers this stream was last told; None: it did not ask
+        self.presence: dict[str, int] | None = None
 
     def push(self, message: Message) -> bool:
         """Queue one message; False when it was not queued (duplicate, closed, or cut off now)."""
@@ -165,6 +168,7 @@ class TopicState:
     dropped: int = 0  # events that subscribers cut off for falling behind missed
     cut_off: int = 0  # subscribers cut off
     recent: deque[float] = field(default_factory=deque)
+    listeners: list[Callable[[Message], None]] = field(default_factory=list)
 
     @property
     def last_id(self) -> int | None:
@@ -217,6 +221,8 @@ class Broker(ABC):
         self.max_backlog = max_backlog
         self.topics: dict[str, TopicState] = {}
         self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
+        #: called when a topic gains or loses a local subscriber (presence counts them)
+        self.on_watchers_changed: Callable[[], None] = lambda: None
 
     # -- backend verbs -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -267,6 +273,14 @@ class Broker(ABC):
         """Forget a claim (what it stood for was not done after all)."""
         self._claims.pop(key, None)
 
+    async def share_presence(self, instance: str, counts: dict[str, int]) -> None:
+        """Tell the other instances sharing this broker how many streams watch each topic here."""
+
+    async def presence_updates(self) -> AsyncIterator[tuple[str, dict[str, int]]]:
+        """What the other instances share: (instance, counts), for ever. None for a lone process."""
+        await asyncio.Future()
+        yield "", {}
+
     async def acquire_lease(self, topic: str) -> Lease:
         """Wait until this instance leads `topic`'s feed: at once, unless the broker is shared."""
         return Lease(topic)
@@ -303,6 +317,12 @@ class Broker(ABC):
                 state.cut_off += 1
                 self._forget(sub)
         state.delivered += delivered
+        for listener in state.listeners:
+            listener(message)
+
+    def listen(self, topic: str, listener: Callable[[Message], None]) -> None:
+        """Call `listener` with every message of `topic` this process delivers (alert rules)."""
+        self.topic(topic).listeners.append(listener)
 
     async def subscribe(
         self,
@@ -326,6 +346,7 @@ class Broker(ABC):
         # subscription holds live messages until the backlog is queued, and drops duplicates by id.
         for state in states:
             state.subscribers.add(sub)
+        self.on_watchers_changed()
         backlog: list[Message] = []
         floors: dict[str, int] = {}  # per topic: the newest id left out of a limited replay
         gaps: list[Message] = []
@@ -385,6 +406,7 @@ class Broker(ABC):
             state = self.topics.get(name)
             if state is not None:
                 state.subscribers.discard(sub)
+        self.on_watchers_changed()
 
     def close_subscriptions(self) -> None:
         """End every open stream (server shutdown)."""

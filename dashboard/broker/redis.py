@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -148,6 +150,10 @@ class RedisBroker(Broker):
 
     def claim_key(self, key: str) -> str:
         return f"{self.prefix}:claim:{key}"
+
+    @property
+    def presence_channel(self) -> str:
+        return f"{self.prefix}:presence"
 
     # -- connection ----------------------------------------------------------------------------
     @property
@@ -439,6 +445,42 @@ class RedisBroker(Broker):
             for target, waiter in self._waiters:
                 if target <= self._last and not waiter.done():
                     waiter.set_result(None)
+
+    # -- presence ------------------------------------------------------------------------------
+    async def share_presence(self, instance: str, counts: dict[str, int]) -> None:
+        assert self._lease_client is not None, "broker not connected"
+        message = json.dumps({"from": instance, "counts": counts})
+        try:
+            await self._lease_client.publish(self.presence_channel, message)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("share presence", exc) from exc
+
+    async def presence_updates(self) -> AsyncIterator[tuple[str, dict[str, int]]]:
+        """Every instance's counts from the presence channel, on a connection of its own that is
+        opened again after an outage (a missed count comes again with the next heartbeat)."""
+        delay = 0.0
+        while True:
+            client = self._connect_client(10.0)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.presence_channel)
+                delay = 0.0
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    try:
+                        shared = json.loads(message["data"])
+                        yield str(shared["from"]), {str(k): int(v) for k, v in shared["counts"].items()}
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        log.warning("ignored a malformed presence message on %s", self.presence_channel)
+            except (RedisError, OSError):
+                delay = min(max(delay * 2, 0.1), 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+                    await client.aclose()
+            await asyncio.sleep(random.uniform(delay / 2, delay))
 
     # -- leadership ----------------------------------------------------------------------------
     async def acquire_lease(self, topic: str) -> Lease:

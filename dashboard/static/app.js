@@ -100,29 +100,73 @@
         setState(panel, "running");
       }
       try {
-        panel.handler.event(type, data, meta);
+        panel.handler.event(type, data, meta); // views only take note here...
       } catch (err) {
         console.error("panel", topic, "could not show an event:", err);
       }
+      if (panel.handler.flush) dirty.add(panel);
     }
-    if (!agesFrame) agesFrame = requestAnimationFrame(updateAges); // once per frame, not per event
+    schedule();
   }
 
-  let agesFrame = 0;
+  // ...and change the page once per animation frame per panel, however many events came, at
+  // most every FRAME_MS: each frame repaints what changed, and at 60 a second that alone can take
+  // a slow machine's whole main thread.
+  const FRAME_MS = 100;
+  const dirty = new Set();
+  let scheduled = false;
+  let lastDraw = -Infinity;
 
-  function updateAges() {
-    agesFrame = 0;
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    const wait = lastDraw + FRAME_MS - performance.now();
+    if (wait > 0) setTimeout(() => requestAnimationFrame(draw), wait);
+    else requestAnimationFrame(draw);
+  }
+
+  function draw(now) {
+    scheduled = false;
+    lastDraw = now;
+    updateAges(false);
+    // Writes first, then what must read the layout (a log scrolling down): one layout per frame.
+    const reads = [];
+    for (const panel of dirty) {
+      try {
+        const then = panel.handler.flush();
+        if (typeof then === "function") reads.push(then);
+      } catch (err) {
+        console.error("panel", panel.topic, "could not show its events:", err);
+      }
+    }
+    dirty.clear();
+    for (const read of reads) read();
+  }
+
+  function updateAges(tick) {
     const now = Date.now();
     for (const list of byTopic.values()) {
       for (const panel of list) {
         if (panel.updated) {
           const label = util.ago(panel.updated, now);
           if (panel.ageEl.textContent !== label) panel.ageEl.textContent = label;
-          const stale = panel.options.stale_after;
-          panel.el.classList.toggle("stale", typeof stale === "number" && now - panel.updated > stale * 1000);
+          const stale = typeof panel.options.stale_after === "number" && now - panel.updated > panel.options.stale_after * 1000;
+          if (panel.el.classList.contains("stale") !== stale) panel.el.classList.toggle("stale", stale);
         }
-        if (panel.handler.tick) panel.handler.tick(now);
+        if (tick && panel.handler.tick) panel.handler.tick(now);
       }
+    }
+  }
+
+  // Presence frames carry no id of their own: they bypass deliver() and its replay check.
+  function showWatching(list, event) {
+    if (!(event instanceof MessageEvent)) return;
+    const data = util.parse(event.data);
+    if (!util.isObject(data) || typeof data.watching !== "number") return;
+    for (const panel of list) {
+      const el = panel.el.querySelector('[data-role="watching"]');
+      el.textContent = data.watching + " watching";
+      el.hidden = false;
     }
   }
 
@@ -168,9 +212,10 @@
 
   function streamUrl() {
     const params = topics.map((t) => "topic=" + encodeURIComponent(t));
+    params.push("presence=1"); // how many watch each topic, pushed when it changes
     const from = resumeFrom();
     if (from) params.push("last_event_id=" + from);
-    return "sse?" + params.join("&");
+    return (document.documentElement.dataset.root || "") + "sse?" + params.join("&");
   }
 
   function connect() {
@@ -180,6 +225,7 @@
       for (const type of list[0].events) {
         source.addEventListener(topic + ":" + type, (e) => deliver(topic, type, e));
       }
+      source.addEventListener(topic + ":presence", (e) => showWatching(list, e));
     }
     source.onopen = (e) => {
       if (e instanceof MessageEvent) return; // an event of a topic named "open"
@@ -206,7 +252,7 @@
 
   if (topics.length) connect();
   setInterval(() => {
-    updateAges();
+    updateAges(true);
     if (downSince && source && source.readyState !== EventSource.OPEN && Date.now() - downSince > OFFLINE_AFTER_MS) {
       setConnection("offline");
     }

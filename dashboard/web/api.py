@@ -20,6 +20,7 @@ async def topics(request: Request) -> JSONResponse:
             "feed": topic.feed,
             "title": topic.title or name,
             "subscribers": len(state.subscribers),
+            "watching": runtime.presence.watching(name),  # streams on every instance sharing the broker
             "last_event_id": state.last_id,
             "rate": round(state.rate(), 3),
             "published": state.published,
@@ -28,6 +29,15 @@ async def topics(request: Request) -> JSONResponse:
             "status": runner.as_json(),
         }
     return JSONResponse({"topics": body})
+
+
+async def alerts(request: Request) -> JSONResponse:
+    """GET /api/alerts: each rule on a topic the viewer may read, with its state, last value and
+    its delivery attempts (never a webhook's secret, path or query)."""
+    runtime = request.app.state.runtime
+    viewer = runtime.access.viewer(request)
+    rules = runtime.alerts.as_json(lambda topic: runtime.access.may_read(viewer, topic))
+    return JSONResponse({"alerts": rules})
 
 
 async def healthz(request: Request) -> JSONResponse:

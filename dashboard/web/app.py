@@ -15,12 +15,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from dashboard import broker as brokers
+from dashboard.alerts import Alerts
 from dashboard.config import Config
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
+from dashboard.presence import Presence
 from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
+from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
@@ -51,12 +54,15 @@ class Runtime:
         self.stopping = False
         self.relay = Relay(config.ai)
         self.access = Access(config)
+        self.boards = config.boards()
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
             feed.attach(self.publish, self)
             self.feeds[name] = feed
             self.supervisor.add(name, feed)
+        self.alerts = Alerts(config.alerts, self.broker)
+        self.presence = Presence(self.broker, config.broker.lease_ttl)
 
     async def publish(self, topic: str, event: Event) -> Message:
         return await self.broker.publish(topic, event)
@@ -71,12 +77,17 @@ class Runtime:
         logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
         await self.broker.connect()
         self.supervisor.start()
+        self.alerts.start()
         heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
+        presence = asyncio.create_task(self.presence.run(), name="presence")
         try:
             yield
         finally:
             self.close_streams()
             heartbeat.cancel()
+            await cancel_and_wait([presence])
+            await self.presence.leave()
+            await self.alerts.stop()
             await self.supervisor.stop()
             await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
             await self.relay.aclose()
@@ -106,9 +117,12 @@ def create_app(config: Config) -> Starlette:
     telemetry = Telemetry(runtime)
     routes: list[BaseRoute] = [
         Route("/", pages.index),
+        Route("/d/{name}", pages.board),
+        Route("/embed/{dashboard}/{n}", pages.embed),
         Route("/sse", sse.multiplexed_stream),
         Route("/sse/{topic}", sse.topic_stream),
         Route("/api/topics", api.topics),
+        Route("/api/alerts", api.alerts),
         Route("/healthz", api.healthz),
         Route("/publish/{topic}", publish.publish, methods=["POST"]),
         Route("/metrics", telemetry.endpoint),

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from dashboard.alerts import ALERT_EVENT
 from dashboard.broker import GAP_EVENT
 from dashboard.supervisor import STATUS_EVENT
 from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
@@ -29,17 +30,18 @@ TEMPLATES_DIR = _templates_dir()
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 
 # Scripts and styles come only from the app itself: feed text can never run as code.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors {ancestors}"
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": CSP.format(ancestors="'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
 # The views the page knows (dashboard/static/views/*.js); a feed suggesting another gets "json".
-VIEWS = ("chart", "stat", "list", "log", "chat", "json")
+VIEWS = ("chart", "stat", "list", "log", "chat", "json", "alerts")
 
 
 def _shown_state(state: str) -> str:
@@ -48,10 +50,36 @@ def _shown_state(state: str) -> str:
 
 
 async def index(request: Request) -> Response:
-    """GET /: the panels this viewer may read, all fed by one multiplexed EventSource.
+    """GET /: the first board (the only one without `dashboards:`)."""
+    return _board(request, next(iter(request.app.state.runtime.boards)))
 
-    With viewers configured, `/?token=...` checks the token, keeps it in an HttpOnly cookie and
-    redirects to the page without it, so the token leaves the address bar and the history."""
+
+async def board(request: Request) -> Response:
+    """GET /d/{name}: one board, with the panels its viewer may read."""
+    name = request.path_params["name"]
+    if name not in request.app.state.runtime.boards:
+        raise HTTPError(404, f"no dashboard named {name!r}", "unknown_dashboard")
+    return _board(request, name)
+
+
+async def embed(request: Request) -> Response:
+    """GET /embed/{dashboard}/{n}: one panel alone (n: its position from 1, or its `id:`), in a
+    minimal frame that the origins in `server.frame_ancestors` may put in theirs."""
+    runtime = request.app.state.runtime
+    name, ref = request.path_params["dashboard"], request.path_params["n"]
+    panels = _panels(runtime, name) if name in runtime.boards else []
+    found = [p for number, p in enumerate(panels, 1) if ref in (str(number), p["ref"])]
+    if not found:
+        raise HTTPError(404, f"dashboard {name!r} has no panel {ref!r}", "unknown_panel")
+    viewer = runtime.access.require(request, [found[0]["topic"]])  # 401 / 403
+    ancestors = " ".join(runtime.config.server.frame_ancestors) or "'none'"
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": CSP.format(ancestors=ancestors)}
+    return _page(request, found, None, viewer=viewer, embed=True, headers=headers)
+
+
+def _board(request: Request, name: str) -> Response:
+    """A board's page. With viewers configured, `?token=...` checks the token, keeps it in an
+    HttpOnly cookie and redirects to the page without it, so the token leaves the address bar."""
     runtime = request.app.state.runtime
     access = runtime.access
     token = request.query_params.get("token")
@@ -63,12 +91,13 @@ async def index(request: Request) -> Response:
         response = _page(request, [], exc.message, status=401)
         response.delete_cookie(VIEWER_COOKIE, path="/")
         return response
-    panels = [p for p in _panels(runtime) if access.may_read(viewer, p["topic"])]
-    if access.enabled and not panels and not viewer.authenticated:
-        return _page(
-            request, [], "This dashboard is private: open it with your viewer link (/?token=...).", 401
-        )
-    return _page(request, panels, None, viewer=viewer)
+    panels = [p for p in _panels(runtime, name) if access.may_read(viewer, p["topic"])]
+    if access.enabled and not panels:
+        if not viewer.authenticated:
+            notice = "This dashboard is private: open it with your viewer link (/?token=...)."
+            return _page(request, [], notice, 401)
+        return _page(request, [], "Your viewer link does not open any panel of this dashboard.", 403, viewer)
+    return _page(request, panels, None, viewer=viewer, board=name)
 
 
 def _sign_in(request: Request, token: str) -> Response:
@@ -87,20 +116,23 @@ def _sign_in(request: Request, token: str) -> Response:
     return response
 
 
-def _panels(runtime) -> list[dict]:
+def _panels(runtime, board: str) -> list[dict]:
     config = runtime.config
+    notified = {rule.notify for rule in config.alerts}
     panels = []
-    for number, panel in enumerate(config.effective_panels(), 1):
+    for number, panel in enumerate(runtime.boards[board].panels, 1):
         feed_class = config.topics[panel.topic].feed_class
+        alerts = [ALERT_EVENT] if panel.topic in notified else []
         # Only what the page needs: never the topic's feed options (they may hold secrets).
         panels.append(
             {
                 "id": f"panel-{number}",
+                "ref": panel.id or "",
                 "topic": panel.topic,
                 "title": panel.title,
                 "view": panel.view if panel.view in VIEWS else "json",
                 "size": panel.size,
-                "events": [STATUS_EVENT, GAP_EVENT, *feed_class.event_types],
+                "events": [STATUS_EVENT, GAP_EVENT, *feed_class.event_types, *alerts],
                 "state": _shown_state(runtime.supervisor.runners[panel.topic].state),
                 "options": panel.options,
             }
@@ -108,16 +140,49 @@ def _panels(runtime) -> list[dict]:
     return panels
 
 
+def _siblings(request: Request, viewer: Viewer | None) -> list[dict]:
+    """The boards this viewer may see something of, for the header's navigation."""
+    runtime = request.app.state.runtime
+    access = runtime.access
+    return [
+        {"name": name, "title": board.title or name}
+        for name, board in runtime.boards.items()
+        if viewer is not None and any(access.may_read(viewer, p.topic) for p in board.panels)
+    ]
+
+
 def _page(
-    request: Request, panels: list[dict], notice: str | None, status: int = 200, viewer: Viewer | None = None
+    request: Request,
+    panels: list[dict],
+    notice: str | None,
+    status: int = 200,
+    viewer: Viewer | None = None,
+    *,
+    board: str | None = None,
+    embed: bool = False,
+    headers: dict[str, str] = SECURITY_HEADERS,
 ) -> Response:
-    access = request.app.state.runtime.access
+    runtime = request.app.state.runtime
+    access = runtime.access
     session = request.cookies.get(SESSION_COOKIE)
     fresh = access.api_tokens and panels and not session
     if fresh:
         session = new_session()
+    if viewer is not None and any(p["view"] == "alerts" for p in panels):
+        readable = [r for r in runtime.alerts.rules.values() if access.may_read(viewer, r.config.topic)]
+        rules = [r.as_json() for r in readable]
+        for panel in panels:
+            if panel["view"] == "alerts":  # states only: nothing of the webhooks
+                panel["rules"] = [rule for rule in rules if rule["notify"] == panel["topic"]]
+    boards = runtime.boards
     context = {
         "panels": panels,
+        # Links are relative, so that the app works behind a proxy under any path.
+        "root": "../" * request.url.path.count("/", 1),
+        "board": board,
+        "title": (boards[board].title or board) if board and runtime.config.dashboards else "sse-dashboard",
+        "siblings": _siblings(request, viewer) if board and len(boards) > 1 else [],
+        "embed": embed,
         "topics": list(dict.fromkeys(panel["topic"] for panel in panels)),
         "views": sorted({panel["view"] for panel in panels}),  # each view's script is loaded once
         "notice": notice,
@@ -125,9 +190,7 @@ def _page(
         # With api tokens, the page's prompts carry this proof, bound to its session cookie.
         "prompt_proof": access.prompt_proof(session) if access.api_tokens and session and panels else "",
     }
-    response = templates.TemplateResponse(
-        request, "index.html", context, status_code=status, headers=SECURITY_HEADERS
-    )
+    response = templates.TemplateResponse(request, "index.html", context, status_code=status, headers=headers)
     if fresh:
         secure = request.url.scheme == "https"
         response.set_cookie(

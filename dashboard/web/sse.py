@@ -191,6 +191,8 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     except BaseException:
         runtime.admission.release()
         raise
+    if request.query_params.get("presence") == "1":
+        sub.presence = {}  # told how many watch each topic, now and when it changes
     return EventStream(
         broker, sub, runtime.heartbeat, runtime.admission, retry_ms=runtime.config.server.retry_ms
     )

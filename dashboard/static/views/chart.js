@@ -25,7 +25,7 @@ window.Dashboard.views.chart = function (panel) {
   const xs = [];
   const ys = fields.map(() => []);
   let plot = null;
-  let frame = 0;
+  let fresh = false; // points came since the last frame
 
   function size() {
     return { width: Math.max(box.clientWidth, 120), height: Math.max(box.clientHeight, 80) };
@@ -74,15 +74,12 @@ window.Dashboard.views.chart = function (panel) {
   }
 
   function redraw() {
-    frame = 0;
+    if (!fresh) return;
+    fresh = false;
     if (!plot) build();
     else plot.setData([xs, ...ys]);
     // The legend shows the latest values unless the pointer is over the chart.
     if (plot && xs.length && !(plot.cursor.left >= 0)) plot.setLegend({ idx: xs.length - 1 });
-  }
-
-  function schedule() {
-    if (!frame) frame = requestAnimationFrame(redraw);
   }
 
   new ResizeObserver(() => {
@@ -119,7 +116,8 @@ window.Dashboard.views.chart = function (panel) {
         xs.splice(0, drop);
         for (const series of ys) series.splice(0, drop);
       }
-      schedule();
+      fresh = true;
     },
+    flush: redraw, // the page calls it once per animation frame
   };
 };

@@ -15,7 +15,7 @@ window.Dashboard.views.chat = function (panel) {
   const send = $("send");
   const stop = $("stop");
   const note = $("note");
-  const base = "feeds/" + encodeURIComponent(panel.topic) + "/";
+  const base = (document.documentElement.dataset.root || "") + "feeds/" + encodeURIComponent(panel.topic) + "/";
   const completions = new Map(); // completion id -> {node, answer (Text), state}
   let mine = null; // the completion this page asked for, while it streams
 

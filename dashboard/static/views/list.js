@@ -52,20 +52,37 @@ window.Dashboard.views.list = function (panel) {
     );
   }
 
+  const keyOf = new WeakMap(); // item -> its id, to forget it when it drops off the end
+  let pending = []; // items that came since the last frame (at most `max`)
+
+  function show(data, meta) {
+    const node = item(data, meta);
+    const key = isObject(data) && data.id !== undefined ? String(data.id) : null;
+    if (key && byId.has(key)) {
+      byId.get(key).replaceWith(node);
+    } else {
+      list.prepend(node);
+    }
+    if (key) {
+      byId.set(key, node);
+      keyOf.set(node, key);
+    }
+  }
+
   return {
     event(type, data, meta) {
       if (type !== "message") return; // typed events (a chat's tokens...) are not notifications
-      const node = item(data, meta);
-      const key = isObject(data) && data.id !== undefined ? String(data.id) : null;
-      if (key && byId.has(key)) {
-        byId.get(key).replaceWith(node);
-      } else {
-        list.prepend(node);
-      }
-      if (key) byId.set(key, node);
-      while (list.childElementCount > max) {
+      pending.push([data, meta]);
+      if (pending.length > max) pending.shift();
+    },
+    flush() {
+      if (!pending.length) return;
+      for (const [data, meta] of pending) show(data, meta);
+      pending = [];
+      let extra = list.childElementCount - max;
+      while (extra-- > 0) {
         const last = list.lastElementChild;
-        for (const [k, v] of byId) if (v === last) byId.delete(k);
+        if (byId.get(keyOf.get(last)) === last) byId.delete(keyOf.get(last));
         last.remove();
       }
       empty.hidden = true;

@@ -16,6 +16,7 @@ window.Dashboard.views.log = function (panel) {
 
   let paused = false;
   let held = [];
+  let pending = []; // lines that came since the last frame (at most `max`)
 
   function line(type, value, meta) {
     return el(
@@ -29,20 +30,33 @@ window.Dashboard.views.log = function (panel) {
 
   function append(nodes) {
     box.append(...nodes);
-    while (box.childElementCount > max) box.firstElementChild.remove();
+    let extra = box.childElementCount - max;
+    while (extra-- > 0) box.firstElementChild.remove();
+    return scrollDown;
+  }
+
+  // Run by the page after every panel's writes of this frame: one layout for all of them.
+  function scrollDown() {
     box.scrollTop = box.scrollHeight;
   }
 
   function add(type, value, meta) {
-    const node = line(type, value, meta);
+    pending.push([type, value, meta]);
+    if (pending.length > max) pending.shift();
+  }
+
+  function flush() {
+    if (!pending.length) return;
+    const nodes = pending.map(([type, value, meta]) => line(type, value, meta));
+    pending = [];
     if (paused) {
-      held.push(node);
-      if (held.length > max) held.shift();
+      held.push(...nodes);
+      if (held.length > max) held.splice(0, held.length - max);
       badge.textContent = "paused · " + held.length + " new";
       badge.hidden = false;
-    } else {
-      append([node]);
+      return null;
     }
+    return append(nodes);
   }
 
   function pause() {
@@ -57,7 +71,7 @@ window.Dashboard.views.log = function (panel) {
     badge.hidden = true;
     const nodes = held;
     held = [];
-    if (nodes.length) append(nodes);
+    if (nodes.length) append(nodes)();
   }
 
   box.addEventListener("mouseenter", pause);
@@ -70,7 +84,12 @@ window.Dashboard.views.log = function (panel) {
       add(type, data, meta);
     },
     status(data, meta) {
-      if (logStatus) add("status", data, meta);
+      if (logStatus) {
+        add("status", data, meta);
+        const then = flush();
+        if (then) then();
+      }
     },
+    flush,
   };
 };

@@ -42,8 +42,11 @@ window.Dashboard.views.stat = function (panel) {
     area.setAttribute("points", "0,30 " + coords.join(" ") + " 100,30");
   }
 
+  let latest; // the newest value, shown at the next frame
+  let fresh = false;
+
   return {
-    event(type, data, meta) {
+    event(type, data) {
       if (type !== eventType) return;
       if (!field) {
         field = numericFields(data)[0] || null;
@@ -51,15 +54,24 @@ window.Dashboard.views.stat = function (panel) {
       }
       const value = !field ? data : isObject(data) ? data[field] : undefined;
       if (value === undefined) return; // an event without this field (another type of event)
-      if (typeof value !== "number" || !isFinite(value)) {
-        number.textContent = text(value);
+      latest = value;
+      fresh = true;
+      if (typeof value === "number" && isFinite(value)) {
+        values.push(value);
+        if (values.length > points) values.shift();
+      }
+    },
+    flush() {
+      if (!fresh) return;
+      fresh = false;
+      if (typeof latest !== "number" || !isFinite(latest)) {
+        number.textContent = text(latest);
         panel.el.dataset.level = "";
         return;
       }
-      number.textContent = formatNumber(value, typeof o.decimals === "number" ? o.decimals : undefined);
-      panel.el.dataset.level = level(value);
-      values.push(value);
-      if (values.length > points) values.shift();
+      number.textContent = formatNumber(latest, typeof o.decimals === "number" ? o.decimals : undefined);
+      const shown = level(latest);
+      if (panel.el.dataset.level !== shown) panel.el.dataset.level = shown;
       drawSpark();
     },
   };

@@ -1,0 +1,316 @@
+"""Alert rules: a threshold on a field of a topic's events, `ok -> pending -> firing -> ok`.
+
+Every instance follows each rule's state from the events it delivers; the one holding the rule's
+lease (the feeds' leadership mechanism, `alert:<name>`) announces the changes: an `alert` event
+on the rule's `notify` topic for every change, a notification when it fires and when it resolves,
+and one signed delivery per webhook (Standard Webhooks), retried with backoff in a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from dashboard.broker import Broker
+from dashboard.config import AlertRule, WebhookConfig
+from dashboard.errors import BrokerUnavailable
+from dashboard.events import Event, Message
+from dashboard.supervisor import Backoff
+from dashboard.tasks import cancel_and_wait, finish_shielded
+
+log = logging.getLogger("dashboard.alerts")
+
+ALERT_EVENT = "alert"  # the event type of a rule's state changes on its notify topic
+ATTEMPTS_KEPT = 20  # delivery attempts per rule shown in /api/alerts
+RETRY_BACKOFF = Backoff(1.0, 60.0)  # seconds before the second attempt, doubled each time, jittered
+
+
+# -- Standard Webhooks signing ------------------------------------------------------------------
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: `whsec_` then base64, as the reference reads it."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_") + "==")
+    except binascii.Error:
+        raise ValueError("a webhook secret is whsec_ followed by base64 (Standard Webhooks)") from None
+    if not key:
+        raise ValueError("a webhook secret must not be empty (whsec_ followed by base64)")
+    return key
+
+
+def signed_headers(key: bytes, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and webhook-signature (`v1,<base64 HMAC-SHA256 of
+    "{id}.{timestamp}.{body}">`) for one delivery attempt."""
+    timestamp = str(math.floor(time.time() if now is None else now))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+
+
+def field_value(data: Any, path: str) -> float | None:
+    """The number at a dotted path of an event's JSON data, or None."""
+    for key in path.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
+        return None
+    return float(data)
+
+
+def origin_of(url: str) -> str:
+    """Where a webhook goes, without its path or query (they often hold a secret token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+class Rule:
+    """One rule's state on this instance, and what it tells when it changes (as the leader)."""
+
+    def __init__(self, config: AlertRule, alerts: Alerts) -> None:
+        self.config = config
+        self.alerts = alerts
+        self.state = "ok"
+        self.since = time.time()
+        self.value: float | None = None
+        self.holding = False
+        self.held_from = 0.0  # monotonic: when the condition began to hold
+        self.leader = False
+        self.attempts: deque[dict[str, Any]] = deque(maxlen=ATTEMPTS_KEPT)
+        self._timer: asyncio.TimerHandle | None = None
+        self.publishing = asyncio.Lock()  # FIFO: the notify topic gets the changes in their order
+
+    def condition(self, value: float) -> bool:
+        rule = self.config
+        return value > rule.above if rule.above is not None else value < rule.below  # type: ignore[operator]
+
+    def observe(self, message: Message) -> None:
+        """A message of the rule's topic: its default-type events carry the measured field."""
+        if message.event != "message":
+            return
+        try:
+            data = json.loads(message.data)
+        except ValueError:
+            return
+        value = field_value(data, self.config.field)
+        if value is None:
+            return
+        self.value = value
+        holding = self.condition(value)
+        if holding and not self.holding:
+            self.held_from = time.monotonic()
+        self.holding = holding
+        if not holding and self.state in ("pending", "firing"):
+            self._cancel_timer()
+            self._enter("ok")
+        elif holding and self.state == "ok":
+            self._enter("pending")
+            self._check_duration()
+
+    def _check_duration(self) -> None:
+        self._timer = None
+        if self.state != "pending" or not self.holding:
+            return
+        left = self.config.for_ - (time.monotonic() - self.held_from)
+        if left <= 0:
+            self._enter("firing")
+        else:
+            self._timer = asyncio.get_running_loop().call_later(left, self._check_duration)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _enter(self, state: str) -> None:
+        previous, self.state, self.since = self.state, state, time.time()
+        rule = self.config
+        log.info("alert %r: %s -> %s (%s = %s)", rule.name, previous, state, rule.field, self.value)
+        if self.leader:
+            self.alerts.announce(self, previous)
+
+    def as_json(self) -> dict[str, Any]:
+        rule = self.config
+        return {
+            "rule": rule.name,
+            "topic": rule.topic,
+            "field": rule.field,
+            "above": rule.above,
+            "below": rule.below,
+            "for": rule.for_,
+            "notify": rule.notify,
+            "state": self.state,
+            "since": self.since,
+            "value": self.value,
+        }
+
+
+class Alerts:
+    """Every rule of the config: their states, their leadership, and their outbound deliveries."""
+
+    def __init__(self, rules: list[AlertRule], broker: Broker) -> None:
+        self.broker = broker
+        self.rules = {rule.name: Rule(rule, self) for rule in rules}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leading: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        for rule in self.rules.values():
+            broker.listen(rule.config.topic, rule.observe)
+
+    def start(self) -> None:
+        if not self.rules:
+            return
+        self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self._leading = [
+            asyncio.create_task(self._lead(rule), name=f"alert:{name}") for name, rule in self.rules.items()
+        ]
+
+    async def stop(self) -> None:
+        for rule in self.rules.values():
+            rule._cancel_timer()
+        await cancel_and_wait([*self._leading, *self._tasks])
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _lead(self, rule: Rule) -> None:
+        """Announce the rule's changes while this instance holds its lease."""
+        while True:
+            lease = await self.broker.acquire_lease(f"alert:{rule.config.name}")
+            rule.leader = True
+            try:
+                await lease.lost.wait()
+            finally:
+                rule.leader = False
+                if not lease.lost.is_set():
+                    await finish_shielded(self.broker.release_lease(lease))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- announcing ----------------------------------------------------------------------------
+    def announce(self, rule: Rule, previous: str) -> None:
+        """Tell of a change: the page's `alert` event, and on firing or resolving a notification
+        and one delivery per webhook."""
+        state = rule.as_json()
+        events = [Event(data=state, event=ALERT_EVENT)]
+        change = "firing" if rule.state == "firing" else "resolved" if previous == "firing" else None
+        if change is not None:
+            events.append(Event(data=self._notification(rule, change)))
+            body = json.dumps(
+                {
+                    "type": f"alert.{change}",
+                    "timestamp": datetime.fromtimestamp(rule.since, UTC).isoformat().replace("+00:00", "Z"),
+                    "data": {**state, "state": change},
+                },
+                separators=(",", ":"),
+            ).encode()
+            msg_id = f"msg_{uuid.uuid4().hex}"
+            for number, webhook in enumerate(rule.config.webhooks):
+                self._spawn(self._deliver(rule, number, webhook, msg_id, change, body), f"webhook:{msg_id}")
+        self._spawn(self._publish(rule, events), f"alert:{rule.config.name}:notify")
+
+    @staticmethod
+    def _notification(rule: Rule, change: str) -> dict[str, Any]:
+        config = rule.config
+        limit = f"above {config.above:g}" if config.above is not None else f"below {config.below:g}"
+        value = "no value" if rule.value is None else f"{rule.value:g}"
+        return {
+            "id": f"alert-{config.name}-{uuid.uuid4().hex[:12]}",
+            "title": f"{config.name} {change}: {config.field} = {value}",
+            "body": f"{config.topic}.{config.field} {'is' if change == 'firing' else 'was'} {limit}",
+            "level": "error" if change == "firing" else "success",
+            "source": "alerts",
+            "ts": rule.since,
+            "rule": config.name,
+            "state": change,
+            "value": rule.value,
+            "since": rule.since,
+        }
+
+    async def _publish(self, rule: Rule, events: list[Event]) -> None:
+        async with rule.publishing:
+            for event in events:
+                try:
+                    await self.broker.publish(rule.config.notify, event)
+                except BrokerUnavailable as exc:
+                    name, topic = rule.config.name, rule.config.notify
+                    log.warning("alert %r: could not notify %r: %s", name, topic, exc)
+
+    async def _deliver(
+        self, rule: Rule, number: int, webhook: WebhookConfig, msg_id: str, change: str, body: bytes
+    ) -> None:
+        """POST one delivery until a 2xx answer or `attempts` tries, with backoff between them."""
+        assert self._client is not None
+        key = secret_key(webhook.secret.get_secret_value())
+        where = origin_of(webhook.url)
+        for attempt in range(1, webhook.attempts + 1):
+            record: dict[str, Any] = {
+                "webhook": number,
+                "origin": where,
+                "id": msg_id,
+                "event": change,
+                "attempt": attempt,
+                "at": time.time(),
+                "status": None,
+                "error": None,
+                "ok": False,
+            }
+            headers = {"content-type": "application/json", **signed_headers(key, msg_id, body)}
+            try:
+                response = await self._client.post(
+                    webhook.url, content=body, headers=headers, timeout=webhook.timeout
+                )
+                record["status"] = response.status_code
+                record["ok"] = response.is_success
+            except httpx.TimeoutException:
+                record["error"] = f"timeout after {webhook.timeout:g}s"
+            except httpx.HTTPError as exc:
+                record["error"] = type(exc).__name__
+            record["duration_ms"] = round((time.time() - record["at"]) * 1000, 1)
+            rule.attempts.append(record)
+            if record["ok"]:
+                log.info("alert %r: delivered %s to %s (try %d)", rule.config.name, msg_id, where, attempt)
+                return
+            outcome = record["error"] or f"HTTP {record['status']}"
+            log.warning(
+                "alert %r: delivery %s to %s failed (attempt %d of %d): %s",
+                rule.config.name,
+                msg_id,
+                where,
+                attempt,
+                webhook.attempts,
+                outcome,
+            )
+            if attempt < webhook.attempts:
+                await asyncio.sleep(RETRY_BACKOFF.delay(attempt))
+
+    def as_json(self, readable) -> dict[str, Any]:
+        """The rules on topics `readable(topic)` allows, with their state and delivery attempts."""
+        return {
+            name: {
+                **rule.as_json(),
+                "leader": rule.leader,
+                "last_delivery": rule.attempts[-1] if rule.attempts else None,
+                "attempts": list(rule.attempts),
+            }
+            for name, rule in self.rules.items()
+            if readable(rule.config.topic)
+        }
