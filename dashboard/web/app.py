@@ -20,6 +20,7 @@ from dashboard.events import Event, Message
 from dashboard.feed import Feed
 from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
+from dashboard.relay.keys import Keys
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.web import api, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
@@ -50,6 +51,7 @@ class Runtime:
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         self.relay = Relay(config.ai)
+        self.keys = Keys(config, self.broker, self.relay)
         self.access = Access(config)
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
