@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import anthropic
@@ -199,6 +202,12 @@ def test_two_redis_instances_share_one_keys_limits(upstream, redis_prefix, serve
         assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
     # the day's spend is shared too: either instance reports all three
     assert used(spend_when(two, lambda r: used(r, "team-a") == 3), "team-a", "completion_tokens") == 18
+    # and `dashboard keys` reads it from Redis
+    cli = [sys.executable, "-m", "dashboard", "keys", "--config", str(one.config)]
+    printed = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "RELAY_TEST_KEY": KEY})
+    assert printed.returncode == 0, printed.stderr
+    assert re.search(r"team-a +3 req, 51 tokens, 0\.000069 USD; rpm 3", printed.stdout), printed.stdout
+    assert TEAM not in printed.stdout
 
 
 def test_page_prompts_are_charged_to_the_viewer_or_else_the_page_key(upstream, serve):
@@ -253,3 +262,23 @@ def test_no_token_reaches_metrics_logs_pages_or_spend(upstream, serve):
     for text in [*shown, server.output()]:
         for secret in (TEAM, PLAIN, KEY):
             assert secret not in text
+
+
+def test_the_spend_panel_updates_as_requests_settle(upstream, serve, open_page):
+    keys = f"    - {{name: team-a, token: {TEAM}, daily_usd: 1.0}}\n"
+    server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
+    opened = open_page(server.url)
+    latest = opened.page.locator("section.panel:has(h2:text-is('spend')) pre.json-latest")
+    latest.wait_for()
+    assert "team-a" not in latest.text_content()
+    client = openai_sdk(server, TEAM)
+    client.chat.completions.create(model="t-echo", messages=HI)
+    opened.page.wait_for_function(
+        "el => JSON.parse(el.textContent).keys['team-a'].requests === 1", arg=latest.element_handle()
+    )
+    client.chat.completions.create(model="t-echo", messages=HI)
+    opened.page.wait_for_function(
+        "el => JSON.parse(el.textContent).keys['team-a'].cost_usd === 4.6e-05", arg=latest.element_handle()
+    )
+    opened.screenshot("spend-panel.png")
+    assert TEAM not in opened.page.content()
