@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 
 from dashboard.broker import DAY, NANO, Broker, Limits, Refusal, Reservation
+from dashboard.errors import BrokerUnavailable
 from dashboard.events import Event
 from dashboard.relay.metrics import Measure
 from dashboard.web.errors import HTTPError, token_in
@@ -119,8 +121,19 @@ class Keys:
         completion = limit if type(limit) is int and limit > 0 else account.default_max_tokens
         cost = max((p.price(prompt, completion) or 0.0 for p in providers), default=0.0)
         label = self.relay.model_label(providers[0], model)
+        if account.limits == NO_LIMITS:  # nothing to hold: no trip to the broker before answering
+            second = int(time.time())
+            return Ticket(Reservation(account.name, label, 0, 0, second, second // DAY), prompt)
         nusd = math.ceil(cost * NANO)
-        result = await self.broker.reserve(account.name, label, account.limits, prompt + completion, nusd)
+        try:
+            result = await self.broker.reserve(account.name, label, account.limits, prompt + completion, nusd)
+        except BrokerUnavailable as exc:
+            raise HTTPError(
+                503,
+                f"cannot check the limits of api key {account.name!r}: {exc}",
+                "broker_unavailable",
+                {"Retry-After": "1"},
+            ) from None
         if isinstance(result, Refusal):
             REFUSED.labels(account.name, result.reason).inc()
             raise refusal_error(account.name, result)
