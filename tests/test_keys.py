@@ -282,3 +282,14 @@ def test_the_spend_panel_updates_as_requests_settle(upstream, serve, open_page):
     )
     opened.screenshot("spend-panel.png")
     assert TEAM not in opened.page.content()
+
+
+def test_a_stream_the_upstream_breaks_off_gives_its_reservation_back(upstream, serve):
+    keys = f"    - {{name: team-a, token: {TEAM}, daily_usd: 1.0}}\n"
+    server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
+    with pytest.raises(openai.APIError):
+        list(openai_sdk(server, TEAM).chat.completions.create(model="t-error-mid", messages=HI, stream=True))
+    report = spend_when(server, lambda r: used(r, "team-a") == 1)
+    assert report["keys"]["team-a"]["held_usd"] == 0 and report["last"]["outcome"] == "error", report
+    # "[a] Hello from" was relayed before the error: charged as estimated text
+    assert report["keys"]["team-a"]["completion_tokens"] == 4, report
