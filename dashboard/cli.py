@@ -11,7 +11,7 @@ import sys
 from fnmatch import fnmatchcase
 
 from dashboard import __version__
-from dashboard.config import Config, load_config
+from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds
 from dashboard.web.access import Access, is_loopback, network_problems, parse_ttl
@@ -66,6 +66,70 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"note: no configured topic matches {', '.join(unmatched)}", file=sys.stderr)
     print(token)
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    try:
+        report = asyncio.run(_spend_today(config))
+    except (DashboardError, OSError, ValueError) as exc:
+        print(f"cannot read today's spend: {exc}", file=sys.stderr)
+        return 1
+    print(f"AI spend on {report['day']} (UTC): {report['requests']} request(s), {report['cost_usd']:.6f} USD")
+    keys = {key.name: key for key in config.auth.api_keys}
+    spent = report["keys"]
+    for name in [*keys, *sorted(set(spent) - set(keys))]:  # configured keys, then other accounts
+        print("  " + describe_key(name, spent.get(name, {}), keys.get(name)))
+    return 0
+
+
+def describe_key(name: str, spent: dict, key: APIKey | None) -> str:
+    """One line of `dashboard keys`: a key's (or another account's) usage today and its limits."""
+    tokens = spent.get("prompt_tokens", 0) + spent.get("completion_tokens", 0)
+    line = f"{name:<20} {spent.get('requests', 0)} req, {tokens} tokens, {spent.get('cost_usd', 0.0):.6f} USD"
+    if spent.get("held_usd"):
+        line += f" (+{spent['held_usd']:.6f} held in flight)"
+    limits = [] if key is None else [("rpm", key.rpm), ("tpm", key.tpm), ("daily_usd", key.daily_usd)]
+    return line + "; " + (", ".join(f"{n} {v}" for n, v in limits if v is not None) or "no limits")
+
+
+async def _spend_today(config: Config) -> dict:
+    """Today's spend report: from a shared (Redis) broker directly; with memory://, where only the
+    running server holds it, from its spend topic."""
+    from dashboard.broker import from_url
+    from dashboard.relay.keys import spend_report
+
+    if config.broker.url.startswith("memory:"):
+        return await _spend_from_server(config)
+    broker = from_url(config.broker.url, prefix=config.broker.prefix)
+    await broker.connect()
+    try:
+        return spend_report(await broker.spend(), None, None)
+    finally:
+        await broker.disconnect()
+
+
+async def _spend_from_server(config: Config) -> dict:
+    import json
+
+    import httpx
+
+    topics = [name for name, topic in config.topics.items() if topic.feed == "spend"]
+    if not topics:
+        raise ValueError(
+            "broker.url is memory://, so the running server holds the spend; add a topic with feed: spend"
+        )
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{config.server.port}/sse/{topics[0]}?replay=1"
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", url) as response:
+        if response.status_code != 200:
+            raise ValueError(f"{url} answered {response.status_code}")
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                return json.loads(line[5:])
+    raise ValueError(f"{url} sent no spend report")
 
 
 WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
@@ -269,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", default="8h", help="how long it is valid: 90s, 15m, 8h, 7d (default 8h)")
     token.add_argument("--sub", help="who it is for (shown on the page; the `sub` claim)")
     token.set_defaults(func=cmd_token)
+
+    keys = sub.add_parser(
+        "keys",
+        help="print each api key's usage today",
+        description="Print each api key's requests, tokens and spend today (UTC) and its limits: read from "
+        "a redis:// broker, or with memory:// from the running server's spend topic.",
+    )
+    keys.add_argument("--config", metavar="PATH", help=config_help)
+    keys.set_defaults(func=cmd_keys)
 
     feeds = sub.add_parser(
         "feeds", help="list installed feed types", description="List the installed feed types."

@@ -43,6 +43,9 @@ topics:
     title: Assistant (simulated)
     history: 5000
     options: {model: simulated}
+  spend:
+    feed: spend
+    title: AI spend today
   clock:
     feed: demo
     options: {mode: clock, interval: 1.0}
@@ -158,9 +161,28 @@ class ViewersConfig(Strict):
         return self
 
 
+class APIKey(Strict):
+    """A named token for the AI relay and prompts, with its own limits (absent: no limit)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="shown in spend and metrics")
+    token: SecretStr = Field(description="the Bearer (or x-api-key) token; never shown anywhere")
+    rpm: int | None = Field(None, ge=0, description="requests per minute (sliding window)")
+    tpm: int | None = Field(None, ge=0, description="tokens (prompt and completion) per minute")
+    daily_usd: float | None = Field(
+        None, ge=0, description="spend per UTC day, priced by ai.providers' prices"
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="fnmatch patterns of models it may use"
+    )
+    default_max_tokens: int = Field(
+        1024, ge=1, description="completion tokens reserved for a request that sets no max_tokens"
+    )
+
+
 class AuthConfig(Strict):
     publish_tokens: list[str] = Field(default_factory=list)
     api_tokens: list[str] = Field(default_factory=list)
+    api_keys: list[APIKey] = Field(default_factory=list, description="named tokens with limits and budgets")
     viewers: ViewersConfig | None = Field(None, description="when set, topics are private unless public")
     open_on_network: list[Literal["ai", "publish"]] = Field(
         default_factory=list,
@@ -172,6 +194,30 @@ class AuthConfig(Strict):
     def _drop_empty_tokens(cls, tokens: list[str]) -> list[str]:
         """An empty entry (`${TOKEN:-}` while TOKEN is unset) is no token: it opens nothing."""
         return [t for t in tokens if t.strip()]
+
+    def key_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """(location, message) of each api key whose name or token is taken, or whose token is empty."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        names: set[str] = set()
+        tokens: set[str] = set(self.api_tokens)
+        for i, key in enumerate(self.api_keys):
+            token = key.token.get_secret_value()
+            if key.name in names:
+                problems.append((("auth", "api_keys", i, "name"), f"api key name {key.name!r} is used twice"))
+            if not token.strip():
+                problems.append(
+                    (("auth", "api_keys", i, "token"), f"api key {key.name!r} has an empty token")
+                )
+            elif token in tokens:
+                problems.append(
+                    (
+                        ("auth", "api_keys", i, "token"),
+                        f"the token of api key {key.name!r} is also another key's or in api_tokens",
+                    )
+                )
+            names.add(key.name)
+            tokens.add(token)
+        return problems
 
 
 class SupervisorConfig(Strict):
@@ -582,6 +628,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             issues.append(ConfigIssue(file, source.line_of(error["loc"]), _describe(error)))
 
     if config is not None:
+        for loc, message in config.auth.key_problems():
+            where = ".".join(str(part) for part in loc)
+            issues.append(ConfigIssue(file, source.line_of(loc), f"{where}: {message}"))
         for name, topic in config.topics.items():
             if name in resolved:
                 topic._feed_class, topic._feed_options = resolved[name]

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from dashboard import Event, Feed
 from dashboard.relay import Measure, RelayError
+from dashboard.relay.keys import NO_KEY, PAGE, Account, Ticket
 from dashboard.tasks import cancel_and_wait
 from dashboard.web.access import cross_site
 from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer, token_in
@@ -43,6 +44,7 @@ class Schedule(BaseModel):
 class Job:
     id: str
     prompt: str
+    account: Account  # who the completion is charged to
     stopping: bool = False
 
 
@@ -65,15 +67,28 @@ class AI(Feed):
             description="when auth.api_tokens is set, still let the dashboard page prompt with the proof "
             "the server gave it (bound to its session cookie) instead of a token",
         )
+        page_key: str | None = Field(
+            None,
+            description="the auth.api_keys entry (by name) that prompts with no viewer name are charged to; "
+            "named viewers without a key of their own are charged under their name with its limits",
+        )
 
     @classmethod
     def config_problems(cls, options: Options, config: Any) -> list[str]:
-        if config.ai.serving(options.model):
-            return []
-        models = sorted({m for p in config.ai.providers for m in p.models}) or ["none"]
-        return [
-            f"no provider in ai.providers serves model {options.model!r} (they serve: {', '.join(models)})"
-        ]
+        problems = []
+        if not config.ai.serving(options.model):
+            models = sorted({m for p in config.ai.providers for m in p.models}) or ["none"]
+            served = ", ".join(models)
+            problems.append(
+                f"no provider in ai.providers serves model {options.model!r} (they serve: {served})"
+            )
+        names = [key.name for key in config.auth.api_keys]
+        if options.page_key is not None and options.page_key not in names:
+            problems.append(
+                f"page_key {options.page_key!r} is not the name of one of auth.api_keys "
+                f"({', '.join(names) or 'none configured'})"
+            )
+        return problems
 
     def __init__(self, topic: str, options: Any = None) -> None:
         super().__init__(topic, options)
@@ -124,10 +139,10 @@ class AI(Feed):
         if self._worker is not None:
             await cancel_and_wait([self._worker])
 
-    def _enqueue(self, prompt: str) -> Job | None:
+    def _enqueue(self, prompt: str, account: Account | None = None) -> Job | None:
         if self.options.queue == 0 and (self._running is not None or not self.queue.empty()):
             return None
-        job = Job(id=f"cmpl-{uuid.uuid4().hex[:12]}", prompt=prompt)
+        job = Job(id=f"cmpl-{uuid.uuid4().hex[:12]}", prompt=prompt, account=account or self._page_account())
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -153,9 +168,11 @@ class AI(Feed):
         return body
 
     async def _complete(self, job: Job) -> None:
-        relay = self.context.relay
+        relay, keys = self.context.relay, self.context.keys
         measure = Measure(model=self.options.model)
         upstream = None
+        ticket: Ticket | None = None
+        text_chars = 0
         try:
             prompt = {
                 "completion": job.id,
@@ -164,9 +181,20 @@ class AI(Feed):
                 "ts": time.time(),
             }
             await self.publish(Event(prompt, event="prompt"))
-            upstream = await relay.open_stream(self._request(job.prompt), measure)
+            body = self._request(job.prompt)
+            try:
+                ticket = await keys.admit(job.account, body)
+            except HTTPError as exc:
+                measure.outcome = "refused"
+                log.info("topic %r: completion %s refused: %s", self.topic, job.id, exc.message)
+                await self.publish(
+                    Event({"completion": job.id, "code": exc.code, "message": exc.message}, "error")
+                )
+                return
+            upstream = await relay.open_stream(body, measure)
             async for batch in upstream.batches():
                 text = "".join(chunk.text for chunk in batch)
+                text_chars += len(text)
                 if text:
                     await self.publish(Event({"completion": job.id, "text": text}, event="token"))
                     upstream.handed_on(batch)
@@ -189,6 +217,8 @@ class AI(Feed):
             if upstream is not None:
                 await upstream.aclose()
             measure.record()
+            if ticket is not None:
+                await keys.settle(ticket, measure, text_chars)
         price = next((p.price for p in relay.providers if p.name == measure.provider), None)
         summary = measure.summary(price)
         if job.stopping:
@@ -204,14 +234,14 @@ class AI(Feed):
 
     async def prompt_endpoint(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/prompt {"prompt": "..."} -> 202 {"completion": id}"""
-        self._check_access(request)
+        account = self._check_access(request)
         body = await read_json(request, min(request.app.state.runtime.config.server.max_body, 1 << 20))
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
             raise HTTPError(400, 'send {"prompt": "..."} with a non-empty string', "invalid_request")
         if len(prompt) > self.options.max_prompt:
             raise HTTPError(413, f"the prompt is over {self.options.max_prompt} characters")
-        job = self._enqueue(prompt)
+        job = self._enqueue(prompt, account)
         if job is None:
             raise HTTPError(
                 429,
@@ -234,17 +264,28 @@ class AI(Feed):
         await asyncio.gather(task, return_exceptions=True)  # the done event is out when we answer
         return JSONResponse({"stopped": job.id})
 
-    def _check_access(self, request: Request) -> None:
+    def _check_access(self, request: Request) -> Account:
         """Another site's page: never. An api token: always. Otherwise the viewer must be allowed
         the topic and, with api tokens set, the request must carry the proof the server gave the
-        page (bound to the page's session cookie), unless page_prompts is off."""
-        access = request.app.state.runtime.access
+        page (bound to the page's session cookie), unless page_prompts is off. The account the
+        prompt is charged to: the token's key, else the viewer's name, else the page key."""
+        runtime = request.app.state.runtime
+        access = runtime.access
         if cross_site(request):
             raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
         tokens = access.api_tokens
-        if token_in(bearer_token(request), tokens):
-            return
-        access.require(request, [self.topic])
-        if not tokens or (self.options.page_prompts and access.has_prompt_proof(request)):
-            return
-        require_bearer(request, tokens, f"prompting topic {self.topic!r}")
+        token = bearer_token(request)
+        if token_in(token, tokens):
+            return runtime.keys.by_token(token) or Account(NO_KEY)
+        viewer = access.require(request, [self.topic])
+        if tokens and not (self.options.page_prompts and access.has_prompt_proof(request)):
+            require_bearer(request, tokens, f"prompting topic {self.topic!r}")
+        if viewer.name:
+            return runtime.keys.for_name(viewer.name, self.options.page_key)
+        return self._page_account()
+
+    def _page_account(self) -> Account:
+        """Prompts with no viewer name (and scheduled ones): the page key, else no limits."""
+        if self.options.page_key is None:
+            return Account(PAGE)
+        return self.context.keys.for_name(self.options.page_key, None)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from dashboard.broker import Broker, Subscription, from_url
+from dashboard.broker import Broker, Limits, Refusal, Reservation, Subscription, from_url
 from dashboard.errors import UnknownTopic
 from dashboard.events import Event
 from tests.support import REDIS_URL
@@ -257,6 +257,22 @@ def test_resume_after_evicted_events_says_they_were_lost(make_broker):
     asyncio.run(scenario())
 
 
+def test_requests_over_the_rpm_are_refused_with_the_seconds_until_one_leaves_the_window(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            limits = Limits(rpm=2)
+            first = await broker.reserve("team", "m", limits, 10, 0)
+            second = await broker.reserve("team", "m", limits, 10, 0)
+            assert isinstance(first, Reservation) and isinstance(second, Reservation), (first, second)
+            third = await broker.reserve("team", "m", limits, 10, 0)
+            assert isinstance(third, Refusal) and third.reason == "rpm", third
+            assert 1 <= third.retry_after <= 60, third
+            # the window is per account
+            assert isinstance(await broker.reserve("other", "m", limits, 10, 0), Reservation)
+
+    asyncio.run(scenario())
+
+
 def test_multiplexed_resume_reports_the_topic_that_lost_events(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
@@ -271,6 +287,21 @@ def test_multiplexed_resume_reports_the_topic_that_lost_events(make_broker):
                 (ids[3], "short"),
             ]
             await nothing_more(sub)
+
+    asyncio.run(scenario())
+
+
+def test_tokens_reserved_count_against_the_tpm_until_settled_with_real_usage(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            limits = Limits(tpm=150)
+            first = await broker.reserve("team", "m", limits, 100, 0)
+            assert isinstance(first, Reservation), first
+            refused = await broker.reserve("team", "m", limits, 100, 0)
+            assert isinstance(refused, Refusal) and refused.reason == "tpm", refused
+            await broker.settle(first, 20, 10, 0)  # used 30 of the 100 reserved
+            assert isinstance(await broker.reserve("team", "m", limits, 100, 0), Reservation)
+            assert isinstance(await broker.reserve("team", "m", limits, 21, 0), Refusal)
 
     asyncio.run(scenario())
 
@@ -297,5 +328,52 @@ def test_resume_from_an_id_this_broker_never_gave_replays_history_and_says_so(ma
             live = await broker.publish("a", Event({"n": 9}))
             assert [f[0] for f in await take(single, 1)] == [live.id]
             assert [f[0] for f in await take(mux, 1)] == [live.id]
+
+    asyncio.run(scenario())
+
+
+def test_the_budget_counts_what_is_spent_and_what_admitted_requests_hold(make_broker):
+    async def scenario():
+        async with connected(make_broker) as broker:
+            limits = Limits(daily_nusd=100)
+            a = await broker.reserve("team", "gpt", limits, 1, 40)
+            b = await broker.reserve("team", "gpt", limits, 1, 40)
+            assert isinstance(a, Reservation) and isinstance(b, Reservation)
+            held = await broker.reserve("team", "gpt", limits, 1, 40)
+            # refused while 80 is held; may fit once those settle: try again in a second
+            assert held == Refusal("budget", 1), held
+            spend = await broker.settle(a, 3, 2, 10)
+            assert spend["keys"]["team"] == {
+                "requests": 1,
+                "prompt_tokens": 3,
+                "completion_tokens": 2,
+                "nusd": 10,
+                "reserved": 40,
+            }, spend
+            assert spend["models"]["gpt"]["nusd"] == 10, spend
+            await broker.settle(b, 3, 2, 10)
+            c = await broker.reserve("team", "gpt", limits, 1, 80)
+            assert isinstance(c, Reservation), c  # 20 spent + 80 fits in 100
+            await broker.settle(c, 3, 2, 75)
+            spent = await broker.reserve("team", "gpt", limits, 1, 10)
+            # 95 spent, nothing held: no room before the UTC day ends
+            assert isinstance(spent, Refusal) and spent.reason == "budget" and spent.retry_after > 1, spent
+            today = await broker.spend()
+            assert today["keys"]["team"]["nusd"] == 95 and today["keys"]["team"]["reserved"] == 0, today
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_reservations_never_hold_more_than_the_budget(make_broker):
+    async def scenario():
+        async with connected(make_broker) as one, connected(make_broker) as two:
+            limits = Limits(daily_nusd=100)
+            shared = type(one).__name__ != "MemoryBroker"
+            brokers = [one, two] if shared else [one]  # two memory brokers share nothing
+            results = await asyncio.gather(
+                *(brokers[i % len(brokers)].reserve("team", "m", limits, 1, 30) for i in range(20))
+            )
+            admitted = [r for r in results if isinstance(r, Reservation)]
+            assert len(admitted) == 3, results
 
     asyncio.run(scenario())

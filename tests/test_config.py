@@ -97,6 +97,29 @@ def test_default_panels_one_per_topic_with_the_feed_view():
             "topics:\n  a:\n    feed: ai\n    options: {model: gpt-9}\n",
             "cfg.yaml:4: topics.a.options: no provider in ai.providers serves model 'gpt-9'",
         ),
+        (
+            "auth:\n  api_keys:\n    - {name: a, token: t1}\n    - {name: a, token: t2}\n",
+            "cfg.yaml:4: auth.api_keys.1.name: api key name 'a' is used twice",
+        ),
+        (
+            "auth:\n  api_tokens: [t1]\n  api_keys:\n    - {name: a, token: t1}\n",
+            "cfg.yaml:4: auth.api_keys.0.token: the token of api key 'a' is also another key's or in api",
+        ),
+        (
+            "auth:\n  api_keys:\n    - {name: a, token: t1}\n    - name: b\n      token: t1\n",
+            "cfg.yaml:5: auth.api_keys.1.token: the token of api key 'b' is also another key's",
+        ),
+        (
+            "auth:\n  api_keys:\n    - {name: a, token: ''}\n",
+            "cfg.yaml:3: auth.api_keys.0.token: api key 'a' has an empty",
+        ),
+        ("auth:\n  api_keys:\n    - {name: a, token: t, rpm: -1}\n", "cfg.yaml:3: auth.api_keys.0.rpm"),
+        ("auth:\n  api_keys:\n    - {name: a, token: t, daily_usd: -0.5}\n", "auth.api_keys.0.daily_usd"),
+        (
+            "auth: {api_keys: [{name: a, token: t}]}\n"
+            "topics:\n  c:\n    feed: ai\n    options: {page_key: b}\n",
+            "cfg.yaml:5: topics.c.options: page_key 'b' is not the name of one of auth.api_keys (a)",
+        ),
     ],
 )
 def test_each_class_of_error_has_a_location_and_a_sentence(text, expected):

@@ -130,6 +130,7 @@ class Upstream:
         asyncio.set_event_loop(self.loop)
 
         async def start() -> None:
+            self.gate = asyncio.Event()  # `gated` answers wait for it after their opening
             self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
             self.port = self.server.sockets[0].getsockname()[1]
             self._ready.set()
@@ -147,6 +148,10 @@ class Upstream:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+    def open_gate(self, is_open: bool = True) -> None:
+        """Let the `gated` answers finish (or, with False, hold the next ones again)."""
+        self.loop.call_soon_threadsafe(self.gate.set if is_open else self.gate.clear)
 
     def requests(self, model: str) -> list[Seen]:
         return [s for s in self.seen if s.model == model]
@@ -399,6 +404,18 @@ class Scenario:
         for i in range(600):
             await self.send(self.text(f"t{i} "))
             await asyncio.sleep(0.1)
+
+    async def s_gated(self, n: int) -> None:
+        """The opening at once, the rest of the answer (usage included) once the gate opens."""
+        await self.start_stream()
+        frames = self.frames()
+        opening = self.opening()
+        for f in opening:
+            await self.send(f)
+        await self.up.gate.wait()
+        for f in frames[len(opening) :]:
+            await self.send(f)
+        await self.end()
 
     def key(self) -> str:
         if self.anthropic:

@@ -7,6 +7,7 @@ fan-out below; a backend only says how an event is stored and how history is rea
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
@@ -22,6 +23,10 @@ SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 GAP_EVENT = "gap"  # the event type telling a resuming reader that it missed events
+LIMIT_WINDOW = 60  # seconds of the sliding window of rpm and tpm (in one-second buckets)
+DAY = 86400
+SPEND_DAYS = 3  # days a day's spend is kept (today, yesterday, and one for clocks that differ)
+NANO = 1_000_000_000  # costs are kept in whole nano-dollars, so sums are exact on every backend
 
 
 class Subscription:
@@ -194,6 +199,72 @@ class TopicState:
         return len(self.recent) / RATE_WINDOW
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one account may use: requests and tokens per minute, nano-dollars per UTC day (None:
+    no limit)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    daily_nusd: int | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An admitted request's estimate, held against its account's limits until it is settled."""
+
+    account: str
+    model: str
+    tokens: int  # counted in the tpm window
+    nusd: int  # held against the day's budget
+    second: int  # the window bucket it was counted in (Unix seconds)
+    day: int  # the UTC day it is charged to (days since the epoch)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not admitted (`rpm`, `tpm` or `budget`) and when to try again."""
+
+    reason: str
+    retry_after: int  # seconds
+
+
+def spend_increments(res: Reservation, prompt: int, completion: int, nusd: int) -> list[tuple[str, int]]:
+    """The day's counters a settled request moves: its account's and its model's; the account's
+    reservation is given back."""
+    out = [(f"k|{res.account}|reserved", -res.nusd)]
+    for kind, name in (("k", res.account), ("m", res.model)):
+        out += [
+            (f"{kind}|{name}|requests", 1),
+            (f"{kind}|{name}|prompt_tokens", prompt),
+            (f"{kind}|{name}|completion_tokens", completion),
+            (f"{kind}|{name}|nusd", nusd),
+        ]
+    return out
+
+
+def parse_spend(fields: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
+    """A day's counters (`k|<account>|<counter>`, `m|<model>|<counter>`) as
+    `{"keys": {account: {counter: n}}, "models": {model: {counter: n}}}`."""
+    out: dict[str, dict[str, dict[str, int]]] = {"keys": {}, "models": {}}
+    for field_name, value in fields.items():
+        kind, _, rest = field_name.partition("|")
+        name, _, counter = rest.rpartition("|")
+        group = out["keys" if kind == "k" else "models"]
+        group.setdefault(name, {})[counter] = int(value)
+    return out
+
+
+def _wait(buckets: dict[int, list[int]], index: int, need: int, now: float) -> int:
+    """Seconds until `need` of the window's requests (index 0) or tokens (1) have left it."""
+    freed = 0
+    for second in sorted(buckets):
+        freed += buckets[second][index]
+        if freed >= need:
+            return max(1, math.ceil(second + LIMIT_WINDOW - now))
+    return LIMIT_WINDOW
+
+
 class Lease:
     """Leadership of one topic's feed on this instance: held until `lost` is set.
 
@@ -223,6 +294,8 @@ class Broker(ABC):
         self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
         #: called when a topic gains or loses a local subscriber (presence counts them)
         self.on_watchers_changed: Callable[[], None] = lambda: None
+        self._windows: dict[str, dict[int, list[int]]] = {}  # account -> second -> [requests, tokens]
+        self._days: dict[int, dict[str, int]] = {}  # UTC day -> spend counters (see parse_spend)
 
     # -- backend verbs -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -288,6 +361,55 @@ class Broker(ABC):
     async def release_lease(self, lease: Lease) -> None:
         """Give up a lease, so that another instance can take the feed over at once."""
         lease.lost.set()
+
+    async def reserve(
+        self, account: str, model: str, limits: Limits, tokens: int, nusd: int
+    ) -> Reservation | Refusal:
+        """Admit a request estimated at `tokens` and `nusd` when it fits in what `account` has left
+        (the day's budget counting what is spent and what admitted requests still hold; requests
+        and tokens over the last minute); atomic across every instance sharing the broker."""
+        now = time.time()
+        second, day = int(now), int(now) // DAY
+        window = self._windows.setdefault(account, {})
+        for old in [s for s in window if s <= second - LIMIT_WINDOW]:
+            del window[old]
+        counters = self._days.setdefault(day, {})
+        for old in [d for d in self._days if d <= day - SPEND_DAYS]:
+            del self._days[old]
+        if limits.daily_nusd is not None:
+            spent = counters.get(f"k|{account}|nusd", 0)
+            held = counters.get(f"k|{account}|reserved", 0)
+            if spent + held + nusd > limits.daily_nusd:
+                # Room may come back when requests in flight settle below their estimates.
+                wait = 1 if held > 0 and spent + nusd <= limits.daily_nusd else (day + 1) * DAY - now
+                return Refusal("budget", max(1, math.ceil(wait)))
+        requests = sum(b[0] for b in window.values())
+        if limits.rpm is not None and requests + 1 > limits.rpm:
+            return Refusal("rpm", _wait(window, 0, requests + 1 - limits.rpm, now))
+        used = sum(b[1] for b in window.values())
+        if limits.tpm is not None and used + tokens > limits.tpm:
+            return Refusal("tpm", _wait(window, 1, used + tokens - limits.tpm, now))
+        bucket = window.setdefault(second, [0, 0])
+        bucket[0] += 1
+        bucket[1] += tokens
+        counters[f"k|{account}|reserved"] = counters.get(f"k|{account}|reserved", 0) + nusd
+        return Reservation(account, model, tokens, nusd, second, day)
+
+    async def settle(
+        self, res: Reservation, prompt_tokens: int, completion_tokens: int, nusd: int
+    ) -> dict[str, dict[str, dict[str, int]]]:
+        """Replace a reservation by what the request used; the day's spend after it (parse_spend)."""
+        bucket = self._windows.get(res.account, {}).get(res.second)
+        if bucket is not None:
+            bucket[1] += prompt_tokens + completion_tokens - res.tokens
+        counters = self._days.setdefault(res.day, {})
+        for name, n in spend_increments(res, prompt_tokens, completion_tokens, nusd):
+            counters[name] = counters.get(name, 0) + n
+        return parse_spend(counters)
+
+    async def spend(self, day: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
+        """A UTC day's spend (default: today), as parse_spend gives it."""
+        return parse_spend(self._days.get(int(time.time()) // DAY if day is None else day, {}))
 
     # -- shared by every backend ---------------------------------------------------------------
     def add_topic(self, name: str, history: int | None = None) -> None:

@@ -34,7 +34,20 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from dashboard.broker import Broker, Lease, check_requested_id, fence
+from dashboard.broker import (
+    DAY,
+    LIMIT_WINDOW,
+    SPEND_DAYS,
+    Broker,
+    Lease,
+    Limits,
+    Refusal,
+    Reservation,
+    check_requested_id,
+    fence,
+    parse_spend,
+    spend_increments,
+)
 from dashboard.errors import BrokerUnavailable, LeadershipLost
 from dashboard.events import Event, Message, encode_data
 from dashboard.tasks import cancel_and_wait
@@ -102,6 +115,94 @@ return 0
 """
 
 
+# The same admission as Broker.reserve, in one step for every instance: the sliding window is a
+# hash of one-second buckets (`r<second>` requests, `t<second>` tokens), the day's spend a hash
+# of counters (see parse_spend). Times are Redis's own, so instances agree on the window and day.
+# KEYS: the account's window, the spend key prefix (the day is appended).
+# ARGV: account, rpm, tpm, daily nano-dollars ('' for no limit), tokens, nano-dollars, window, days.
+RESERVE = """
+local t = redis.call('TIME')
+local second = tonumber(t[1])
+local now = second + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[7])
+local day = math.floor(second / 86400)
+local daykey = KEYS[2] .. day
+local account, tokens, nusd = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[6])
+local buckets, seconds, requests, used = {}, {}, 0, 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local s = tonumber(string.sub(fields[i], 2))
+  local n = tonumber(fields[i + 1])
+  if s <= second - window then
+    redis.call('HDEL', KEYS[1], fields[i])
+  else
+    if buckets[s] == nil then
+      buckets[s] = {0, 0}
+      table.insert(seconds, s)
+    end
+    if string.sub(fields[i], 1, 1) == 'r' then
+      buckets[s][1] = buckets[s][1] + n
+      requests = requests + n
+    else
+      buckets[s][2] = buckets[s][2] + n
+      used = used + n
+    end
+  end
+end
+table.sort(seconds)
+local function wait(index, need)
+  local freed = 0
+  for _, s in ipairs(seconds) do
+    freed = freed + buckets[s][index]
+    if freed >= need then
+      return math.max(1, math.ceil(s + window - now))
+    end
+  end
+  return window
+end
+if ARGV[4] ~= '' then
+  local budget = tonumber(ARGV[4])
+  local spent = tonumber(redis.call('HGET', daykey, 'k|' .. account .. '|nusd') or '0')
+  local held = tonumber(redis.call('HGET', daykey, 'k|' .. account .. '|reserved') or '0')
+  if spent + held + nusd > budget then
+    if held > 0 and spent + nusd <= budget then
+      return {'budget', 1}
+    end
+    return {'budget', math.max(1, math.ceil((day + 1) * 86400 - now))}
+  end
+end
+if ARGV[2] ~= '' and requests + 1 > tonumber(ARGV[2]) then
+  return {'rpm', wait(1, requests + 1 - tonumber(ARGV[2]))}
+end
+if ARGV[3] ~= '' and used + tokens > tonumber(ARGV[3]) then
+  return {'tpm', wait(2, used + tokens - tonumber(ARGV[3]))}
+end
+redis.call('HINCRBY', KEYS[1], 'r' .. second, 1)
+redis.call('HINCRBY', KEYS[1], 't' .. second, ARGV[5])
+redis.call('EXPIRE', KEYS[1], window * 2)
+redis.call('HINCRBY', daykey, 'k|' .. account .. '|reserved', ARGV[6])
+redis.call('EXPIRE', daykey, 86400 * tonumber(ARGV[8]))
+return {'ok', second, day}
+"""
+
+# KEYS: the account's window, the day's spend. ARGV: the reservation's second, the tokens to add
+# to its bucket (while the bucket is in the window), days kept, then counter/increment pairs.
+SETTLE = """
+if redis.call('HEXISTS', KEYS[1], 't' .. ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 't' .. ARGV[1], ARGV[2])
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[2], 86400 * tonumber(ARGV[3]))
+return redis.call('HGETALL', KEYS[2])
+"""
+
+
+def _counters(flat: list[bytes]) -> dict[str, int]:
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 def _entry_id(raw: bytes) -> int:
     return int(raw.split(b"-", 1)[0])
 
@@ -155,6 +256,13 @@ class RedisBroker(Broker):
     def presence_channel(self) -> str:
         return f"{self.prefix}:presence"
 
+    def window_key(self, account: str) -> str:
+        return f"{self.prefix}:window:{account}"
+
+    @property
+    def spend_prefix(self) -> str:
+        return f"{self.prefix}:spend:"
+
     # -- connection ----------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
@@ -196,6 +304,8 @@ class RedisBroker(Broker):
         self._publish_script = self._client.register_script(PUBLISH)
         self._renew_script = self._lease_client.register_script(RENEW)
         self._release_script = self._lease_client.register_script(RELEASE)
+        self._reserve_script = self._client.register_script(RESERVE)
+        self._settle_script = self._client.register_script(SETTLE)
         self._stream_topics = {self.stream_key(name).encode(): name for name in self.topics}
         try:
             await self._load_rings(self._client)
@@ -540,6 +650,49 @@ class RedisBroker(Broker):
             await self._client.delete(self.claim_key(key))
         except (RedisError, OSError) as exc:
             raise self._unavailable("forget a claim", exc) from exc
+
+    async def reserve(
+        self, account: str, model: str, limits: Limits, tokens: int, nusd: int
+    ) -> Reservation | Refusal:
+        assert self._client is not None, "broker not connected"
+        args = [
+            account,
+            *("" if n is None else n for n in (limits.rpm, limits.tpm, limits.daily_nusd)),
+            tokens,
+            nusd,
+            LIMIT_WINDOW,
+            SPEND_DAYS,
+        ]
+        try:
+            reply = await self._reserve_script(keys=[self.window_key(account), self.spend_prefix], args=args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("check the key's limits", exc) from exc
+        if reply[0] != b"ok":
+            return Refusal(reply[0].decode(), int(reply[1]))
+        return Reservation(account, model, tokens, nusd, int(reply[1]), int(reply[2]))
+
+    async def settle(
+        self, res: Reservation, prompt_tokens: int, completion_tokens: int, nusd: int
+    ) -> dict[str, dict[str, dict[str, int]]]:
+        assert self._client is not None, "broker not connected"
+        args: list[Any] = [res.second, prompt_tokens + completion_tokens - res.tokens, SPEND_DAYS]
+        for name, n in spend_increments(res, prompt_tokens, completion_tokens, nusd):
+            args += [name, n]
+        keys = [self.window_key(res.account), f"{self.spend_prefix}{res.day}"]
+        try:
+            reply = await self._settle_script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("settle a request's spend", exc) from exc
+        return parse_spend(_counters(reply))
+
+    async def spend(self, day: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
+        assert self._client is not None, "broker not connected"
+        day = int(time.time()) // DAY if day is None else day
+        try:
+            reply = await self._client.hgetall(f"{self.spend_prefix}{day}")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("read the day's spend", exc) from exc
+        return parse_spend({k.decode(): int(v) for k, v in reply.items()})
 
     async def release_lease(self, lease: Lease) -> None:
         renewer = self._renewers.pop(lease, None)

@@ -16,6 +16,7 @@ from dashboard.relay import dialects
 from dashboard.relay.dialects import Dialect, Renderer
 from dashboard.relay.dialects.openai import dumps
 from dashboard.relay.errors import RelayError
+from dashboard.relay.keys import NO_KEY, Account, Keys, Ticket
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
@@ -40,19 +41,21 @@ def _relay_error_response(client: Dialect, error: RelayError) -> JSONResponse:
     return error_response(client, error.status, error.message, error.code, error.type, error.headers or None)
 
 
-def _check_access(request: Request) -> None:
+def _check_access(request: Request) -> Account:
     """Pages of other sites can neither read nor spend (403); a POST must say it is JSON (415), so no
     form or text/plain "simple" request gets through without a preflight; then the api token, as a
-    Bearer token or (as the Anthropic SDK sends it) in x-api-key."""
+    Bearer token or (as the Anthropic SDK sends it) in x-api-key. The account the request is
+    charged to: the named key whose token it is, else one with no limits."""
     if cross_site(request):
         raise HTTPError(403, "the AI relay does not answer requests from another site's page", "cross_origin")
     if request.method == "POST":
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type != "application/json":
             raise HTTPError(415, f"send the body as application/json, not {media_type or 'no content type'}")
-    tokens = request.app.state.runtime.config.auth.api_tokens
+    runtime = request.app.state.runtime
+    tokens = runtime.access.api_tokens
     if not tokens:
-        return
+        return Account(NO_KEY)
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     token = bearer.strip() if scheme.lower() == "bearer" else None
     token = token or request.headers.get("x-api-key")
@@ -62,6 +65,7 @@ def _check_access(request: Request) -> None:
         raise HTTPError(401, what, headers=challenge)
     if not token_in(token, tokens):
         raise HTTPError(401, "invalid token", headers=challenge)
+    return runtime.keys.by_token(token) or Account(NO_KEY)
 
 
 async def models(request: Request) -> Response:
@@ -88,7 +92,7 @@ async def _relay(request: Request, client: Dialect) -> Any:
     measure = Measure(model="")
     runtime = request.app.state.runtime
     try:
-        _check_access(request)
+        account = _check_access(request)
         body = await read_json(request, runtime.config.server.max_body)
         _validate(body, client)
         _stream_flag(request, body)
@@ -101,9 +105,12 @@ async def _relay(request: Request, client: Dialect) -> Any:
     except RelayError as exc:
         return _relay_error_response(client, exc)
     measure.label = relay.model_label(providers[0], body["model"])
-    if body.get("stream"):
-        return RelayedStream(relay, body, measure, client)
-    return RelayedCompletion(relay, body, measure, client)
+    try:
+        ticket = await runtime.keys.admit(account, body)
+    except HTTPError as exc:
+        return error_response(client, exc.status, exc.message, exc.code, headers=exc.headers)
+    kind = RelayedStream if body.get("stream") else RelayedCompletion
+    return kind(relay, body, measure, client, runtime.keys, ticket)
 
 
 def _stream_flag(request: Request, body: dict[str, Any]) -> None:
@@ -135,11 +142,22 @@ def _validate(body: Any, client: Dialect) -> None:
 class _Relayed:
     """An ASGI response that relays one completion and stops the upstream when the client leaves."""
 
-    def __init__(self, relay: Relay, body: dict[str, Any], measure: Measure, client: Dialect) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        body: dict[str, Any],
+        measure: Measure,
+        client: Dialect,
+        keys: Keys,
+        ticket: Ticket,
+    ) -> None:
         self.relay = relay
         self.body = body
         self.measure = measure
         self.client = client
+        self.keys = keys
+        self.ticket = ticket
+        self.text_chars = 0  # relayed, for the usage estimate when the provider reports none
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -154,6 +172,7 @@ class _Relayed:
             gone.cancel()
             await asyncio.gather(work, gone, return_exceptions=True)
             self.finish()
+            await self.keys.settle(self.ticket, self.measure, self.text_chars)
         if not work.cancelled() and work.exception() is not None:
             raise work.exception()  # type: ignore[misc]
 
@@ -202,6 +221,7 @@ class RelayedStream(_Relayed):
             # middleware's `send` wrappers (through them only while the socket is paused).
             write = direct_writer(self.scope, body_read=True)
             async for batch in upstream.batches():
+                self.text_chars += sum(len(chunk.text) for chunk in batch)
                 out = renderer.frames(batch)
                 if out:
                     if write is None or not write(http_chunk(out)):
@@ -227,6 +247,7 @@ class RelayedCompletion(_Relayed):
             await self._fail(send, exc)
             return
         self.measure.first_event_out = self.measure.ended = now()
+        self.text_chars = len(completion.text)
         if dialect is not self.client:
             data = dumps(self.client.completion_body(completion)).encode()
         await _send_response(send, Response(data, media_type="application/json"))

@@ -96,7 +96,11 @@ class Access:
         self.config = config
         self.viewers = config.auth.viewers
         self.public = {name for name, topic in config.topics.items() if topic.public}
-        self.api_tokens = config.auth.api_tokens
+        # Every token the relay and prompts accept: plain api tokens and named keys'.
+        self.api_tokens = [
+            *config.auth.api_tokens,
+            *(k.token.get_secret_value() for k in config.auth.api_keys),
+        ]
         # The page's prompt proof is signed with a key every instance derives from the same config.
         material = "\0".join(sorted(self.api_tokens)).encode()
         if self.viewers is not None and self.viewers.secret is not None:
@@ -340,10 +344,11 @@ def network_problems(config: Config) -> list[str]:
     auth = config.auth
     problems = []
     paid = [p.name for p in config.ai.providers if p.type != "simulated"]
-    if paid and not auth.api_tokens and "ai" not in auth.open_on_network:
+    if paid and not (auth.api_tokens or auth.api_keys) and "ai" not in auth.open_on_network:
         problems.append(
             f"the AI relay (/v1 and prompts) would spend the key of provider {paid[0]!r} for anyone who "
-            "reaches the port: set auth.api_tokens, or add `ai` to auth.open_on_network to serve it open"
+            "reaches the port: set auth.api_tokens or auth.api_keys, or add `ai` to auth.open_on_network "
+            "to serve it open"
         )
     pushable = [name for name, t in config.topics.items() if t.feed_class.accepts_publish]
     if pushable and not auth.publish_tokens and "publish" not in auth.open_on_network:
@@ -372,8 +377,11 @@ def describe(config: Config) -> list[str]:
             f"topics: private to viewers ({' and '.join(ways)}); public: {', '.join(public) or 'none'}"
         )
     paid = any(p.type != "simulated" for p in config.ai.providers)
-    if auth.api_tokens:
-        lines.append(f"AI relay and prompts: {len(auth.api_tokens)} api token(s), or the page's own prompts")
+    if auth.api_tokens or auth.api_keys:
+        lines.append(
+            f"AI relay and prompts: {len(auth.api_tokens)} api token(s), {len(auth.api_keys)} named key(s), "
+            "or the page's own prompts"
+        )
     else:
         lines.append(f"AI relay and prompts: {where}{'' if paid else ' (simulated providers only)'}")
     if auth.publish_tokens:

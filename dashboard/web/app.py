@@ -22,6 +22,7 @@ from dashboard.feed import Feed
 from dashboard.presence import Presence
 from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
+from dashboard.relay.keys import Keys
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, pages, publish, sse
@@ -53,6 +54,7 @@ class Runtime:
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         self.relay = Relay(config.ai)
+        self.keys = Keys(config, self.broker, self.relay)
         self.access = Access(config)
         self.boards = config.boards()
         for name, topic in config.topics.items():
