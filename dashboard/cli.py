@@ -34,6 +34,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    if not is_loopback(config.server.host):
+        problems = network_problems(config)
+        for problem in problems:
+            print(f"{config.source}: serve would refuse server.host {config.server.host}: {problem}")
+        if problems:
+            return 1
     print(f"{config.source}: OK, {len(config.topics)} topic(s): {', '.join(config.topics) or 'none'}")
     return 0
 

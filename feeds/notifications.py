@@ -53,6 +53,7 @@ LEVEL_ALIASES = {
     "failure": "error",
 }
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+MAX_TS = 8.64e12  # seconds: the range of a JavaScript Date, so every page can show the time
 SECRET_PREFIX = "whsec_"  # a Standard Webhooks secret: the key is the base64 that follows
 
 
@@ -70,7 +71,9 @@ class Notification(BaseModel):
     ts: float = Field(
         default_factory=lambda: round(time.time(), 3),
         allow_inf_nan=False,
-        description="seconds since the epoch",
+        ge=-MAX_TS,
+        le=MAX_TS,
+        description="seconds since the epoch (within what a browser's Date holds)",
     )
 
     @field_validator("level", mode="before")
@@ -290,6 +293,10 @@ class Notifications(Feed):
             items = [Notification.model_validate(item) for item in mapped]
         except ValueError as exc:
             raise HTTPError(422, f"cannot read the webhook payload: {describe_invalid(exc)}") from None
+        except (AttributeError, TypeError, KeyError, IndexError):
+            # A signed payload whose fields have other types than the sender's documents say.
+            kind = f"GitHub {github_event!r}" if github_event else "webhook"
+            raise HTTPError(422, f"cannot read the {kind} payload: a field has an unexpected type") from None
         events = await self.fresh_events(items)
         ids = []
         for n, event in enumerate(events):

@@ -349,14 +349,26 @@ ai:
     [
         (PAID + "topics: {clock: {feed: demo}}\n", "auth.api_tokens"),
         ("topics: {alerts: {feed: notifications}}\n", "auth.publish_tokens"),
+        # api tokens, but the page's prompt box would let anyone who opens the page spend
+        (
+            PAID + "auth: {api_tokens: [t0k3n]}\ntopics: {chat: {feed: ai, options: {model: m}}}\n",
+            "auth.viewers",
+        ),
     ],
-    ids=["open-relay", "publish-without-tokens"],
+    ids=["open-relay", "publish-without-tokens", "open-prompt-box"],
 )
 def test_serve_on_a_network_address_refuses_to_open_what_has_no_tokens(tmp_path, config, names):
     proc = serve_on_all_interfaces(tmp_path, config)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode not in (0, None), output
     assert names in output and "refusing to serve on 0.0.0.0" in output
+    # `dashboard check` says so too when the config itself names a network address
+    path = tmp_path / "config.yaml"
+    path.write_text("server: {host: 0.0.0.0}\n" + config)
+    check = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", str(path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert check.returncode == 1 and names in check.stdout, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize(
@@ -395,6 +407,29 @@ def test_tokens_in_urls_stay_out_of_the_access_log(serve):
         time.sleep(0.05)
     assert "/api/topics?token=<hidden>" in server.output()
     assert viewer not in server.output()
+    with server.client() as http:  # however the name is written
+        assert http.get(f"/api/topics?%74oken={viewer}&x=1").status_code == 200
+    deadline = time.monotonic() + 10
+    while "%74oken=" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "?%74oken=<hidden>&x=1" in server.output() and viewer not in server.output()
+
+
+def test_who_may_not_read_learns_no_topic_names(server):
+    with server.client() as http:
+        for name in ("cpu", "no-such-topic"):  # private and unknown look alike
+            anonymous = opened(http, f"/sse/{name}")
+            assert anonymous.status_code == 401, anonymous.read()
+            assert opened(http, f"/sse/{name}", headers=bearer(token(["ci.*"]))).status_code == 403
+        assert opened(http, "/sse/no-such-topic", headers=bearer(token(["*"]))).status_code == 404
+
+
+def test_a_loopback_bind_answers_the_address_it_serves_on(serve):
+    server = serve("topics: {clock: {feed: demo}}\n", args=["--host", "127.0.0.2"])
+    assert server.url.startswith("http://127.0.0.2:")
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/healthz", headers={"Host": "attacker.example"}).status_code == 421
 
 
 def test_the_page_signs_in_with_a_link_and_shows_only_the_viewers_panels(server, open_page):

@@ -47,13 +47,12 @@
   }
 
   // A timestamp as feeds send it: epoch seconds, epoch milliseconds or an ISO string -> ms, or null.
+  // A time in milliseconds, or null: what no Date can hold (|t| over 8.64e15 ms) is no time at all.
   function toMillis(ts) {
-    if (typeof ts === "number" && isFinite(ts)) return ts > 1e12 ? ts : ts * 1000;
-    if (typeof ts === "string" && ts) {
-      const t = Date.parse(ts);
-      return isNaN(t) ? null : t;
-    }
-    return null;
+    let t = null;
+    if (typeof ts === "number" && isFinite(ts)) t = ts > 1e12 ? ts : ts * 1000;
+    else if (typeof ts === "string" && ts) t = Date.parse(ts);
+    return typeof t === "number" && Math.abs(t) <= 8.64e15 ? t : null;
   }
 
   function ago(ms, now) {

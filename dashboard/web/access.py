@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import jwt
 from starlette.middleware.cors import CORSMiddleware
@@ -199,10 +199,10 @@ class Access:
         viewer = self.viewer(request)
         for topic in topics:
             if self.may_read(viewer, topic):
-                continue
+                continue  # (an unknown topic is then a 404; before that, whether it exists is not said)
             if not viewer.authenticated:
                 raise _unauthorized(
-                    f"topic {topic!r} is private: send a viewer token (Authorization: Bearer, ?token=, "
+                    f"topic {topic!r} needs a viewer token (Authorization: Bearer, ?token=, "
                     "or open the dashboard with /?token=...)"
                 )
             who = f"viewer {viewer.name!r}" if viewer.name else "this viewer token"
@@ -264,14 +264,20 @@ def cross_site(request: HTTPConnection) -> bool:
 
 
 class HideTokens(logging.Filter):
-    """Keeps `?token=` values out of the access log (`serve --access-log` logs each path)."""
+    """Keeps `?token=` values out of the access log (`serve --access-log` logs each path), however
+    the name is written (`%74oken=` is read as `token` too)."""
 
-    pattern = re.compile(r"([?&]token=)[^&\s]*")
+    parameter = re.compile(r"([?&])([^=&\s]*)=([^&\s]*)")
+
+    def _hide(self, match: re.Match[str]) -> str:
+        if unquote_plus(match.group(2)) == "token":
+            return f"{match.group(1)}{match.group(2)}=<hidden>"
+        return match.group(0)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                self.pattern.sub(r"\1<hidden>", a) if isinstance(a, str) else a for a in record.args
+                self.parameter.sub(self._hide, a) if isinstance(a, str) else a for a in record.args
             )
         return True
 
@@ -284,7 +290,10 @@ def allowed_hosts(config: Config) -> list[str]:
     """`server.allowed_hosts`, or the default for the bind address: loopback names, or any."""
     if config.server.allowed_hosts is not None:
         return config.server.allowed_hosts
-    return list(LOOPBACK_HOSTS) if is_loopback(config.server.host) else ["*"]
+    host = config.server.host
+    if not is_loopback(host):
+        return ["*"]
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, host.strip("[]")]))  # 127.0.0.2 serves its own URL
 
 
 def host_name(header: str) -> str:
@@ -350,6 +359,13 @@ def network_problems(config: Config) -> list[str]:
             "reaches the port: set auth.api_tokens or auth.api_keys, or add `ai` to auth.open_on_network "
             "to serve it open"
         )
+    page_prompts = [n for n, t in config.topics.items() if getattr(t._feed_options, "page_prompts", False)]
+    if paid and page_prompts and auth.viewers is None and "ai" not in auth.open_on_network:
+        problems.append(
+            f"the prompt box of topic {page_prompts[0]!r} would let anyone who opens the page spend the "
+            f"key of provider {paid[0]!r}: configure auth.viewers (only viewers of the topic may prompt), "
+            "set its option page_prompts: false (api tokens only), or add `ai` to auth.open_on_network"
+        )
     pushable = [name for name, t in config.topics.items() if t.feed_class.accepts_publish]
     if pushable and not auth.publish_tokens and "publish" not in auth.open_on_network:
         problems.append(
@@ -378,9 +394,10 @@ def describe(config: Config) -> list[str]:
         )
     paid = any(p.type != "simulated" for p in config.ai.providers)
     if auth.api_tokens or auth.api_keys:
+        page = "viewers of the topic" if auth.viewers else f"{where} (whoever opens the page)"
         lines.append(
-            f"AI relay and prompts: {len(auth.api_tokens)} api token(s), {len(auth.api_keys)} named key(s), "
-            "or the page's own prompts"
+            f"AI relay and prompts: {len(auth.api_tokens)} api token(s), {len(auth.api_keys)} named key(s); "
+            f"the page's prompt box: {page}"
         )
     else:
         lines.append(f"AI relay and prompts: {where}{'' if paid else ' (simulated providers only)'}")
@@ -389,7 +406,13 @@ def describe(config: Config) -> list[str]:
     else:
         lines.append("publish: disabled (no auth.publish_tokens)")
     hosts = allowed_hosts(config)
-    lines.append(f"Host header: {'any' if '*' in hosts else ', '.join(hosts)}")
+    if "*" in hosts:
+        lines.append("Host header: any (set server.allowed_hosts to the names you serve)")
+    else:
+        lines.append(f"Host header: {', '.join(hosts)}")
+    secret = auth.viewers.secret if auth.viewers is not None else None
+    if secret is not None and len(secret.get_secret_value().encode()) < 32:
+        lines.append("WARNING: auth.viewers.secret is under 32 bytes: tokens can be forged by brute force")
     if config.server.cors_origins:
         lines.append(f"CORS (/sse, /api): {', '.join(config.server.cors_origins)}")
     return lines

@@ -181,9 +181,9 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     broker: Broker = runtime.broker
     if runtime.stopping:
         raise HTTPError(503, "the server is shutting down")
+    runtime.access.require(request, topics)  # 401 / 403, first: who may not read learns no names
     for name in topics:
         broker.topic(name)  # UnknownTopic -> 404
-    runtime.access.require(request, topics)  # 401 / 403
     last_id, replay = last_event_id(request), replay_count(request)
     runtime.admission.admit()
     try:
