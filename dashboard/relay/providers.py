@@ -9,6 +9,7 @@ import httpx
 
 from dashboard.config import AIProvider
 from dashboard.relay import dialects
+from dashboard.relay.transport import RelayTransport
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
 _GRAM = 8
@@ -82,8 +83,7 @@ class Provider:
             from dashboard.relay.simulated import SimulatedTransport
 
             return SimulatedTransport(self.config.simulation)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30)
-        return httpx.AsyncHTTPTransport(limits=limits)
+        return RelayTransport()
 
     def request(self, method: str, url: httpx.URL, content: bytes = b"") -> httpx.Request:
         return httpx.Request(

@@ -335,7 +335,7 @@ class UpstreamStream:
                 ctype = response.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
                     raise await self._not_a_stream(response, ctype)
-                self._raw = response.aiter_bytes()
+                self._raw = aiter(response.stream)  # type: ignore[arg-type]
                 while not self._ready:
                     part = await anext(self._raw, None)
                     if part is None:
