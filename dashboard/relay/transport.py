@@ -40,6 +40,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.received = False  # any byte of the answer
         self.complete = False
+        self.keep_alive = False
         self.error: httpx.TransportError | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False
@@ -94,6 +95,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # the parser forgets it once past the message
         self._wake()
 
     # --------------------------------------------------------------------------------------------
@@ -131,15 +133,23 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(b"".join(lines) + content)
 
-    async def read(self) -> bytes | None:
-        """What arrived of the body since the last read, at least a byte; None at its end."""
+    async def read(self, until: float | None = None) -> bytes | None:
+        """What arrived of the body since the last read, at least a byte; None at its end.
+        TimeoutError if nothing arrives by `until` (the loop's time): a timer is set only when
+        there is nothing to hand over yet, which under load is rarely."""
         while not self.body:
             if self.error is not None:
                 raise self.error
             if self.complete:
                 return None
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
+            loop = asyncio.get_running_loop()
+            self.waiter = waiter = loop.create_future()
+            timer = None if until is None else loop.call_at(until, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()
         self.buffered = 0
@@ -149,13 +159,26 @@ class _Connection(asyncio.Protocol):
         return data
 
 
-class _Body(httpx.AsyncByteStream):
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body read from its connection; closing it hands the connection back."""
+
     def __init__(self, pool: RelayTransport, connection: _Connection) -> None:
         self.pool = pool
         self.connection: _Connection | None = connection
 
+    async def read(self, until: float | None = None) -> bytes | None:
+        """The next part of the body (all that arrived since the last read), None at its end."""
+        if self.connection is None:
+            return None
+        return await self.connection.read(until)
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self.connection is not None and (data := await self.connection.read()) is not None:
+        while (data := await self.read()) is not None:
             yield data
 
     async def aclose(self) -> None:
@@ -221,13 +244,13 @@ class RelayTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status,
             headers=connection.headers,
-            stream=_Body(self, connection),
+            stream=Body(self, connection),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
     def release(self, connection: _Connection) -> None:
         """A request is over: its connection waits for the next one, or closes if unfinished."""
-        if not connection.complete or connection.closed or not connection.parser.should_keep_alive():
+        if not connection.keep_alive or connection.closed:
             connection.close()
             return
         now = time.monotonic()
