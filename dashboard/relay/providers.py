@@ -64,8 +64,9 @@ class Provider:
         self.headers.update(config.headers)
         self.redactor = Redactor([key, *config.headers.values()])
         t = self.timeouts
-        # Read gaps are timed by the relay itself (first token, idle), so it can say which expired.
-        self._timeouts = {"connect": t.connect, "read": None, "write": t.first_token, "pool": t.connect}
+        # Only connecting is timed by the transport; the rest by the relay itself (first token,
+        # idle, total), so it can say which expired.
+        self._timeouts = {"connect": t.connect}
         base = "http://simulated.invalid/v1" if self.simulated else (config.base_url or "").rstrip("/")
         self.chat_url = httpx.URL(base + self.dialect.path)
         self.models_url = httpx.URL(base + "/models")
