@@ -201,3 +201,42 @@ def test_stream_true_in_the_query_streams(server, path):
         assert "Hello" in response.text
         refused = http.post(path, params={"stream": "maybe"}, json=body)
         assert refused.status_code == 400 and "stream" in refused.text
+
+
+PLAIN_TOKENS = [
+    '{"id":"c","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}',
+    '{"id":"c","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}',
+    # text that spells keys: escaped quotes inside a string are never the keys themselves
+    '{"choices":[{"delta":{"content":"\\"usage\\":{} \\"finish_reason\\":\\"stop\\""},'
+    '"finish_reason":null}]}',
+]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        *PLAIN_TOKENS,
+        '{"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}',
+        '{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}]}',
+        '{"choices":[{"delta":{"content":"x"},"finish_reason":null}],"usage":{"prompt_tokens":1}}',
+        '{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}',
+        '{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]},"finish_reason":null}]}',
+        '{"choices":[{"delta":{"content":"","reasoning_content":"hm"},"finish_reason":null}]}',
+        '{"error":{"message":"boom"}}',
+    ],
+)
+def test_openai_events_read_without_decoding_agree_with_the_full_parse(data):
+    """The relay recognises plain tokens by searching their text; whatever it reads that way must
+    be what decoding the JSON says, and anything else must be left to the full parse."""
+    from dashboard.relay import dialects
+    from dashboard.relay.sse import SSEEvent
+
+    dialect = dialects.get("openai")
+    event = SSEEvent(data.encode())
+    lean = dialect.lean_event(event, data)
+    if lean is None:
+        assert data not in PLAIN_TOKENS, f"a plain token was left to the full parse: {data}"
+        return
+    full = dialect.parse_event(event, data, json.loads(data), {})
+    seen = (lean.token, lean.finish_reason, lean.usage, lean.start, lean.usage_only, lean.last)
+    assert seen == (full.token, full.finish_reason, full.usage, full.start, full.usage_only, full.last), data

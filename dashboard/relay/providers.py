@@ -9,6 +9,7 @@ import httpx
 
 from dashboard.config import AIProvider
 from dashboard.relay import dialects
+from dashboard.relay.transport import RelayTransport
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
 _GRAM = 8
@@ -63,8 +64,9 @@ class Provider:
         self.headers.update(config.headers)
         self.redactor = Redactor([key, *config.headers.values()])
         t = self.timeouts
-        # Read gaps are timed by the relay itself (first token, idle), so it can say which expired.
-        self._timeouts = {"connect": t.connect, "read": None, "write": t.first_token, "pool": t.connect}
+        # Only connecting is timed by the transport; the rest by the relay itself (first token,
+        # idle, total), so it can say which expired.
+        self._timeouts = {"connect": t.connect}
         base = "http://simulated.invalid/v1" if self.simulated else (config.base_url or "").rstrip("/")
         self.chat_url = httpx.URL(base + self.dialect.path)
         self.models_url = httpx.URL(base + "/models")
@@ -82,8 +84,7 @@ class Provider:
             from dashboard.relay.simulated import SimulatedTransport
 
             return SimulatedTransport(self.config.simulation)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30)
-        return httpx.AsyncHTTPTransport(limits=limits)
+        return RelayTransport()
 
     def request(self, method: str, url: httpx.URL, content: bytes = b"") -> httpx.Request:
         return httpx.Request(

@@ -208,7 +208,9 @@ class RelayedStream(_Relayed):
     async def run(self, send: Send) -> None:
         measure = self.measure
         try:
-            upstream: UpstreamStream = await self.relay.open_stream(self.body, measure, self.client)
+            upstream: UpstreamStream = await self.relay.open_stream(
+                self.body, measure, self.client, text=False
+            )
         except RelayError as exc:
             await self._fail(send, exc)
             return

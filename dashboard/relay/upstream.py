@@ -37,6 +37,7 @@ from dashboard.relay.errors import (
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.sse import SSEEvent, SSEParser, SSEProtocolError
+from dashboard.relay.transport import Body
 from dashboard.supervisor import Backoff
 
 log = logging.getLogger("dashboard.relay")
@@ -97,11 +98,12 @@ class Relay:
 
     # -- streams ---------------------------------------------------------------------------------
     async def open_stream(
-        self, body: dict[str, Any], measure: Measure, client: Dialect = OPENAI
+        self, body: dict[str, Any], measure: Measure, client: Dialect = OPENAI, *, text: bool = True
     ) -> UpstreamStream:
         """A stream from the first provider that sends an event; retries and fallbacks happen here,
         and only here, so nothing is ever sent to the client twice. `body` is in the `client`'s
-        dialect; each provider is asked in its own."""
+        dialect; each provider is asked in its own. `text`: the chunks' text is read (a client of
+        the provider's own dialect, sent its events as they are, needs none)."""
         payloads: dict[tuple[str, bool], bytes] = {}
 
         async def attempt(provider: Provider, deadline: float) -> UpstreamStream:
@@ -109,7 +111,7 @@ class Relay:
             if key not in payloads:
                 out = provider.dialect.upstream_body(body, client, stream=True, usage=key[1])
                 payloads[key] = _json_bytes(out)
-            stream = UpstreamStream(provider, measure, deadline)
+            stream = UpstreamStream(provider, measure, deadline, lean=not text and provider.dialect is client)
             await stream.open(payloads[key])
             return stream
 
@@ -312,14 +314,15 @@ class UpstreamStream:
     is in hand (or raises a relay error that may be retried); iterating yields batches of chunks
     and raises a relay error if the stream fails, times out or breaks off."""
 
-    def __init__(self, provider: Provider, measure: Measure, deadline: float) -> None:
+    def __init__(self, provider: Provider, measure: Measure, deadline: float, *, lean: bool = False) -> None:
         self.provider = provider
+        self.lean = lean  # plain tokens are recognised without decoding their JSON (no text)
         self.measure = measure
         self.deadline = deadline
         self.state: dict[str, Any] = {}  # the dialect's own, for this stream
         self.parser = SSEParser()
         self.response: httpx.Response | None = None
-        self._raw: AsyncIterator[bytes] | None = None
+        self._read: BodyReader | None = None
         self._ready: list[SSEEvent] = []
         self.finished = False  # [DONE] seen, or a finish_reason and then a clean end
 
@@ -336,9 +339,9 @@ class UpstreamStream:
                 ctype = response.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
                     raise await self._not_a_stream(response, ctype)
-                self._raw = response.aiter_bytes()
+                self._read = body_reader(response)
                 while not self._ready:
-                    part = await anext(self._raw, None)
+                    part = await self._read(None)
                     if part is None:
                         raise _mark(
                             UpstreamIncomplete(
@@ -391,7 +394,8 @@ class UpstreamStream:
         provider, measure = self.provider, self.measure
         loop = asyncio.get_running_loop()
         idle = provider.timeouts.idle
-        assert self._raw is not None, "open() first"
+        read = self._read
+        assert read is not None, "open() first"
         while True:
             if self._ready:
                 batch, error = self._chunks(self._ready)
@@ -404,8 +408,7 @@ class UpstreamStream:
                 return
             limit = min(self.deadline, loop.time() + idle)
             try:
-                async with asyncio.timeout_at(limit):
-                    part = await anext(self._raw, None)
+                part = await read(limit)
             except TimeoutError:
                 # Which bound it was, not the clock's reading: a timer may fire a tick early.
                 if limit == self.deadline:
@@ -443,6 +446,10 @@ class UpstreamStream:
             if data == _DONE:
                 self.finished = True
                 break
+            if self.lean and (chunk := self.provider.dialect.lean_event(event, data)) is not None:
+                measure.text_chunks += chunk.token
+                out.append(chunk)
+                continue
             try:
                 obj = json.loads(data)
             except ValueError:
@@ -490,15 +497,34 @@ class UpstreamStream:
         if response is None:
             return
         try:
-            if self.finished and self._raw is not None:
+            if self.finished and self._read is not None:
                 # Read to the end of the body (its last chunk follows [DONE]), so the connection
                 # goes back to the pool: the next completion then needs no new TCP handshake.
+                until = asyncio.get_running_loop().time() + 1.0
                 with contextlib.suppress(TimeoutError, httpx.HTTPError):
-                    async with asyncio.timeout(1.0):
-                        while await anext(self._raw, None) is not None:
-                            pass
+                    while await self._read(until) is not None:
+                        pass
         finally:
             await response.aclose()
+
+
+BodyReader = Callable[[float | None], Awaitable[bytes | None]]
+
+
+def body_reader(response: httpx.Response) -> BodyReader:
+    """`read(until)`: the next part of a response's body (None at its end), TimeoutError if none
+    comes by `until`. The relay's own transport does this without a timer per part; other
+    streams (the simulated provider's) are read through asyncio.timeout_at."""
+    stream = response.stream
+    if isinstance(stream, Body):
+        return stream.read
+    parts = aiter(stream)  # type: ignore[arg-type]
+
+    async def read(until: float | None) -> bytes | None:
+        async with asyncio.timeout_at(until):
+            return await anext(parts, None)
+
+    return read
 
 
 def _json_bytes(obj: Any) -> bytes:

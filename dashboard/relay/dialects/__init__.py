@@ -87,6 +87,12 @@ class Dialect:
         stream's own. Error events are recognised before this is called."""
         raise NotImplementedError
 
+    def lean_event(self, event: SSEEvent, data: str) -> Chunk | None:
+        """The event as a chunk without decoding its JSON, when a search of its text shows it is
+        a plain token that carries no usage, error or finish (its `text` then left empty: for
+        clients of the same dialect, which are sent the event as it is). None: parse it in full."""
+        return None
+
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         """A non-streamed answer; ValueError when it is not one."""
         raise NotImplementedError

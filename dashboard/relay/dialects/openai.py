@@ -18,6 +18,8 @@ _TYPES = {
     429: "rate_limit_error",
 }
 DONE = encode_frame("[DONE]")
+# Keys that make an event more than a plain token: it is then parsed in full.
+_LEAN_EXCLUDES = ('"usage"', '"error"', '"role"', '"tool_calls"', '"reasoning', '"refusal"', '"choices":[]')
 
 
 def dumps(obj: Any) -> str:
@@ -58,6 +60,18 @@ class OpenAI(Dialect):
         elif chunk.usage is not None:
             chunk.usage_only = True
         return chunk
+
+    def lean_event(self, event: SSEEvent, data: str) -> Chunk | None:
+        # A key in quotes with its colon cannot occur inside a JSON string (its quotes would be
+        # escaped there), so finding these is finding the keys themselves.
+        if (
+            event.event is not None
+            or '"finish_reason":null' not in data
+            or data.count('"content":"') != 1
+            or any(key in data for key in _LEAN_EXCLUDES)
+        ):
+            return None
+        return Chunk(data, token='"content":""' not in data)
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         choices = obj.get("choices")
