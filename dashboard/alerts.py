@@ -95,6 +95,8 @@ class Rule:
         self.attempts: deque[dict[str, Any]] = deque(maxlen=ATTEMPTS_KEPT)
         self._timer: asyncio.TimerHandle | None = None
         self.publishing = asyncio.Lock()  # FIFO: the notify topic gets the changes in their order
+        # ... and so does each webhook: a resolved is not delivered before the firing it ends
+        self.delivering = [asyncio.Lock() for _ in config.webhooks]
 
     def condition(self, value: float) -> bool:
         rule = self.config
@@ -257,7 +259,14 @@ class Alerts:
     async def _deliver(
         self, rule: Rule, number: int, webhook: WebhookConfig, msg_id: str, change: str, body: bytes
     ) -> None:
-        """POST one delivery until a 2xx answer or `attempts` tries, with backoff between them."""
+        """POST one delivery until a 2xx answer or `attempts` tries, with backoff between them,
+        after the rule's earlier deliveries to the same webhook (other webhooks never wait)."""
+        async with rule.delivering[number]:
+            await self._deliver_now(rule, number, webhook, msg_id, change, body)
+
+    async def _deliver_now(
+        self, rule: Rule, number: int, webhook: WebhookConfig, msg_id: str, change: str, body: bytes
+    ) -> None:
         assert self._client is not None
         key = secret_key(webhook.secret.get_secret_value())
         where = origin_of(webhook.url)
