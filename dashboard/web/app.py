@@ -24,7 +24,7 @@ from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.tasks import cancel_and_wait
-from dashboard.web import api, pages, publish, sse
+from dashboard.web import api, direct, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
 from dashboard.web.telemetry import RequestMetrics, Telemetry
@@ -42,7 +42,6 @@ class Runtime:
         self.broker = brokers.from_url(
             config.broker.url,
             history=config.broker.history,
-            max_backlog=config.server.max_backlog,
             prefix=config.broker.prefix,
             lease_ttl=config.broker.lease_ttl,
         )
@@ -75,6 +74,7 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
+        direct.log_fast_path()
         await self.broker.connect()
         self.supervisor.start()
         self.alerts.start()
@@ -108,7 +108,7 @@ class DashboardApp(Starlette):
     """Starlette, keeping the server's own `send` in the scope for the streams' direct writes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[sse.RAW_SEND] = send
+        scope[direct.RAW_SEND] = send
         await super().__call__(scope, receive, send)
 
 
