@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from dashboard.errors import DashboardError, UnknownTopic
+from dashboard.errors import BrokerConfigError, UnknownTopic
 from dashboard.events import Event, Message, encode_data
 
 SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
@@ -383,10 +383,6 @@ def check_requested_id(requested: str, last_id: int) -> int:
     if wanted <= last_id:
         raise ValueError(f"Event.id {wanted} is not above the last id {last_id}; leave id unset")
     return wanted
-
-
-class BrokerConfigError(DashboardError):
-    """The broker URL names no known backend."""
 
 
 def from_url(
