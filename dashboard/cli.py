@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from dashboard import __version__
+from dashboard import broker as brokers
 from dashboard.config import Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds
@@ -152,7 +154,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    if not config.broker.url.startswith(("redis://", "rediss://")):
+    if not brokers.backend(urlsplit(config.broker.url).scheme).shared:
         print(
             f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
             "would keep its own events, so a browser would see only the events of the process it "

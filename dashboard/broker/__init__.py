@@ -1,25 +1,57 @@
-"""The broker: stores each topic's recent events and fans them out to subscribers.
+"""The broker: stores each topic's recent events and hands them to subscribers' sinks.
 
-The backend is picked by the URL's scheme (`memory://`, `redis://`). Every backend shares the local
-fan-out below; a backend only says how an event is stored and how history is read back.
+A backend is one file with one `Broker` subclass, picked by the URL's scheme from a registry
+(`backends()`: the built-in `memory://` and `redis://`/`rediss://`, plus any a package registers
+under the entry-point group `dashboard.brokers`, named by scheme, valued "module:Class"). What a
+backend must do, and tests/test_broker_contract.py checks on every built-in one:
+
+- storage and ids: `publish(topic, event)` stores the event with a new integer id, greater than
+  every id given before on any topic (or the event's own id, when it is greater: else ValueError),
+  builds the `Message` once and calls `deliver(message)` in each process that has subscribers
+  (a shared backend: every process, in id order). It returns the stored message.
+- history: `read_history(topic, after_id)` returns the stored messages after `after_id`, oldest
+  first; `evicted_id(topic, after)` the newest id dropped to make room, when above `after` (the
+  proof that a resuming reader lost events: it gets a `gap` event); `gave(id)` whether an id is
+  not above the newest this broker gave (an id from elsewhere is replayed from, and reported).
+- leases and fencing: `acquire_lease(topic)` waits until this instance leads a topic's feed
+  (at once for a process-local backend); `release_lease`; a shared backend sets `Lease.lost` when
+  another instance took over and refuses, with LeadershipLost, a publish made under the `fence`
+  context variable's lease once it is lost.
+- claims: `claim(key, ttl)` / `unclaim(key)` deduplicate work across instances (a webhook
+  delivered to two of them); the base class keeps claims in this process.
+- presence: `share_presence(instance, counts)` / `presence_updates()` tell other instances how
+  many streams watch each topic (nothing to do for a process-local backend).
+- `connect`/`disconnect`, `healthy` (False while it cannot store; publish then raises
+  BrokerUnavailable), and `shared` (True when processes share events: `serve --workers N`).
+
+Everything else is shared by every backend and lives here: topics, the local fan-out to
+`Subscription`s and their `Sink`s (the web layer's SSE streams), replay with no gap and no
+duplicate, counters for /api/topics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from dashboard.errors import BrokerConfigError, UnknownTopic
 from dashboard.events import Event, Message, encode_data
 
-SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
+ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
+BUILT_IN = {
+    "memory": "dashboard.broker.memory:MemoryBroker",
+    "redis": "dashboard.broker.redis:RedisBroker",
+    "rediss": "dashboard.broker.redis:RedisBroker",
+}
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 GAP_EVENT = "gap"  # the event type telling a resuming reader that it missed events
@@ -174,12 +206,20 @@ fence: ContextVar[Lease | None] = ContextVar("dashboard_fence", default=None)
 class Broker(ABC):
     """Stores events per topic and delivers them to local subscribers; see the module docs."""
 
+    #: its events reach every process using the same URL (so `serve --workers N` may use it)
+    shared: bool = False
+
     def __init__(self, *, history: int = 1000) -> None:
         self.default_history = history
         self.topics: dict[str, TopicState] = {}
         self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
         #: called when a topic gains or loses a local subscriber (presence counts them)
         self.on_watchers_changed: Callable[[], None] = lambda: None
+
+    @classmethod
+    def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> Broker:
+        """The broker for `url` (its scheme is this class's); a shared backend uses the rest."""
+        return cls(history=history)
 
     # -- backend verbs -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -385,27 +425,31 @@ def check_requested_id(requested: str, last_id: int) -> int:
     return wanted
 
 
-def from_url(
-    url: str,
-    *,
-    history: int = 1000,
-    prefix: str = "dashboard",
-    lease_ttl: float = 5.0,
-) -> Broker:
-    """The broker for `url`: `memory://`, or `redis://host:port/db` (`rediss://` for TLS).
+def backends() -> dict[str, str]:
+    """Every installed backend, as URL scheme -> "module:Class": the built-in ones and those that
+    packages register under the entry-point group `dashboard.brokers` (named by their scheme)."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILT_IN}
 
-    `prefix` and `lease_ttl` only concern the Redis broker: the first part of its key names, and
-    how long a feed's lease outlives an instance that stopped renewing it."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        from dashboard.broker.memory import MemoryBroker
 
-        return MemoryBroker(history=history)
-    if scheme in ("redis", "rediss"):
-        from dashboard.broker.redis import RedisBroker
+def backend(scheme: str) -> type[Broker]:
+    """The broker class serving URLs of `scheme`; BrokerConfigError when none is installed."""
+    target = backends().get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in backends())
+        named = f"scheme {scheme}://" if scheme else "URL without a scheme"
+        raise BrokerConfigError(f"no broker serves the {named}: use {known}")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Broker)):
+        raise BrokerConfigError(f"broker {scheme!r}: {target} is not a dashboard.broker.Broker subclass")
+    return cls
 
-        return RedisBroker(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
-    raise BrokerConfigError(
-        f"unsupported broker scheme {scheme + '://' if scheme else 'in the URL'}: "
-        "use memory:// or redis://host:6379/0"
-    )
+
+def from_url(url: str, *, history: int = 1000, prefix: str = "dashboard", lease_ttl: float = 5.0) -> Broker:
+    """The broker for `url`, by its scheme: `memory://`, `redis://host:port/db` (`rediss://` for
+    TLS), or a backend a package registered under `dashboard.brokers`.
+
+    `prefix` and `lease_ttl` concern shared brokers: the first part of their key names, and how
+    long a feed's lease outlives an instance that stopped renewing it."""
+    return backend(urlsplit(url).scheme).from_url(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
