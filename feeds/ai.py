@@ -24,10 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import Event, Feed
-from dashboard.relay import Measure, RelayError
-from dashboard.tasks import cancel_and_wait
-from dashboard.web.access import cross_site
-from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer, token_in
+from dashboard.ai import Measure, RelayError
+from dashboard.http import HTTPError, bearer_token, cross_site, read_json, require_bearer, token_in
 
 log = logging.getLogger("dashboard.feeds.ai")
 
@@ -122,7 +120,7 @@ class AI(Feed):
 
     async def aclose(self) -> None:
         if self._worker is not None:
-            await cancel_and_wait([self._worker])
+            await self.context.tasks.cancel(self._worker)
 
     def _enqueue(self, prompt: str) -> Job | None:
         if self.options.queue == 0 and (self._running is not None or not self.queue.empty()):
@@ -135,7 +133,7 @@ class AI(Feed):
         if self._worker is None or self._worker.done():
             # A fresh context: a worker first started by a scheduled prompt must not carry the
             # leader's fence, or a lost lease would refuse the events of every later prompt.
-            self._worker = asyncio.create_task(
+            self._worker = self.context.tasks.start(
                 self._work(), name=f"ai:{self.topic}:worker", context=contextvars.Context()
             )
         return job
@@ -205,7 +203,7 @@ class AI(Feed):
     async def prompt_endpoint(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/prompt {"prompt": "..."} -> 202 {"completion": id}"""
         self._check_access(request)
-        body = await read_json(request, min(request.app.state.runtime.config.server.max_body, 1 << 20))
+        body = await read_json(request, min(self.context.config.server.max_body, 1 << 20))
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
             raise HTTPError(400, 'send {"prompt": "..."} with a non-empty string', "invalid_request")
@@ -238,7 +236,7 @@ class AI(Feed):
         """Another site's page: never. An api token: always. Otherwise the viewer must be allowed
         the topic and, with api tokens set, the request must carry the proof the server gave the
         page (bound to the page's session cookie), unless page_prompts is off."""
-        access = request.app.state.runtime.access
+        access = self.context.access
         if cross_site(request):
             raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
         tokens = access.api_tokens

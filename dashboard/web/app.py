@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from dashboard import broker as brokers
 from dashboard.alerts import Alerts
 from dashboard.config import Config
+from dashboard.context import FeedContext
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
 from dashboard.presence import Presence
@@ -57,11 +58,22 @@ class Runtime:
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
-            feed.attach(self.publish, self)
+            feed.attach(self.publish, self.feed_context(feed))
             self.feeds[name] = feed
             self.supervisor.add(name, feed)
         self.alerts = Alerts(config.alerts, self.broker)
         self.presence = Presence(self.broker, config.broker.lease_ttl)
+
+    def feed_context(self, feed: Feed) -> FeedContext:
+        return FeedContext(
+            feed.topic,
+            feed.options,
+            config=self.config,
+            broker=self.broker,
+            relay=self.relay,
+            access=self.access,
+            supervisor=self.supervisor,
+        )
 
     async def publish(self, topic: str, event: Event) -> Message:
         return await self.broker.publish(topic, event)
@@ -90,6 +102,7 @@ class Runtime:
             await self.alerts.stop()
             await self.supervisor.stop()
             await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
+            await asyncio.gather(*(feed.context.tasks.aclose() for feed in self.feeds.values()))
             await self.relay.aclose()
             await self.broker.disconnect()
 
