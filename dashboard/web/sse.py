@@ -120,18 +120,22 @@ class EventStream:
                 sink.sending = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sink.sending = False
+            self._stop_direct_writes()  # nothing may follow the last chunk
             if not watcher.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write
         finally:
-            if sink.writer is not None:
-                sink.writer = None
-                self.admission.direct -= 1
+            self._stop_direct_writes()
             watcher.cancel()
             self.heartbeat.sinks.discard(sink)
             self.broker.unsubscribe(self.sub)
             self.admission.release()
+
+    def _stop_direct_writes(self) -> None:
+        if self.sink.writer is not None:
+            self.sink.writer = None
+            self.admission.direct -= 1
 
     async def _close_on_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
