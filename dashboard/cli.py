@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from dashboard import __version__
+from dashboard import broker as brokers
 from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds
@@ -181,17 +183,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except DashboardError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
-    runtime = app.state.runtime
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
-            # Open streams would otherwise hold the graceful shutdown until they time out.
-            if loop is not None:
-                loop.call_soon_threadsafe(runtime.close_streams)
-            super().handle_exit(sig, frame)
-
     uv_config = uvicorn.Config(
         app,
         host=host,
@@ -203,17 +194,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # against it, and an X-Forwarded-For header must not be able to stand in for it.
         proxy_headers=False,
     )
-    server = Server(uv_config)
+    server = uvicorn.Server(uv_config)
 
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.05)
+        _close_streams_on_exit(app.state.runtime)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
         banner(config, bound, f"config: {config.source}")
 
     async def run() -> None:
-        nonlocal loop
-        loop = asyncio.get_running_loop()
         announcer = asyncio.create_task(announce())
         try:
             await server.serve()
@@ -234,7 +224,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    if not config.broker.url.startswith(("redis://", "rediss://")):
+    if not brokers.backend(urlsplit(config.broker.url).scheme).shared:
         print(
             f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
             "would keep its own events, so a browser would see only the events of the process it "
@@ -275,9 +265,9 @@ def worker_app():
 
 
 def _close_streams_on_exit(runtime) -> None:
-    """End open streams as soon as the worker is told to stop, as `serve` does in one process:
-    uvicorn would otherwise wait for them until its graceful-shutdown timeout. Called while
-    uvicorn's own signal handlers are installed, which it restores when it stops."""
+    """End open streams as soon as the server is told to stop (one process or a worker): uvicorn
+    would otherwise wait for them until its graceful-shutdown timeout. Called while uvicorn's own
+    signal handlers are installed, which it restores when it stops."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(sig)

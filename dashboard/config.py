@@ -21,9 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from dashboard.broker import SCHEMES as BROKER_SCHEMES
-from dashboard.errors import ConfigError, ConfigIssue, DashboardError
+from dashboard.broker import backend
+from dashboard.errors import BrokerConfigError, ConfigError, ConfigIssue, DashboardError
 from dashboard.feed import Feed, resolve_feed
+from dashboard.views import VIEWS
 
 TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # boards, panel ids and alert rules, like topics
@@ -116,10 +117,10 @@ class BrokerConfig(Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        scheme = url.partition("://")[0] if "://" in url else ""
-        if scheme not in BROKER_SCHEMES:
-            known = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
-            raise ValueError(f"unsupported broker URL {url!r}: use {known}")
+        try:
+            backend(url.partition("://")[0] if "://" in url else "")
+        except BrokerConfigError as exc:
+            raise ValueError(f"unsupported broker URL {url!r}: {exc}") from None
         return url
 
 
@@ -340,9 +341,16 @@ class PanelConfig(Strict):
     topic: str
     id: str | None = Field(None, pattern=NAME_PATTERN, description="names the panel in /embed/{board}/{id}")
     title: str | None = None
-    view: Literal["chart", "stat", "list", "log", "chat", "json", "alerts"] | None = None
+    view: str | None = Field(None, description="a view of dashboard/static/views/ (default: the feed's)")
     size: Literal["s", "m", "l", "xl"] = "m"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("view")
+    @classmethod
+    def _known_view(cls, view: str | None) -> str | None:
+        if view is not None and view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+        return view
 
 
 class DashboardConfig(Strict):

@@ -1,4 +1,21 @@
-"""The project's one exception family: catch exactly the cause you mean."""
+"""The project's one exception family, grouped by cause as httpx's is: catch exactly what you mean.
+
+    DashboardError
+    ├── SetupError              the configuration or the installation cannot be used
+    │   ├── ConfigError         (every problem of a config file, with file:line)
+    │   ├── FeedNotFound
+    │   └── BrokerConfigError
+    ├── RequestError            a client's request cannot be served as asked
+    │   ├── HTTPError           (any status, raised by routes)
+    │   └── UnknownTopic
+    ├── BrokerError             the broker could not do what was asked
+    │   ├── BrokerUnavailable
+    │   └── LeadershipLost
+    └── RelayError              the AI relay failed (dashboard.relay.errors: timeouts, upstream)
+
+Every error knows what an HTTP client is answered when one reaches it: `status`, `code` and
+`headers`, as JSON `{"error": {"code", "message"}}` (dashboard/web/errors.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +24,15 @@ from dataclasses import dataclass
 
 class DashboardError(Exception):
     """Base class of every error the dashboard raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] | None = None
+
+
+# -- setup -----------------------------------------------------------------------------------------
+class SetupError(DashboardError):
+    """The configuration or the installation cannot be used: the server does not start."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +48,7 @@ class ConfigIssue:
         return f"{where}: {self.message}"
 
 
-class ConfigError(DashboardError):
+class ConfigError(SetupError):
     """The configuration cannot be used; `issues` lists every problem found."""
 
     def __init__(self, issues: list[ConfigIssue]) -> None:
@@ -30,17 +56,76 @@ class ConfigError(DashboardError):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-class FeedNotFound(DashboardError):
+class FeedNotFound(SetupError):
     """A feed type named in the configuration is not installed."""
 
 
-class UnknownTopic(DashboardError):
+class BrokerConfigError(SetupError):
+    """The broker URL names no installed backend."""
+
+
+# -- requests --------------------------------------------------------------------------------------
+class RequestError(DashboardError):
+    """A client's request cannot be served as asked; it is answered with `status`."""
+
+    status = 400
+    code = "bad_request"
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+
+class HTTPError(RequestError):
+    """An error a route answers with any `status` (and `code`, `headers`)."""
+
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or HTTP_CODES.get(status, "error")
+        self.message = message
+        self.headers = headers
+
+
+class UnknownTopic(RequestError):
     """A request named a topic that is not configured."""
 
+    status = 404
+    code = "unknown_topic"
 
-class BrokerUnavailable(DashboardError):
+
+# -- the broker ------------------------------------------------------------------------------------
+class BrokerError(DashboardError):
+    """The broker could not do what was asked."""
+
+    status = 503
+    code = "broker_unavailable"
+    headers = {"Retry-After": "1"}
+
+
+class BrokerUnavailable(BrokerError):
     """The broker cannot store or deliver events right now."""
 
 
-class LeadershipLost(DashboardError):
+class LeadershipLost(BrokerError):
     """Another instance now leads this topic's feed: the event was not stored."""
+
+    status = 409
+    code = "leadership_lost"
+    headers = None

@@ -57,18 +57,12 @@ def encode_retry(ms: int) -> bytes:
     return f"retry: {int(ms)}\n\n".encode()
 
 
-def http_chunk(data: bytes) -> bytes:
-    """`data` framed as one HTTP/1.1 chunk (for streams written straight to the socket)."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Message:
-    """An event as stored by the broker: its id, topic and both SSE frames, encoded once.
+    """An event as stored by the broker: its id, topic, type and encoded data.
 
-    `frame` is for single-topic streams (`event:` is the type); `mux_frame` is for multiplexed
-    streams (`event:` is the topic, or `topic:type`). `chunk` and `mux_chunk` are the same frames
-    as HTTP/1.1 chunks, so that writing one to a subscriber's socket costs no encoding at all.
+    `wire` is for whoever writes messages out (the web layer keeps a message's SSE frames there):
+    it encodes a message once, on its first delivery, however many subscribers receive it.
     """
 
     id: int
@@ -76,18 +70,11 @@ class Message:
     event: str
     data: str
     ts: float
-    frame: bytes = field(repr=False)
-    mux_frame: bytes = field(repr=False)
-    chunk: bytes = field(repr=False)
-    mux_chunk: bytes = field(repr=False)
+    wire: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, id: int, topic: str, event: str | None, data: str, ts: float) -> Message:
-        kind = event or "message"
-        mux_name = topic if kind == "message" else f"{topic}:{kind}"
-        frame = encode_frame(data, kind, id)
-        mux_frame = encode_frame(data, mux_name, id)
-        return cls(id, topic, kind, data, ts, frame, mux_frame, http_chunk(frame), http_chunk(mux_frame))
+        return cls(id, topic, event or "message", data, ts)
 
     def as_json(self) -> dict[str, Any]:
         """The message as a JSON object (for APIs and tests); data decoded when it is JSON."""

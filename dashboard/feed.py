@@ -8,13 +8,16 @@ import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from starlette.routing import BaseRoute
 
 from dashboard.errors import FeedNotFound
 from dashboard.events import Event
+
+if TYPE_CHECKING:
+    from dashboard.context import FeedContext
 
 ENTRY_POINT_GROUP = "dashboard.feeds"
 BUILTIN_PACKAGE = "feeds"
@@ -45,7 +48,8 @@ class Feed:
             options if isinstance(options, self.Options) else self.Options.model_validate(options or {})
         )
         self._publish: Callable[[str, Event], Awaitable[Any]] | None = None
-        self.context: Any = None
+        #: the running server as this feed sees it (see dashboard.context); set before it runs
+        self.context: FeedContext = None  # type: ignore[assignment]
 
     @classmethod
     def description(cls) -> str:
@@ -81,10 +85,10 @@ class Feed:
     async def claim(self, key: str, ttl: float) -> bool:
         """True the first time `key` is claimed on this topic within `ttl` seconds, on any instance
         sharing the broker: what a feed uses to drop duplicates. `unclaim` takes it back."""
-        return await self.context.broker.claim(f"{self.topic}:{key}", ttl)
+        return await self.context.claim(key, ttl)
 
     async def unclaim(self, key: str) -> None:
-        await self.context.broker.unclaim(f"{self.topic}:{key}")
+        await self.context.unclaim(key)
 
     @classmethod
     def config_problems(cls, options: Options, config: Any) -> list[str]:
@@ -98,7 +102,9 @@ class Feed:
     async def aclose(self) -> None:
         """Called once when the server stops: end any task the feed's routes started."""
 
-    def attach(self, publish: Callable[[str, Event], Awaitable[Any]], context: Any = None) -> None:
+    def attach(
+        self, publish: Callable[[str, Event], Awaitable[Any]], context: FeedContext | None = None
+    ) -> None:
         """Called by the server before the feed runs."""
         self._publish = publish
         self.context = context

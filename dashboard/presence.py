@@ -15,7 +15,6 @@ import uuid
 
 from dashboard.broker import Broker
 from dashboard.errors import BrokerUnavailable
-from dashboard.events import encode_frame, http_chunk
 
 PRESENCE_EVENT = "presence"  # `event: topic:presence` on multiplexed streams
 DEBOUNCE = 0.25  # seconds: the counts are shared and pushed at most this often
@@ -76,13 +75,9 @@ class Presence:
             if not state.subscribers:
                 continue
             total = self.watching(name)
-            frames: dict[bool, tuple[bytes, bytes]] = {}
+            data = json.dumps({"watching": total})
             for sub in tuple(state.subscribers):
                 if sub.presence is None or sub.presence.get(name) == total:
                     continue
                 sub.presence[name] = total
-                if sub.mux not in frames:
-                    kind = f"{name}:{PRESENCE_EVENT}" if sub.mux else PRESENCE_EVENT
-                    frame = encode_frame(json.dumps({"watching": total}), kind)
-                    frames[sub.mux] = (frame, http_chunk(frame))
-                sub.push_frame(*frames[sub.mux])
+                sub.sink.notice(name, PRESENCE_EVENT, data)

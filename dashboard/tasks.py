@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Coroutine, Iterable
+from contextvars import Context
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -43,3 +44,27 @@ async def finish_shielded(coro: Awaitable[T]) -> T:
             raise asyncio.CancelledError from task.exception()
         raise asyncio.CancelledError
     return task.result()
+
+
+class TaskGroup:
+    """Tasks started on someone's behalf (a feed's routes, its workers) that the server cancels,
+    and waits for, when it stops."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None, context: Context | None = None
+    ) -> asyncio.Task[T]:
+        """Run `coro` as a task of this group (in `context`, a contextvars.Context, when given)."""
+        task = asyncio.create_task(coro, name=name, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel(self, *tasks: asyncio.Task) -> None:
+        """Cancel `tasks` (all of the group's when none is named) and wait until they have ended."""
+        await cancel_and_wait(tasks or tuple(self._tasks))
+
+    async def aclose(self) -> None:
+        await self.cancel()

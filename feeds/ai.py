@@ -24,11 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import Event, Feed
-from dashboard.relay import Measure, RelayError
-from dashboard.relay.keys import NO_KEY, PAGE, Account, Ticket
-from dashboard.tasks import cancel_and_wait
-from dashboard.web.access import cross_site
-from dashboard.web.errors import HTTPError, bearer_token, read_json, require_bearer, token_in
+from dashboard.ai import NO_KEY, PAGE, Account, Measure, RelayError, Ticket
+from dashboard.http import HTTPError, bearer_token, cross_site, read_json, require_bearer, token_in
 
 log = logging.getLogger("dashboard.feeds.ai")
 
@@ -137,7 +134,7 @@ class AI(Feed):
 
     async def aclose(self) -> None:
         if self._worker is not None:
-            await cancel_and_wait([self._worker])
+            await self.context.tasks.cancel(self._worker)
 
     def _enqueue(self, prompt: str, account: Account | None = None) -> Job | None:
         if self.options.queue == 0 and (self._running is not None or not self.queue.empty()):
@@ -150,7 +147,7 @@ class AI(Feed):
         if self._worker is None or self._worker.done():
             # A fresh context: a worker first started by a scheduled prompt must not carry the
             # leader's fence, or a lost lease would refuse the events of every later prompt.
-            self._worker = asyncio.create_task(
+            self._worker = self.context.tasks.start(
                 self._work(), name=f"ai:{self.topic}:worker", context=contextvars.Context()
             )
         return job
@@ -235,7 +232,7 @@ class AI(Feed):
     async def prompt_endpoint(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/prompt {"prompt": "..."} -> 202 {"completion": id}"""
         account = self._check_access(request)
-        body = await read_json(request, min(request.app.state.runtime.config.server.max_body, 1 << 20))
+        body = await read_json(request, min(self.context.config.server.max_body, 1 << 20))
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
             raise HTTPError(400, 'send {"prompt": "..."} with a non-empty string', "invalid_request")
@@ -269,19 +266,18 @@ class AI(Feed):
         the topic and, with api tokens set, the request must carry the proof the server gave the
         page (bound to the page's session cookie), unless page_prompts is off. The account the
         prompt is charged to: the token's key, else the viewer's name, else the page key."""
-        runtime = request.app.state.runtime
-        access = runtime.access
+        access, keys = self.context.access, self.context.keys
         if cross_site(request):
             raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
         tokens = access.api_tokens
         token = bearer_token(request)
         if token_in(token, tokens):
-            return runtime.keys.by_token(token) or Account(NO_KEY)
+            return keys.by_token(token) or Account(NO_KEY)
         viewer = access.require(request, [self.topic])
         if tokens and not (self.options.page_prompts and access.has_prompt_proof(request)):
             require_bearer(request, tokens, f"prompting topic {self.topic!r}")
         if viewer.name:
-            return runtime.keys.for_name(viewer.name, self.options.page_key)
+            return keys.for_name(viewer.name, self.options.page_key)
         return self._page_account()
 
     def _page_account(self) -> Account:

@@ -26,8 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dashboard import Event, Feed
-from dashboard.web.errors import HTTPError, bearer_token, parse_count, parse_json, read_body
-from dashboard.web.publish import describe_invalid
+from dashboard.http import HTTPError, bearer_token, describe_invalid, parse_count, parse_json, read_body
 from feeds._payloads import (
     BODY_MAX,
     TITLE_MAX,

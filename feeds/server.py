@@ -1,13 +1,14 @@
 """The server watching itself: subscribers, event rates, drops, feed restarts and AI time to first token.
 
-Reads the running server through `self.context` (the Runtime: its broker's per-topic counters and
-its supervisor's runners); rates are the change of those counters over the last interval.
+Reads the running server through `self.context.topics()` (each topic's counters in this process);
+rates are the change of those counters over the last interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -39,17 +40,7 @@ class Server(Feed):
         per_topic: bool = Field(True, description="also report each topic's numbers under `topics`")
 
     def totals(self) -> dict[str, Any]:
-        runtime = self.context
-        topics = {}
-        for name, state in list(runtime.broker.topics.items()):
-            runner = runtime.supervisor.runners.get(name)
-            topics[name] = {
-                "subscribers": len(state.subscribers),
-                "published": state.published,
-                "delivered": state.delivered,
-                "dropped": state.dropped,
-                "restarts": runner.restarts if runner else 0,
-            }
+        topics = {name: asdict(stats) for name, stats in self.context.topics().items()}
         return {"at": time.monotonic(), "topics": topics, "ttft": ttft_totals()}
 
     def report(self, before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from dashboard.broker import Broker, Limits, Refusal, Reservation, Subscription, from_url
 from dashboard.errors import UnknownTopic
 from dashboard.events import Event
+from dashboard.web.sink import StreamSink
 from tests.support import REDIS_URL
 
 TOPICS = {"a": None, "b": None, "short": 3}
@@ -52,7 +53,7 @@ async def take(sub: Subscription, count: int, timeout: float = 10.0) -> list[tup
     frames: list[tuple[int, str, str]] = []
     async with asyncio.timeout(timeout):
         while len(frames) < count:
-            chunk = await sub.next_chunk()
+            chunk = await sub.sink.next_chunk()
             assert chunk is not None, f"subscription closed after {frames}"
             frames.extend(parse_frames(chunk))
     return frames
@@ -60,7 +61,7 @@ async def take(sub: Subscription, count: int, timeout: float = 10.0) -> list[tup
 
 async def nothing_more(sub: Subscription, wait: float = 0.3) -> None:
     try:
-        chunk = await asyncio.wait_for(sub.next_chunk(), wait)
+        chunk = await asyncio.wait_for(sub.sink.next_chunk(), wait)
     except TimeoutError:
         return
     raise AssertionError(f"unexpected frames: {chunk!r}")
@@ -83,7 +84,7 @@ def test_ids_grow_across_topics_and_history_keeps_what_publish_returned(make_bro
 def test_live_subscriber_gets_each_event_once_in_order(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
-            sub = await broker.subscribe(["a"])
+            sub = await broker.subscribe(["a"], sink=StreamSink())
             ids = [(await broker.publish("a", Event({"n": i}))).id for i in range(5)]
             frames = await take(sub, 5)
             assert [f[0] for f in frames] == ids
@@ -98,7 +99,7 @@ def test_resume_after_last_id_replays_the_rest_then_goes_live(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
             ids = [(await broker.publish("a", Event(i))).id for i in range(5)]
-            sub = await broker.subscribe(["a"], ids[1])
+            sub = await broker.subscribe(["a"], ids[1], sink=StreamSink())
             assert [f[0] for f in await take(sub, 3)] == ids[2:]
             later = [(await broker.publish("a", Event(i))).id for i in range(5, 7)]
             assert [f[0] for f in await take(sub, 2)] == later
@@ -114,7 +115,7 @@ def test_multiplexed_resume_keeps_one_order_across_topics(make_broker):
                 await broker.publish(t, Event(i, event="tick" if t == "b" else None))
                 for i, t in enumerate("ababba")
             ]
-            sub = await broker.subscribe(["a", "b"], published[0].id, mux=True)
+            sub = await broker.subscribe(["a", "b"], published[0].id, sink=StreamSink(mux=True))
             frames = await take(sub, 5)
             assert [(f[0], f[1]) for f in frames] == [
                 (m.id, "a" if m.topic == "a" else "b:tick") for m in published[1:]
@@ -128,11 +129,11 @@ def test_replay_count_gives_each_topics_newest_events_first(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
             ids = [(await broker.publish(t, Event(i))).id for i, t in enumerate("aabab")]
-            sub = await broker.subscribe(["a", "b"], mux=True, replay=2)
+            sub = await broker.subscribe(["a", "b"], sink=StreamSink(mux=True), replay=2)
             # a's last two (ids 1 and 3) and b's (2 and 4), in id order
             assert [f[0] for f in await take(sub, 4)] == ids[1:]
             await nothing_more(sub)
-            fresh = await broker.subscribe(["a"], replay=0)
+            fresh = await broker.subscribe(["a"], replay=0, sink=StreamSink())
             await nothing_more(fresh)
 
     asyncio.run(scenario())
@@ -168,7 +169,7 @@ def test_unknown_topic_is_refused(make_broker):
             with pytest.raises(UnknownTopic):
                 await broker.publish("nope", Event(1))
             with pytest.raises(UnknownTopic):
-                await broker.subscribe(["a", "nope"])
+                await broker.subscribe(["a", "nope"], sink=StreamSink())
 
     asyncio.run(scenario())
 
@@ -189,7 +190,7 @@ def test_subscribing_while_publishing_loses_and_repeats_nothing(make_broker):
             subs = []
             while not all(t.done() for t in running):
                 await asyncio.sleep(0)  # the memory broker's subscribe never waits
-                subs.append(await broker.subscribe(["a", "b"], start.id, mux=True))
+                subs.append(await broker.subscribe(["a", "b"], start.id, sink=StreamSink(mux=True)))
             await asyncio.gather(*running)
             stored = [*await broker.read_history("a", start.id), *await broker.read_history("b", start.id)]
             expected = sorted(m.id for m in stored)
@@ -244,13 +245,13 @@ def test_resume_after_evicted_events_says_they_were_lost(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
             ids = [(await broker.publish("short", Event({"n": i}))).id for i in range(6)]  # keeps 3
-            sub = await broker.subscribe(["short"], ids[0])
+            sub = await broker.subscribe(["short"], ids[0], sink=StreamSink())
             gap, *kept = await take(sub, 4)
             assert gap[0] == ids[2] and gap_of(gap)["reason"] == "expired", gap
             assert "lost" in gap_of(gap)["message"] and gap_of(gap)["last_event_id"] == ids[0]
             assert [f[0] for f in kept] == ids[3:]
             # Resuming from the gap event's id (the newest evicted) is complete again: no gap event.
-            again = await broker.subscribe(["short"], gap[0])
+            again = await broker.subscribe(["short"], gap[0], sink=StreamSink())
             assert [f[0] for f in await take(again, 3)] == ids[3:]
             await nothing_more(again)
 
@@ -278,7 +279,7 @@ def test_multiplexed_resume_reports_the_topic_that_lost_events(make_broker):
         async with connected(make_broker) as broker:
             first = await broker.publish("a", Event({"n": 0}))
             ids = [(await broker.publish("short", Event({"n": i}))).id for i in range(4)]
-            sub = await broker.subscribe(["a", "short"], first.id, mux=True)
+            sub = await broker.subscribe(["a", "short"], first.id, sink=StreamSink(mux=True))
             frames = await take(sub, 4)
             assert [(f[0], f[1]) for f in frames] == [
                 (ids[0], "short:gap"),
@@ -311,8 +312,8 @@ def test_resume_from_an_id_this_broker_never_gave_replays_history_and_says_so(ma
         async with connected(make_broker) as broker:
             ids = [(await broker.publish(t, Event({"n": i}))).id for i, t in enumerate("aab")]
             foreign = ids[-1] + 10**12  # another server's id, or one from before history was wiped
-            single = await broker.subscribe(["a"], foreign)
-            mux = await broker.subscribe(["a", "b"], foreign, mux=True)
+            single = await broker.subscribe(["a"], foreign, sink=StreamSink())
+            mux = await broker.subscribe(["a", "b"], foreign, sink=StreamSink(mux=True))
             frames = await take(single, 3)
             assert [(f[0], f[1]) for f in frames] == [(0, "gap"), (ids[0], "message"), (ids[1], "message")]
             assert (

@@ -2,12 +2,13 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.support import ROOT, Server, read_events
+from tests.support import ROOT, Server, read_events, sse_stream
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -101,3 +102,16 @@ def test_a_feed_module_in_the_current_folder_is_found_by_the_dashboard_command(t
         result = subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "OK, 1 topic(s): count" in result.stdout
+
+
+def test_serve_ends_open_streams_when_told_to_stop(serve):
+    """SIGTERM ends open streams at once: uvicorn would otherwise wait for them until its graceful
+    shutdown timeout, and then cancel them."""
+    server = serve("topics:\n  t: {feed: metrics}\n")
+    with server.client() as client, sse_stream(client, "/sse/t") as events:
+        next(iter(events))
+        server.proc.send_signal(signal.SIGTERM)
+        rest = list(events)  # the server ends the stream; the client does not hang up
+    server.proc.wait(30)  # uvicorn re-raises the signal once it has shut down
+    assert "graceful shutdown exceeded" not in server.output(), server.output()
+    assert all(e.event in ("message", "status") for e in rest), rest

@@ -6,6 +6,7 @@ import pytest
 from httpx_sse._decoders import SSEDecoder
 
 from dashboard.events import Message, encode_data, encode_frame
+from dashboard.web.sink import wire
 from tests.sample_feeds import Hostile
 from tests.support import read_events
 
@@ -42,12 +43,15 @@ def test_event_type_and_id_cannot_break_lines(name):
 
 def test_message_encodes_both_frames_once():
     message = Message.build(7, "chat", "token", encode_data({"text": "a\nb"}), 0.0)
-    [single] = decode(message.frame)
-    [mux] = decode(message.mux_frame)
+    frames = wire(message)
+    assert wire(message) is frames, "encoded again for a second subscriber"
+    [single] = decode(frames[0])
+    [mux] = decode(frames[1])
     assert (single.event, mux.event) == ("token", "chat:token")
     assert single.data == mux.data == '{"text":"a\\nb"}'
+    assert frames[2] == b"%x\r\n%s\r\n" % (len(frames[0]), frames[0])
     plain = Message.build(8, "chat", None, "hi", 0.0)
-    assert decode(plain.mux_frame)[0].event == "chat"
+    assert decode(wire(plain)[1])[0].event == "chat"
 
 
 def test_hostile_strings_through_the_server(serve):

@@ -8,6 +8,7 @@ import asyncio
 from dashboard.broker import from_url
 from dashboard.broker.redis import RedisBroker
 from dashboard.events import Event
+from dashboard.web.sink import StreamSink
 from tests.support import REDIS_URL, run_async
 from tests.test_broker_contract import nothing_more, take
 
@@ -58,8 +59,8 @@ def test_resumes_older_than_the_ring_lose_and_repeat_nothing_under_concurrent_pu
             running = [asyncio.create_task(publisher(k)) for k in range(4)]
             subs = []
             while len(subs) < 60:
-                subs.append(await reader.subscribe(["a", "b"], start, mux=True))
-                subs.append(await reader.subscribe(["a"], start))
+                subs.append(await reader.subscribe(["a", "b"], start, sink=StreamSink(mux=True)))
+                subs.append(await reader.subscribe(["a"], start, sink=StreamSink()))
                 await asyncio.sleep(0.002)
             publishing = False
             await asyncio.gather(*running)
@@ -68,7 +69,7 @@ def test_resumes_older_than_the_ring_lose_and_repeat_nothing_under_concurrent_pu
             expected_a = sorted(m.id for m in stored if m.topic == "a")
             assert len(expected) == 30 + published and published > 50
             for sub in subs:
-                want = expected if sub.mux else expected_a
+                want = expected if sub.sink.mux else expected_a
                 assert [f[0] for f in await take(sub, len(want))] == want
                 await nothing_more(sub, 0.05)
         finally:
@@ -90,10 +91,16 @@ def test_streams_open_from_the_ring_and_share_one_read_for_older_ids(redis_prefi
         await reader.connect()  # its rings load the newest 10 of topic a
         try:
             reads = count_history_reads(reader)
-            within = await asyncio.gather(*(reader.subscribe(["a"], ids[25]) for _ in range(200)))
-            fresh = await asyncio.gather(*(reader.subscribe(["a"], replay=3) for _ in range(200)))
+            within = await asyncio.gather(
+                *(reader.subscribe(["a"], ids[25], sink=StreamSink()) for _ in range(200))
+            )
+            fresh = await asyncio.gather(
+                *(reader.subscribe(["a"], replay=3, sink=StreamSink()) for _ in range(200))
+            )
             assert reads == [], "streams resuming within the ring must not read Redis"
-            older = await asyncio.gather(*(reader.subscribe(["a"], ids[4]) for _ in range(200)))
+            older = await asyncio.gather(
+                *(reader.subscribe(["a"], ids[4], sink=StreamSink()) for _ in range(200))
+            )
             assert len(reads) == 1, f"200 streams wanting the same older range: {len(reads)} reads"
             for sub in within:
                 assert [f[0] for f in await take(sub, 4)] == ids[26:]

@@ -262,14 +262,12 @@ def test_notifications_not_stored_are_taken_again():
     """What the broker could not store is given back, so the sender's retry is not a duplicate."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
 
-    from dashboard.broker.memory import MemoryBroker
-    from feeds.notifications import Notifications
+    from dashboard.config import parse_config
+    from dashboard.web.app import Runtime
 
     async def scenario():
-        feed = Notifications("inbox")
-        feed.attach(MemoryBroker().publish, SimpleNamespace(broker=MemoryBroker()))
+        feed = Runtime(parse_config("topics: {inbox: {feed: notifications}}")).feeds["inbox"]
         item = {"id": "n-1", "title": "once"}
         first = await feed.on_publish(item)
         again = await feed.on_publish(item)

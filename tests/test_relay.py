@@ -165,12 +165,11 @@ def test_v1_requires_the_dashboard_token_when_configured(upstream, serve):
     )
 
 
-def test_metrics_are_exposed_when_the_server_has_metrics(server):
+def test_relayed_completions_are_counted_in_metrics(server):
     streamed_text(sdk(server), "t-echo")
     with server.client() as http:
         response = http.get("/metrics")
-    if response.status_code == 404:
-        pytest.skip("this build has no /metrics route yet")
+    assert response.status_code == 200, response.text
     text = response.text
     assert 'dashboard_ai_completions_total{outcome="ok",provider="a"}' in text
     assert 'dashboard_ai_time_to_first_token_seconds_count{model="t-*",provider="a"}' in text

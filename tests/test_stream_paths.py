@@ -5,7 +5,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dashboard.broker.memory import MemoryBroker
 from dashboard.events import Event
-from dashboard.web.sse import KEEPALIVE, Admission, EventStream, Heartbeat, direct_writer
+from dashboard.web.direct import direct_writer
+from dashboard.web.sink import KEEPALIVE, StreamSink
+from dashboard.web.sse import Admission, EventStream, Heartbeat
+from tests.support import sse_stream
 
 
 def test_direct_writes_are_only_for_uvicorn_httptools_get_streams():
@@ -15,11 +18,11 @@ def test_direct_writes_are_only_for_uvicorn_httptools_get_streams():
 
 def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
     async def scenario() -> list[dict]:
-        broker = MemoryBroker(history=10, max_backlog=100)
+        broker = MemoryBroker(history=10)
         broker.add_topic("t")
         for n in range(3):
             await broker.publish("t", Event({"n": n}))
-        sub = await broker.subscribe(["t"])
+        sub = await broker.subscribe(["t"], sink=StreamSink(max_backlog=100))
         heartbeat = Heartbeat(0.05)
         sent: list[dict] = []
         disconnect = asyncio.Event()
@@ -57,3 +60,14 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
     numbers = [int(part.split(b"}")[0]) for part in body.split(b'data: {"n":')[1:]]
     assert numbers == [0, 1, 2, 3, 4, 5]
     assert KEEPALIVE in body
+
+
+def test_the_real_server_writes_streams_straight_to_sockets(serve):
+    """Fails when a uvicorn release renames what the fast path reads: streams would still work,
+    through ASGI `send`, and only a benchmark would notice."""
+    server = serve("topics:\n  t: {feed: metrics}\n")
+    with server.client() as client, sse_stream(client, "/sse/t") as events:
+        next(iter(events))
+        metrics = client.get("/metrics").text
+    assert "dashboard_streams_direct 1.0" in metrics, f"the stream is not written directly:\n{metrics}"
+    assert "streams write straight to sockets" in server.output(), server.output()

@@ -1,12 +1,38 @@
-"""The broker: stores each topic's recent events and fans them out to subscribers.
+"""The broker: stores each topic's recent events and hands them to subscribers' sinks.
 
-The backend is picked by the URL's scheme (`memory://`, `redis://`). Every backend shares the local
-fan-out below; a backend only says how an event is stored and how history is read back.
+A backend is one file with one `Broker` subclass, picked by the URL's scheme from a registry
+(`backends()`: the built-in `memory://` and `redis://`/`rediss://`, plus any a package registers
+under the entry-point group `dashboard.brokers`, named by scheme, valued "module:Class"). What a
+backend must do, and tests/test_broker_contract.py checks on every built-in one:
+
+- storage and ids: `publish(topic, event)` stores the event with a new integer id, greater than
+  every id given before on any topic (or the event's own id, when it is greater: else ValueError),
+  builds the `Message` once and calls `deliver(message)` in each process that has subscribers
+  (a shared backend: every process, in id order). It returns the stored message.
+- history: `read_history(topic, after_id)` returns the stored messages after `after_id`, oldest
+  first; `evicted_id(topic, after)` the newest id dropped to make room, when above `after` (the
+  proof that a resuming reader lost events: it gets a `gap` event); `gave(id)` whether an id is
+  not above the newest this broker gave (an id from elsewhere is replayed from, and reported).
+- leases and fencing: `acquire_lease(topic)` waits until this instance leads a topic's feed
+  (at once for a process-local backend); `release_lease`; a shared backend sets `Lease.lost` when
+  another instance took over and refuses, with LeadershipLost, a publish made under the `fence`
+  context variable's lease once it is lost.
+- claims: `claim(key, ttl)` / `unclaim(key)` deduplicate work across instances (a webhook
+  delivered to two of them); the base class keeps claims in this process.
+- presence: `share_presence(instance, counts)` / `presence_updates()` tell other instances how
+  many streams watch each topic (nothing to do for a process-local backend).
+- `connect`/`disconnect`, `healthy` (False while it cannot store; publish then raises
+  BrokerUnavailable), and `shared` (True when processes share events: `serve --workers N`).
+
+Everything else is shared by every backend and lives here: topics, the local fan-out to
+`Subscription`s and their `Sink`s (the web layer's SSE streams), replay with no gap and no
+duplicate, counters for /api/topics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import time
 from abc import ABC, abstractmethod
@@ -14,12 +40,19 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from dashboard.errors import DashboardError, UnknownTopic
+from dashboard.errors import BrokerConfigError, UnknownTopic
 from dashboard.events import Event, Message, encode_data
 
-SCHEMES = ("memory", "redis", "rediss")  # the URL schemes from_url() knows
+ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
+BUILT_IN = {
+    "memory": "dashboard.broker.memory:MemoryBroker",
+    "redis": "dashboard.broker.redis:RedisBroker",
+    "rediss": "dashboard.broker.redis:RedisBroker",
+}
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 GAP_EVENT = "gap"  # the event type telling a resuming reader that it missed events
@@ -29,136 +62,93 @@ SPEND_DAYS = 3  # days a day's spend is kept (today, yesterday, and one for cloc
 NANO = 1_000_000_000  # costs are kept in whole nano-dollars, so sums are exact on every backend
 
 
-class Subscription:
-    """One subscriber: a bounded backlog of encoded frames and a waiter to wake.
+class Sink(Protocol):
+    """Where a subscriber's messages go; the web layer's SSE stream is one (dashboard.web.sink).
 
-    The broker pushes frames synchronously. When the stream has a direct `writer` and nothing is
-    waiting or being sent, a frame goes straight to the socket (no task switch per subscriber);
-    otherwise it waits in the backlog and the SSE response sends all waiting frames in one write.
-    A subscriber whose backlog passes `max_backlog` is cut off (it can resume with Last-Event-ID)
-    so that it never delays the publisher or anyone else.
+    The broker calls it synchronously, in id order, once per message and never twice with one id.
+    It must not block: a sink that cannot keep up refuses the message and is dropped.
     """
 
-    __slots__ = (
-        "_held",
-        "_pending",
-        "_waiter",
-        "closed",
-        "last_id",
-        "max_backlog",
-        "missed",
-        "mux",
-        "overflowed",
-        "presence",
-        "sending",
-        "topics",
-        "writer",
-        "wrote",
-    )
+    missed: int  #: once it refused a message: how many events it lost, that one included
 
-    def __init__(self, topics: tuple[str, ...], *, mux: bool, max_backlog: int) -> None:
+    def put(self, message: Message) -> bool:
+        """Take `message`; False refuses it (the reader fell too far behind) and ends the stream."""
+        ...
+
+    def replay(self, messages: list[Message]) -> None:
+        """Take the replayed history, oldest first, all at once: it is what the reader asked for,
+        so no backlog limit applies."""
+        ...
+
+    def notice(self, topic: str, event: str, data: str) -> None:
+        """Pass on something that is no stored event (no id), such as presence counts."""
+        ...
+
+    def close(self) -> None:
+        """No more messages: send what was taken, then end."""
+        ...
+
+
+class Subscription:
+    """One subscriber to some topics: passes each new message to its sink, in id order, once.
+
+    Live messages that arrive while the history is read are held, then passed on after it.
+    """
+
+    __slots__ = ("_held", "closed", "last_id", "missed", "overflowed", "presence", "sink", "topics")
+
+    def __init__(self, topics: tuple[str, ...], sink: Sink) -> None:
         self.topics = topics
-        self.mux = mux
-        self.max_backlog = max_backlog
+        self.sink = sink
         self.last_id = 0
         self.closed = False
-        self.overflowed = False
-        self.missed = 0  # events dropped when it was cut off
-        self._pending: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
-        # Live messages are held here while the backlog is read, then queued after it.
+        self.overflowed = False  # its sink refused a message: it was cut off
+        self.missed = 0  # events it lost when cut off
+        # Live messages are held here while the backlog is read, then passed on after it.
         self._held: list[Message] | None = []
-        #: writes an HTTP chunk to the socket now, or returns False (paused, gone); set by the stream
-        self.writer: Callable[[bytes], bool] | None = None
-        self.sending = False  # the stream is inside a send: a direct write would overtake it
-        self.wrote = False  # something was written since the last heartbeat tick
         #: per topic, the number of watchers this stream was last told; None: it did not ask
         self.presence: dict[str, int] | None = None
 
     def push(self, message: Message) -> bool:
-        """Queue one message; False when it was not queued (duplicate, closed, or cut off now)."""
+        """Pass one message on; False when it was not (duplicate, closed, or cut off now)."""
         if self._held is not None:
             self._held.append(message)
             return True
         if self.closed or message.id <= self.last_id:
             return False
         self.last_id = message.id
-        writer = self.writer
-        if (
-            writer is not None
-            and not self._pending
-            and not self.sending
-            and writer(message.mux_chunk if self.mux else message.chunk)
-        ):
-            self.wrote = True
+        if self.sink.put(message):
             return True
-        if len(self._pending) >= self.max_backlog:
-            # Cut off: it misses the events it had waiting and this one (keepalives aside).
-            self.missed = 1 + sum(frame.startswith(b"id: ") for frame in self._pending)
-            self.overflowed = True
-            self.close()
-            return False
-        self._pending.append(message.mux_frame if self.mux else message.frame)
-        self._wake()
-        return True
-
-    def push_frame(self, frame: bytes, chunk: bytes) -> None:
-        """Send a frame that is no event (a keepalive): directly when possible, else queued."""
-        writer = self.writer
-        if writer is not None and not self._pending and not self.sending and writer(chunk):
-            self.wrote = True
-        elif len(self._pending) >= self.max_backlog:
-            self.overflowed = True  # a reader stalled even for keepalives
-            self.close()
-        else:
-            self._pending.append(frame)
-            self._wake()
+        self.missed = self.sink.missed
+        self.overflowed = True
+        self.close()
+        return False
 
     def start(
         self, backlog: list[Message], floors: dict[str, int] | None = None, gaps: list[Message] | None = None
     ) -> None:
-        """Queue the replayed `backlog` and what arrived meanwhile, in id order, then go live.
+        """Pass on the replayed `backlog` and what arrived meanwhile, in id order, then go live.
 
         `floors` holds, per topic, the newest id a limited replay left out: a message that old
         arriving live (late, from a backend's reader) is left out too. `gaps` are `gap` events
-        for this subscriber alone, queued in id order among the rest."""
+        for this subscriber alone, passed on in id order among the rest."""
         held, self._held = self._held or [], None
         floors = floors or {}
         gaps = gaps or []
+        replayed: list[Message] = []
         for message in sorted((*gaps, *backlog, *held), key=lambda m: m.id):
             new = message.id > self.last_id and message.id > floors.get(message.topic, 0)
             if new or any(message is gap for gap in gaps):
                 self.last_id = max(self.last_id, message.id)
-                self._pending.append(message.mux_frame if self.mux else message.frame)
-        if self._pending:
-            self._wake()
+                replayed.append(message)
+        if replayed:
+            self.sink.replay(replayed)
 
     def close(self) -> None:
-        """End the stream: the SSE response sends what it has and finishes."""
-        if self.overflowed:
-            self._pending.clear()
-        self.closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next_chunk(self) -> bytes | None:
-        """All waiting frames as one chunk, once there are some; None once closed."""
-        while not self._pending and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self._pending:
-            chunk = b"".join(self._pending)
-            self._pending.clear()
-            self.wrote = True
-            return chunk
-        return None
+        """End the stream: the sink sends what it has and finishes."""
+        if not self.closed:
+            self.closed = True
+            self.sink.close()
 
 
 @dataclass
@@ -287,15 +277,22 @@ fence: ContextVar[Lease | None] = ContextVar("dashboard_fence", default=None)
 class Broker(ABC):
     """Stores events per topic and delivers them to local subscribers; see the module docs."""
 
-    def __init__(self, *, history: int = 1000, max_backlog: int = 1024) -> None:
+    #: its events reach every process using the same URL (so `serve --workers N` may use it)
+    shared: bool = False
+
+    def __init__(self, *, history: int = 1000) -> None:
         self.default_history = history
-        self.max_backlog = max_backlog
         self.topics: dict[str, TopicState] = {}
         self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
         #: called when a topic gains or loses a local subscriber (presence counts them)
         self.on_watchers_changed: Callable[[], None] = lambda: None
         self._windows: dict[str, dict[int, list[int]]] = {}  # account -> second -> [requests, tokens]
         self._days: dict[int, dict[str, int]] = {}  # UTC day -> spend counters (see parse_spend)
+
+    @classmethod
+    def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> Broker:
+        """The broker for `url` (its scheme is this class's); a shared backend uses the rest."""
+        return cls(history=history)
 
     # -- backend verbs -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -451,17 +448,18 @@ class Broker(ABC):
         topics: Iterable[str],
         last_id: int | None = None,
         *,
-        mux: bool = False,
+        sink: Sink,
         replay: int | None = None,
     ) -> Subscription:
-        """Subscribe to `topics`: what is stored after `last_id` first, then live, with no gap and no
-        duplicate. Without `last_id`, the last `replay` stored events (all when None) come first."""
+        """Subscribe `sink` to `topics`: what is stored after `last_id` first, then live, with no gap
+        and no duplicate. Without `last_id`, the last `replay` stored events (all when None) come
+        first."""
         names = tuple(dict.fromkeys(topics))
         states = [self.topic(n) for n in names]
         # An id this broker never gave (another server's, or from before Redis was wiped) would
         # hold every event back: replay what history holds instead, and say so.
         ahead = last_id is not None and not await self.gave(last_id)
-        sub = Subscription(names, mux=mux, max_backlog=self.max_backlog)
+        sub = Subscription(names, sink)
         if last_id is not None and not ahead:
             sub.last_id = last_id
         # Registered before history is read, so nothing published meanwhile is missed; the
@@ -549,32 +547,31 @@ def check_requested_id(requested: str, last_id: int) -> int:
     return wanted
 
 
-class BrokerConfigError(DashboardError):
-    """The broker URL names no known backend."""
+def backends() -> dict[str, str]:
+    """Every installed backend, as URL scheme -> "module:Class": the built-in ones and those that
+    packages register under the entry-point group `dashboard.brokers` (named by their scheme)."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILT_IN}
 
 
-def from_url(
-    url: str,
-    *,
-    history: int = 1000,
-    max_backlog: int = 1024,
-    prefix: str = "dashboard",
-    lease_ttl: float = 5.0,
-) -> Broker:
-    """The broker for `url`: `memory://`, or `redis://host:port/db` (`rediss://` for TLS).
+def backend(scheme: str) -> type[Broker]:
+    """The broker class serving URLs of `scheme`; BrokerConfigError when none is installed."""
+    target = backends().get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in backends())
+        named = f"scheme {scheme}://" if scheme else "URL without a scheme"
+        raise BrokerConfigError(f"no broker serves the {named}: use {known}")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Broker)):
+        raise BrokerConfigError(f"broker {scheme!r}: {target} is not a dashboard.broker.Broker subclass")
+    return cls
 
-    `prefix` and `lease_ttl` only concern the Redis broker: the first part of its key names, and
-    how long a feed's lease outlives an instance that stopped renewing it."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        from dashboard.broker.memory import MemoryBroker
 
-        return MemoryBroker(history=history, max_backlog=max_backlog)
-    if scheme in ("redis", "rediss"):
-        from dashboard.broker.redis import RedisBroker
+def from_url(url: str, *, history: int = 1000, prefix: str = "dashboard", lease_ttl: float = 5.0) -> Broker:
+    """The broker for `url`, by its scheme: `memory://`, `redis://host:port/db` (`rediss://` for
+    TLS), or a backend a package registered under `dashboard.brokers`.
 
-        return RedisBroker(url, history=history, max_backlog=max_backlog, prefix=prefix, lease_ttl=lease_ttl)
-    raise BrokerConfigError(
-        f"unsupported broker scheme {scheme + '://' if scheme else 'in the URL'}: "
-        "use memory:// or redis://host:6379/0"
-    )
+    `prefix` and `lease_ttl` concern shared brokers: the first part of their key names, and how
+    long a feed's lease outlives an instance that stopped renewing it."""
+    return backend(urlsplit(url).scheme).from_url(url, history=history, prefix=prefix, lease_ttl=lease_ttl)

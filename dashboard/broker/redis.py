@@ -211,6 +211,12 @@ class RedisBroker(Broker):
     """Events in Redis Streams (`<prefix>:topic:<name>`), ids from `<prefix>:id`, leases in
     `<prefix>:lease:<name>`. See the module docs for how order and resume hold across instances."""
 
+    shared = True
+
+    @classmethod
+    def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> RedisBroker:
+        return cls(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
+
     def __init__(self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.url = url

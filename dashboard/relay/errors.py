@@ -13,6 +13,10 @@ class RelayError(DashboardError):
     code = "upstream_error"
     type = "server_error"
     summary = "The AI provider failed to answer. Try again in a moment."
+    # Set where a provider's failure is raised (upstream.py), read when choosing what to do next:
+    retry = False  # another attempt at the same provider may succeed
+    fallback = False  # the next provider may succeed
+    retry_after: float | None = None  # seconds the provider asked to wait before retrying
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from dashboard.events import http_chunk
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Dialect, Renderer
 from dashboard.relay.dialects.openai import dumps
@@ -20,8 +19,9 @@ from dashboard.relay.keys import NO_KEY, Account, Keys, Ticket
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
+from dashboard.web.direct import direct_writer, http_chunk
 from dashboard.web.errors import HTTPError, read_json, token_in
-from dashboard.web.sse import SSE_HEADERS, direct_writer
+from dashboard.web.sse import SSE_HEADERS
 
 log = logging.getLogger("dashboard.relay")
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from dashboard.config import AISimulation
+from dashboard.relay import dialects
 
 MODEL = "simulated"
 _ANSWER = (
@@ -147,5 +148,4 @@ async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any
 
 
 def _error(status: int, message: str, code: str) -> httpx.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-    return httpx.Response(status, json=body)
+    return httpx.Response(status, json=dialects.get("openai").error_body(status, message, code))

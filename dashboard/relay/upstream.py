@@ -160,9 +160,9 @@ class Relay:
                     if error is not None and error.message not in earlier:
                         earlier.append(error.message)
                     error = exc
-                if not getattr(error, "retry", False) or n == retries.attempts:
+                if not error.retry or n == retries.attempts:
                     break
-                wait = getattr(error, "retry_after", None)
+                wait = error.retry_after
                 if wait is None:
                     wait = backoff.delay(n) if retries.backoff > 0 else 0.0
                 elif wait > retries.max_retry_after:
@@ -171,7 +171,7 @@ class Relay:
                     break
                 log.info("provider %r: %s; retrying in %.2fs", provider.name, error.message, wait)
                 await asyncio.sleep(wait)
-            if not getattr(error, "fallback", False):
+            if not error.fallback:
                 break
             if provider is not providers[-1]:
                 log.warning("provider %r failed (%s); falling back", provider.name, error.message)
@@ -185,7 +185,7 @@ class Relay:
 
 
 def _mark(error: RelayError, *, retry: bool, fallback: bool, retry_after: float | None = None) -> RelayError:
-    error.retry, error.fallback, error.retry_after = retry, fallback, retry_after  # type: ignore[attr-defined]
+    error.retry, error.fallback, error.retry_after = retry, fallback, retry_after
     return error
 
 

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from dashboard import broker as brokers
 from dashboard.alerts import Alerts
 from dashboard.config import Config
+from dashboard.context import FeedContext
 from dashboard.events import Event, Message
 from dashboard.feed import Feed
 from dashboard.presence import Presence
@@ -25,7 +26,7 @@ from dashboard.relay import routes as relay_routes
 from dashboard.relay.keys import Keys
 from dashboard.supervisor import Backoff, Supervisor
 from dashboard.tasks import cancel_and_wait
-from dashboard.web import api, pages, publish, sse
+from dashboard.web import api, direct, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
 from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
 from dashboard.web.telemetry import RequestMetrics, Telemetry
@@ -43,7 +44,6 @@ class Runtime:
         self.broker = brokers.from_url(
             config.broker.url,
             history=config.broker.history,
-            max_backlog=config.server.max_backlog,
             prefix=config.broker.prefix,
             lease_ttl=config.broker.lease_ttl,
         )
@@ -60,11 +60,23 @@ class Runtime:
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)
-            feed.attach(self.publish, self)
+            feed.attach(self.publish, self.feed_context(feed))
             self.feeds[name] = feed
             self.supervisor.add(name, feed)
         self.alerts = Alerts(config.alerts, self.broker)
         self.presence = Presence(self.broker, config.broker.lease_ttl)
+
+    def feed_context(self, feed: Feed) -> FeedContext:
+        return FeedContext(
+            feed.topic,
+            feed.options,
+            config=self.config,
+            broker=self.broker,
+            relay=self.relay,
+            access=self.access,
+            keys=self.keys,
+            supervisor=self.supervisor,
+        )
 
     async def publish(self, topic: str, event: Event) -> Message:
         return await self.broker.publish(topic, event)
@@ -77,6 +89,7 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
+        direct.log_fast_path()
         await self.broker.connect()
         self.supervisor.start()
         self.alerts.start()
@@ -92,6 +105,7 @@ class Runtime:
             await self.alerts.stop()
             await self.supervisor.stop()
             await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
+            await asyncio.gather(*(feed.context.tasks.aclose() for feed in self.feeds.values()))
             await self.relay.aclose()
             await self.broker.disconnect()
 
@@ -110,7 +124,7 @@ class DashboardApp(Starlette):
     """Starlette, keeping the server's own `send` in the scope for the streams' direct writes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[sse.RAW_SEND] = send
+        scope[direct.RAW_SEND] = send
         await super().__call__(scope, receive, send)
 
 

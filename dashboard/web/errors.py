@@ -13,45 +13,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard.errors import BrokerUnavailable, UnknownTopic
-
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-    500: "internal_error",
-    502: "bad_gateway",
-    503: "unavailable",
-    504: "gateway_timeout",
-}
+from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
 
 
-class HTTPError(Exception):
-    """An error answered to the client as JSON with `status`."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code or _CODES.get(status, "error")
-        self.message = message
-        self.headers = headers
-
-
-def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
-    body = {"error": {"code": code or _CODES.get(status, "error"), "message": message}}
+def error_response(
+    status: int, message: str, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code or HTTP_CODES.get(status, "error"), "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPError)
-    return error_response(exc.status, exc.message, exc.code, exc.headers)
+async def _dashboard_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DashboardError)
+    if exc.status >= 500 and not isinstance(exc, (HTTPError, BrokerError)):
+        return await _internal(request, exc)
+    message = exc.message if isinstance(exc, HTTPError) else str(exc)
+    return error_response(exc.status, message, exc.code, exc.headers)
 
 
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
@@ -59,23 +36,13 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
-async def _unknown_topic(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(404, str(exc), "unknown_topic")
-
-
-async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(503, str(exc), "broker_unavailable", {"Retry-After": "1"})
-
-
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal server error")
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
-    HTTPError: _http_error,
+    DashboardError: _dashboard_error,
     HTTPException: _starlette_error,
-    UnknownTopic: _unknown_topic,
-    BrokerUnavailable: _broker_unavailable,
     Exception: _internal,
 }
 

@@ -14,6 +14,7 @@ from starlette.templating import Jinja2Templates
 from dashboard.alerts import ALERT_EVENT
 from dashboard.broker import GAP_EVENT
 from dashboard.supervisor import STATUS_EVENT
+from dashboard.views import FALLBACK, VIEWS
 from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
 from dashboard.web.errors import HTTPError
 
@@ -39,9 +40,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-# The views the page knows (dashboard/static/views/*.js); a feed suggesting another gets "json".
-VIEWS = ("chart", "stat", "list", "log", "chat", "json", "alerts")
 
 
 def _shown_state(state: str) -> str:
@@ -130,7 +128,7 @@ def _panels(runtime, board: str) -> list[dict]:
                 "ref": panel.id or "",
                 "topic": panel.topic,
                 "title": panel.title,
-                "view": panel.view if panel.view in VIEWS else "json",
+                "view": panel.view if panel.view in VIEWS else FALLBACK,
                 "size": panel.size,
                 "events": [STATUS_EVENT, GAP_EVENT, *feed_class.event_types, *alerts],
                 "state": _shown_state(runtime.supervisor.runners[panel.topic].state),

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
-from dashboard.events import encode_comment, encode_retry, http_chunk
+from dashboard.events import encode_retry
+from dashboard.web.direct import direct_writer
 from dashboard.web.errors import HTTPError, parse_count
+from dashboard.web.sink import StreamSink
 
 log = logging.getLogger("dashboard.sse")
 
@@ -21,9 +22,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-KEEPALIVE = encode_comment("keepalive")
-KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
-RAW_SEND = "dashboard.raw_send"  # the server's own `send`, kept in the scope by DashboardApp
 FD_HEADROOM = 100  # open files kept free of streams: Redis, logs, plain requests, the listener
 SHED_RETRY_AFTER = 2  # seconds a refused stream is asked to wait (the page backs off on its own)
 
@@ -48,6 +46,7 @@ class Admission:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.open = 0
+        self.direct = 0  # of them, streams written straight to their sockets (the fast path)
         self.shedding = False
 
     def admit(self) -> None:
@@ -82,44 +81,15 @@ class Heartbeat:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.subscriptions: set[Subscription] = set()
+        self.sinks: set[StreamSink] = set()
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            for sub in self.subscriptions:
-                if not sub.wrote:
-                    sub.push_frame(KEEPALIVE, KEEPALIVE_CHUNK)
-                sub.wrote = False
-
-
-def direct_writer(scope: Scope, *, body_read: bool = False) -> Callable[[bytes], bool] | None:
-    """A function writing HTTP chunks straight to the client's socket, when the server allows it.
-
-    Under uvicorn's httptools protocol, the publisher can then put a frame on each subscriber's
-    socket itself instead of waking one task per subscriber: that is most of the cost of fan-out
-    (and the relay puts each batch of chunks there without the middleware's `send` wrappers).
-    It honours the protocol's flow control (returns False while writing is paused, and the frame
-    then goes through the ordinary ASGI `send`). Anywhere else: None, and ASGI `send` is used.
-    Call it after the response has started; `body_read`: the request was not a GET, but its body
-    has been read in full.
-    """
-    cycle = getattr(scope.get(RAW_SEND), "__self__", None)
-    if (
-        (scope.get("method") != "GET" and not body_read)
-        or type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl"
-        or getattr(cycle, "chunked_encoding", None) is not True
-    ):
-        return None
-    transport, flow = cycle.transport, cycle.flow
-
-    def write(chunk: bytes) -> bool:
-        if cycle.disconnected or flow.write_paused:
-            return False
-        transport.write(chunk)
-        return True
-
-    return write
+            for sink in self.sinks:
+                if not sink.wrote:
+                    sink.keepalive()
+                sink.wrote = False
 
 
 class EventStream:
@@ -128,35 +98,44 @@ class EventStream:
     def __init__(
         self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, admission: Admission, *, retry_ms: int
     ) -> None:
+        assert isinstance(sub.sink, StreamSink)
         self.broker = broker
         self.sub = sub
+        self.sink: StreamSink = sub.sink
         self.heartbeat = heartbeat
         self.admission = admission
         self.retry_ms = retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sub = self.sub
+        sink = self.sink
         watcher = asyncio.create_task(self._close_on_disconnect(receive))
-        self.heartbeat.subscriptions.add(sub)
+        self.heartbeat.sinks.add(sink)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": encode_retry(self.retry_ms), "more_body": True})
-            sub.writer = direct_writer(scope)
-            while (chunk := await sub.next_chunk()) is not None:
-                sub.sending = True
+            sink.writer = direct_writer(scope)
+            if sink.writer is not None:
+                self.admission.direct += 1
+            while (chunk := await sink.next_chunk()) is not None:
+                sink.sending = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                sub.sending = False
-            sub.writer = None
+                sink.sending = False
+            self._stop_direct_writes()  # nothing may follow the last chunk
             if not watcher.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write
         finally:
-            sub.writer = None
+            self._stop_direct_writes()
             watcher.cancel()
-            self.heartbeat.subscriptions.discard(sub)
-            self.broker.unsubscribe(sub)
+            self.heartbeat.sinks.discard(sink)
+            self.broker.unsubscribe(self.sub)
             self.admission.release()
+
+    def _stop_direct_writes(self) -> None:
+        if self.sink.writer is not None:
+            self.sink.writer = None
+            self.admission.direct -= 1
 
     async def _close_on_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -187,7 +166,8 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     last_id, replay = last_event_id(request), replay_count(request)
     runtime.admission.admit()
     try:
-        sub = await broker.subscribe(topics, last_id, mux=mux, replay=replay)
+        sink = StreamSink(mux=mux, max_backlog=runtime.config.server.max_backlog)
+        sub = await broker.subscribe(topics, last_id, sink=sink, replay=replay)
     except BaseException:
         runtime.admission.release()
         raise

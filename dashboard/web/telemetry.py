@@ -64,6 +64,11 @@ class RuntimeCollector(Collector):
         running = GaugeMetricFamily(
             "dashboard_feed_running", "1 while the topic's feed is running, else 0", labels=["topic"]
         )
+        direct = GaugeMetricFamily(
+            "dashboard_streams_direct",
+            "Open SSE streams written straight to their sockets (the fast path; see the startup log)",
+            value=self.runtime.admission.direct,
+        )
         runners = self.runtime.supervisor.runners
         for name, state in list(self.runtime.broker.topics.items()):
             subscribers.add_metric([name], len(state.subscribers))
@@ -75,7 +80,7 @@ class RuntimeCollector(Collector):
             if runner is not None:
                 restarts.add_metric([name], runner.restarts)
                 running.add_metric([name], 1 if runner.state == "running" else 0)
-        yield from (subscribers, published, delivered, dropped, cut_off, restarts, running)
+        yield from (subscribers, published, delivered, dropped, cut_off, restarts, running, direct)
 
 
 class DefaultRegistry(Collector):

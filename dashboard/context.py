@@ -1,0 +1,91 @@
+"""What a feed gets from the running server: `self.context`, a FeedContext. Built-in feeds use
+nothing else (and the public modules `dashboard`, `dashboard.http`, `dashboard.ai`), so any of
+them is an example to copy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dashboard.events import Event, Message
+from dashboard.tasks import TaskGroup
+
+if TYPE_CHECKING:
+    from dashboard.broker import Broker
+    from dashboard.config import Config
+    from dashboard.relay import Relay
+    from dashboard.relay.keys import Keys
+    from dashboard.supervisor import Supervisor
+    from dashboard.web.access import Access
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """One topic's counters in this process, as the `server` feed reports them."""
+
+    subscribers: int
+    published: int
+    delivered: int
+    dropped: int
+    restarts: int
+
+
+class FeedContext:
+    """The running server as one feed sees it.
+
+    - `topic`, `options`: the feed's topic and its validated options
+    - `config`: the whole server configuration (read-only: limits such as `config.server.max_body`)
+    - `publish(event)`: store an event on the feed's topic (what `Feed.publish` calls)
+    - `claim(key, ttl)` / `unclaim(key)`: deduplicate across instances sharing the broker
+    - `relay`: the AI relay (`dashboard.ai`): `await relay.open_stream(body, Measure(model=...))`
+    - `access`: viewer access for the feed's routes: `access.require(request, [topic])`
+    - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `admit`/`settle` a completion, `today()`
+    - `tasks`: a task group for work the feed's routes start; cancelled when the server stops
+    - `topics()`: every topic's counters in this process
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        options: Any,
+        *,
+        config: Config,
+        broker: Broker,
+        relay: Relay,
+        access: Access,
+        keys: Keys,
+        supervisor: Supervisor,
+    ) -> None:
+        self.topic = topic
+        self.options = options
+        self.config = config
+        self.relay = relay
+        self.access = access
+        self.keys = keys
+        self.tasks = TaskGroup()
+        self._broker = broker
+        self._supervisor = supervisor
+
+    async def publish(self, event: Event) -> Message:
+        return await self._broker.publish(self.topic, event)
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """True the first time `key` is claimed on this topic within `ttl` seconds, on any instance."""
+        return await self._broker.claim(f"{self.topic}:{key}", ttl)
+
+    async def unclaim(self, key: str) -> None:
+        await self._broker.unclaim(f"{self.topic}:{key}")
+
+    def topics(self) -> dict[str, TopicStats]:
+        runners = self._supervisor.runners
+        stats = {}
+        for name, state in list(self._broker.topics.items()):
+            runner = runners.get(name)
+            stats[name] = TopicStats(
+                subscribers=len(state.subscribers),
+                published=state.published,
+                delivered=state.delivered,
+                dropped=state.dropped,
+                restarts=runner.restarts if runner else 0,
+            )
+        return stats

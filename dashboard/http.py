@@ -1,0 +1,28 @@
+"""What a feed's routes use to read requests and answer errors: bounded bodies, JSON with a depth
+limit, Bearer tokens, cross-site checks, and HTTPError (answered as `{"error": {"code", "message"}}`)."""
+
+from dashboard.errors import HTTPError
+from dashboard.web.access import cross_site
+from dashboard.web.errors import (
+    bearer_token,
+    parse_count,
+    parse_json,
+    read_body,
+    read_json,
+    require_bearer,
+    token_in,
+)
+from dashboard.web.publish import describe_invalid
+
+__all__ = [
+    "HTTPError",
+    "bearer_token",
+    "cross_site",
+    "describe_invalid",
+    "parse_count",
+    "parse_json",
+    "read_body",
+    "read_json",
+    "require_bearer",
+    "token_in",
+]
