@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 from dashboard.broker import from_url
@@ -24,7 +25,9 @@ def block(language: str, first_line: str | None = None) -> str:
 
 def test_the_feed_example_streams_and_serves_its_route(serve, tmp_path):
     (tmp_path / "tickers.py").write_text(block("python", "# tickers.py"))
-    server = serve(block("yaml", "# config.yaml"), env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    server = serve(
+        block("yaml", "# config.yaml"), env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    )
     with server.client() as client:
         first = read_events(client, "/sse/count?replay=0", 2)
         assert first[1].json()["n"] == first[0].json()["n"] + 1, [e.data for e in first]
