@@ -20,7 +20,7 @@ from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
 from dashboard.web.direct import direct_writer, http_chunk
-from dashboard.web.errors import HTTPError, read_json, token_in
+from dashboard.web.errors import HTTPError, bearer_token, read_json, token_in
 from dashboard.web.sse import SSE_HEADERS
 
 log = logging.getLogger("dashboard.relay")
@@ -56,9 +56,7 @@ def _check_access(request: Request) -> Account:
     tokens = runtime.access.api_tokens
     if not tokens:
         return Account(NO_KEY)
-    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-    token = bearer.strip() if scheme.lower() == "bearer" else None
-    token = token or request.headers.get("x-api-key")
+    token = bearer_token(request) or request.headers.get("x-api-key")
     challenge = {"WWW-Authenticate": "Bearer"}
     if not token:
         what = "the AI relay (/v1) requires 'Authorization: Bearer <token>' or 'x-api-key: <token>'"
