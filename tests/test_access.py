@@ -322,6 +322,11 @@ def test_cors_is_off_by_default_and_opens_reads_to_named_origins_only(serve):
             headers={"Origin": "https://wiki.example", "Access-Control-Request-Method": "POST"},
         )
         assert "access-control-allow-origin" not in relay.headers
+    cookies = "server: {cors_origins: ['https://wiki.example'], cors_credentials: true}\n"
+    with_cookies = serve(cookies + "topics: {clock: {feed: demo}}\n")
+    with with_cookies.client() as http:
+        allowed = http.get("/api/topics", headers={"Origin": "https://wiki.example"})
+        assert allowed.headers["access-control-allow-credentials"] == "true"
 
 
 def serve_on_all_interfaces(tmp_path, config: str) -> subprocess.CompletedProcess | subprocess.Popen:
