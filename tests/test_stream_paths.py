@@ -1,6 +1,7 @@
 """Both ways a stream is written: straight to the socket under uvicorn, and plain ASGI `send` elsewhere."""
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dashboard.broker.memory import MemoryBroker
@@ -66,8 +67,17 @@ def test_the_real_server_writes_streams_straight_to_sockets(serve):
     """Fails when a uvicorn release renames what the fast path reads: streams would still work,
     through ASGI `send`, and only a benchmark would notice."""
     server = serve("topics:\n  t: {feed: metrics}\n")
-    with server.client() as client, sse_stream(client, "/sse/t") as events:
-        next(iter(events))
-        metrics = client.get("/metrics").text
+    with server.client() as client:
+        with sse_stream(client, "/sse/t") as events:
+            next(iter(events))
+            metrics = client.get("/metrics").text
+        # No task waits on `receive` for the client to leave: uvicorn's own notice must reach the
+        # stream, or a stream that left would stay subscribed until its next write fails.
+        deadline = time.monotonic() + 10
+        while (
+            open_streams := client.get("/healthz").json()["streams"]["open"]
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert "dashboard_streams_direct 1.0" in metrics, f"the stream is not written directly:\n{metrics}"
     assert "streams write straight to sockets" in server.output(), server.output()
+    assert open_streams == 0, "the stream outlived its client"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from dashboard.relay.keys import NO_KEY, Account, Keys, Ticket
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
-from dashboard.web.direct import direct_writer, http_chunk
+from dashboard.web.direct import direct_writer, http_chunk, on_hangup
 from dashboard.web.errors import HTTPError, bearer_token, read_json, token_in
 from dashboard.web.sse import SSE_HEADERS
 
@@ -159,20 +160,30 @@ class _Relayed:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
-        work = asyncio.create_task(self.run(send))
-        gone = asyncio.create_task(_disconnected(receive))
+        task = asyncio.current_task()
+        assert task is not None
+        running, left = True, False
+
+        def leave() -> None:  # the client left: stop the upstream request where it is
+            nonlocal left
+            if running:
+                left = True
+                task.cancel()
+
+        watcher = None if on_hangup(scope, leave) else asyncio.create_task(_on_disconnect(receive, leave))
         try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            await self.run(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            self.measure.outcome = "cancelled"
         finally:
-            if not work.done():
-                self.measure.outcome = "cancelled"
-                work.cancel()
-            gone.cancel()
-            await asyncio.gather(work, gone, return_exceptions=True)
+            running = False
+            if watcher is not None:
+                watcher.cancel()
             self.finish()
             await self.keys.settle(self.ticket, self.measure, self.text_chars)
-        if not work.cancelled() and work.exception() is not None:
-            raise work.exception()  # type: ignore[misc]
 
     async def run(self, send: Send) -> None:
         raise NotImplementedError
@@ -260,6 +271,7 @@ async def _send_response(send: Send, response: Response) -> None:
     await response({"type": "http"}, no_receive, send)
 
 
-async def _disconnected(receive: Receive) -> None:
+async def _on_disconnect(receive: Receive, callback: Callable[[], None]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    callback()

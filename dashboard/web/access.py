@@ -23,6 +23,7 @@ from urllib.parse import unquote_plus, urlsplit
 import jwt
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.web.errors import HTTPError, bearer_token, error_response
@@ -325,26 +326,23 @@ class ReadsCORS:
 
 
 class HostCheck:
-    """Answers 421 to a request whose Host is not an allowed name: a page on another site that
+    """Refuses (421) a request whose Host is not an allowed name: a page on another site that
     points a name of its own at this address (DNS rebinding) reaches nothing."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
-        self.app = app
+    def __init__(self, hosts: list[str]) -> None:
         self.hosts = [h.lower() for h in hosts]
         self.any = "*" in self.hosts
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.any:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host_name(host)
-            if not any(fnmatchcase(name, pattern) for pattern in self.hosts):
-                shown = host[:100] or "none"
-                response = error_response(
-                    421, f"this server does not answer for host {shown!r} (server.allowed_hosts)", "bad_host"
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def refusal(self, scope: Scope) -> Response | None:
+        if self.any:
+            return None
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        host = host.decode("latin-1").lower()
+        if any(fnmatchcase(host_name(host), pattern) for pattern in self.hosts):
+            return None
+        shown = host[:100] or "none"
+        message = f"this server does not answer for host {shown!r} (server.allowed_hosts)"
+        return error_response(421, message, "bad_host")
 
 
 # -- what a bind opens ---------------------------------------------------------------------

@@ -7,18 +7,22 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from dashboard import broker as brokers
 from dashboard.alerts import Alerts
 from dashboard.config import Config
 from dashboard.context import FeedContext
-from dashboard.events import Event, Message
+from dashboard.events import Event
+from dashboard.events import Message as EventMessage
 from dashboard.feed import Feed
 from dashboard.presence import Presence
 from dashboard.relay import Relay
@@ -28,8 +32,8 @@ from dashboard.supervisor import Backoff, Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, direct, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
-from dashboard.web.errors import EXCEPTION_HANDLERS, HeaderLimit
-from dashboard.web.telemetry import RequestMetrics, Telemetry
+from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
+from dashboard.web.telemetry import UNMATCHED, RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")
 
@@ -78,7 +82,7 @@ class Runtime:
             supervisor=self.supervisor,
         )
 
-    async def publish(self, topic: str, event: Event) -> Message:
+    async def publish(self, topic: str, event: Event) -> EventMessage:
         return await self.broker.publish(topic, event)
 
     def close_streams(self) -> None:
@@ -121,11 +125,66 @@ def feed_routes(runtime: Runtime) -> list[BaseRoute]:
 
 
 class DashboardApp(Starlette):
-    """Starlette, keeping the server's own `send` in the scope for the streams' direct writes."""
+    """Starlette, with two things done before its middleware stack.
+
+    Every request passes the gate first: the Host check (421) and the header bound (400). Then
+    the hot routes (the streams and the relay) are served by their endpoints directly, with the
+    same error handling and request counting as the rest, but without the dozen ASGI layers
+    around every other route: each of those is a coroutine frame held for a stream's whole life
+    and a `send` wrapper on every chunk. The server's own `send` is kept in the scope for the
+    streams' direct writes (see direct.py).
+    """
+
+    def __init__(self, *, hosts: HostCheck, telemetry: Telemetry, hot: list[Route], **options: Any) -> None:
+        super().__init__(**options)
+        self.hosts = hosts
+        self.telemetry = telemetry
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[direct.RAW_SEND] = send
-        await super().__call__(scope, receive, send)
+        route = None
+        if scope["type"] == "http":
+            scope[direct.RAW_SEND] = send
+            route = self.gate(scope)
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        if isinstance(route, Response):  # refused at the gate
+            await route(scope, receive, send)
+            return
+        # A hot route, answered as Starlette would, errors and request count included.
+        scope["app"] = self
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            response = await exception_response(request, exc)
+        del request  # not held for a stream's whole life
+        status = getattr(response, "status_code", None)
+        if status is not None:
+            self.telemetry.count(scope["method"], route.path, status)
+            await response(scope, receive, send)
+            return
+
+        async def send_counted(message: Message) -> None:  # a relay learns its status as it goes
+            if message["type"] == "http.response.start":
+                self.telemetry.count(scope["method"], route.path, message["status"])
+            await send(message)
+
+        await response(scope, receive, send_counted)
+
+    def gate(self, scope: Scope) -> Route | Response | None:
+        """The refusal for a request that fails the gate, the hot route that serves it, or None."""
+        refusal = self.hosts.refusal(scope) or header_refusal(scope)
+        if refusal is not None:
+            self.telemetry.count(scope["method"], UNMATCHED, refusal.status_code)
+            return refusal
+        for route in self.hot:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"], scope["path_params"] = route, child["path_params"]
+                return route
+        return None
 
 
 def create_app(config: Config) -> Starlette:
@@ -148,12 +207,19 @@ def create_app(config: Config) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]
-    middleware = [Middleware(HostCheck, hosts=allowed_hosts(config))]
+    middleware = []
     if config.server.cors_origins:
         cors = config.server.cors_origins
         middleware.append(Middleware(ReadsCORS, origins=cors, credentials=config.server.cors_credentials))
-    middleware += [Middleware(RequestMetrics, telemetry=telemetry), Middleware(HeaderLimit)]
+    middleware.append(Middleware(RequestMetrics, telemetry=telemetry))
+    # The streams and the relay skip the stack; the streams take it when CORS must add its headers.
+    hot = {"/v1/chat/completions", "/v1/messages"}
+    if not config.server.cors_origins:
+        hot |= {"/sse", "/sse/{topic}"}
     app = DashboardApp(
+        hosts=HostCheck(allowed_hosts(config)),
+        telemetry=telemetry,
+        hot=[route for route in routes if isinstance(route, Route) and route.path in hot],
         routes=routes,
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,16 +1,19 @@
 """The fast path: HTTP chunks written straight to the client's socket under uvicorn's httptools
-protocol, past the ASGI `send` (and so past every middleware's wrapper of it).
+protocol, past the ASGI `send` (and so past every middleware's wrapper of it); and the client's
+leaving noticed without a task per connection waiting on `receive` for it.
 
-It reads attributes uvicorn does not document (`transport`, `flow.write_paused`, `disconnected`,
-`chunked_encoding` of httptools_impl's RequestResponseCycle). pyproject.toml pins uvicorn to the
-releases tested; `fast_path_problem()` checks them at startup (logged), and
+It uses attributes uvicorn does not document (`transport`, `flow.write_paused`, `disconnected`,
+`chunked_encoding`, `message_event` of httptools_impl's RequestResponseCycle). pyproject.toml
+pins uvicorn to the releases tested; `fast_path_problem()` checks them at startup (logged), and
 tests/test_stream_paths.py fails when the real server does not take this path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import Scope
 
@@ -18,7 +21,7 @@ log = logging.getLogger("dashboard.sse")
 
 RAW_SEND = "dashboard.raw_send"  # the server's own `send`, kept in the scope by DashboardApp
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
-_CYCLE_ATTRIBUTES = ("transport", "flow", "disconnected", "chunked_encoding")
+_CYCLE_ATTRIBUTES = ("transport", "flow", "disconnected", "chunked_encoding", "message_event")
 
 Writer = Callable[[bytes], bool]  # writes one HTTP chunk now, or returns False (paused, gone)
 
@@ -39,22 +42,87 @@ def direct_writer(scope: Scope, *, body_read: bool = False) -> Writer | None:
     Call it once per connection, after the response has started; `body_read`: the request was not
     a GET, but its body has been read in full.
     """
-    cycle = getattr(scope.get(RAW_SEND), "__self__", None)
-    if (
-        (scope.get("method") != "GET" and not body_read)
-        or type(cycle).__module__ != _HTTPTOOLS
-        or getattr(cycle, "chunked_encoding", None) is not True
-    ):
+    cycle = _cycle(scope)
+    if scope.get("method") != "GET" and not body_read:
         return None
-    transport, flow = cycle.transport, cycle.flow
+    if getattr(cycle, "chunked_encoding", None) is not True:
+        return None
+    return _Writer(cycle)
 
-    def write(chunk: bytes) -> bool:
-        if cycle.disconnected or flow.write_paused:
+
+class _Writer:
+    __slots__ = ("cycle", "flow", "transport")
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle, self.transport, self.flow = cycle, cycle.transport, cycle.flow
+
+    def __call__(self, chunk: bytes) -> bool:
+        if self.cycle.disconnected or self.flow.write_paused:
             return False
-        transport.write(chunk)
+        self.transport.write(chunk)
         return True
 
-    return write
+
+def on_hangup(scope: Scope, callback: Callable[[], None]) -> bool:
+    """Have `callback` called once the client leaves, when the server allows it (else False: then
+    wait on `receive` for `http.disconnect` as usual). Call it once the request body is read.
+
+    Under uvicorn's httptools protocol, the cycle's `message_event` is then set only when the
+    response completes or the connection is lost; it is replaced by one that also calls
+    `callback` in the second case. This spares each stream a task parked in `receive()`.
+    """
+    cycle = _cycle(scope)
+    if cycle is None:
+        return False
+    if cycle.disconnected:
+        callback()
+    else:
+        cycle.message_event = _Hangup(cycle, callback)
+    return True
+
+
+class _Hangup:
+    """The cycle's `message_event`, as lean as a stream needs (an asyncio.Event holds a deque of
+    waiters: most of a kilobyte per idle stream); calls `callback` once when the client left."""
+
+    __slots__ = ("callback", "cycle", "flag", "waiters")
+
+    def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
+        self.cycle = cycle
+        self.callback: Callable[[], None] | None = callback
+        self.flag = False
+        self.waiters: list[asyncio.Future[bool]] = []
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def set(self) -> None:
+        self.flag = True
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+        if self.cycle.disconnected and self.callback is not None:
+            callback, self.callback = self.callback, None
+            callback()
+
+    def clear(self) -> None:
+        self.flag = False
+
+    async def wait(self) -> bool:
+        if not self.flag:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self.waiters.remove(waiter)
+        return True
+
+
+def _cycle(scope: Scope) -> Any:
+    """uvicorn's httptools RequestResponseCycle serving `scope`, or None under anything else."""
+    cycle = getattr(scope.get(RAW_SEND), "__self__", None)
+    return cycle if type(cycle).__module__ == _HTTPTOOLS else None
 
 
 def fast_path_problem() -> str | None:

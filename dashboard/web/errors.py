@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
+
+log = logging.getLogger("dashboard")
 
 
 def error_response(
@@ -45,6 +48,14 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _starlette_error,
     Exception: _internal,
 }
+
+
+async def exception_response(request: Request, exc: Exception) -> Response:
+    """What Starlette's exception handling answers for `exc` (for routes served without it)."""
+    handler = next(EXCEPTION_HANDLERS[cls] for cls in type(exc).__mro__ if cls in EXCEPTION_HANDLERS)
+    if handler is _internal:
+        log.error("exception in %s %s", request.method, request.url.path, exc_info=exc)
+    return await handler(request, exc)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -125,22 +136,15 @@ def shown(value: str, limit: int = 40) -> str:
 MAX_HEADER = 8192  # bytes in one request header value; nginx's default buffer holds 8 KiB too
 
 
-class HeaderLimit:
-    """ASGI middleware: 400 for a request with a header value over MAX_HEADER bytes, before any
-    route reads it (uvicorn's httptools parser bounds neither one value nor all of them)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if len(value) > MAX_HEADER:
-                    header = name.decode("latin-1")
-                    message = f"the {header} header is {len(value)} bytes, over the limit of {MAX_HEADER}"
-                    await error_response(400, message, "header_too_large")(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+def header_refusal(scope: Scope) -> Response | None:
+    """400 for a request with a header value over MAX_HEADER bytes, before any route reads it
+    (uvicorn's httptools parser bounds neither one value nor all of them)."""
+    for name, value in scope["headers"]:
+        if len(value) > MAX_HEADER:
+            header = name.decode("latin-1")
+            message = f"the {header} header is {len(value)} bytes, over the limit of {MAX_HEADER}"
+            return error_response(400, message, "header_too_large")
+    return None
 
 
 def bearer_token(request: Request) -> str | None:

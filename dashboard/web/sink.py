@@ -115,17 +115,24 @@ class StreamSink:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def take(self) -> bytes | None:
+        """All waiting frames as one chunk, or None when none wait."""
+        if not self._pending:
+            return None
+        chunk = b"".join(self._pending)
+        self._pending.clear()
+        self.wrote = True
+        return chunk
+
+    def wait(self) -> asyncio.Future[None]:
+        """Done once frames wait or the sink is closed (a future: no coroutine frame per stream)."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        if self._pending or self.closed:
+            waiter.set_result(None)
+        return waiter
+
     async def next_chunk(self) -> bytes | None:
         """All waiting frames as one chunk, once there are some; None once closed."""
         while not self._pending and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self._pending:
-            chunk = b"".join(self._pending)
-            self._pending.clear()
-            self.wrote = True
-            return chunk
-        return None
+            await self.wait()
+        return self.take()

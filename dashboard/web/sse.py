@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
 from dashboard.events import encode_retry
-from dashboard.web.direct import direct_writer
+from dashboard.web.direct import direct_writer, on_hangup
 from dashboard.web.errors import HTTPError, parse_count
 from dashboard.web.sink import StreamSink
 
@@ -95,6 +95,9 @@ class Heartbeat:
 class EventStream:
     """An ASGI response that streams one subscription until it closes or the client leaves."""
 
+    __slots__ = ("admission", "broker", "gone", "heartbeat", "retry_ms", "sink", "sub")
+    status_code = 200
+
     def __init__(
         self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, admission: Admission, *, retry_ms: int
     ) -> None:
@@ -105,10 +108,11 @@ class EventStream:
         self.heartbeat = heartbeat
         self.admission = admission
         self.retry_ms = retry_ms
+        self.gone = False  # the client left
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sink = self.sink
-        watcher = asyncio.create_task(self._close_on_disconnect(receive))
+        watcher = None if on_hangup(scope, self.hang_up) else asyncio.create_task(self._watch(receive))
         self.heartbeat.sinks.add(sink)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -116,31 +120,39 @@ class EventStream:
             sink.writer = direct_writer(scope)
             if sink.writer is not None:
                 self.admission.direct += 1
-            while (chunk := await sink.next_chunk()) is not None:
+            while (chunk := sink.take()) is not None or not sink.closed:
+                if chunk is None:
+                    await sink.wait()
+                    continue
                 sink.sending = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sink.sending = False
             self._stop_direct_writes()  # nothing may follow the last chunk
-            if not watcher.done():
+            if not self.gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write
         finally:
             self._stop_direct_writes()
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self.heartbeat.sinks.discard(sink)
             self.broker.unsubscribe(self.sub)
             self.admission.release()
+
+    def hang_up(self) -> None:
+        self.gone = True
+        self.sub.close()
 
     def _stop_direct_writes(self) -> None:
         if self.sink.writer is not None:
             self.sink.writer = None
             self.admission.direct -= 1
 
-    async def _close_on_disconnect(self, receive: Receive) -> None:
+    async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.sub.close()
+        self.hang_up()
 
 
 def last_event_id(request: Request) -> int | None:

@@ -107,6 +107,11 @@ class Telemetry:
             registry=self.registry,
         )
 
+    def count(self, method: str, route: str, status: int) -> None:
+        """One request answered: `route` is its template (`/sse/{topic}`), never the raw path."""
+        method = method if method in METHODS else "other"  # bounded label values
+        self.http_requests.labels(method, route, str(status)).inc()
+
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics: with viewers configured, only the topics the caller may read."""
         encoder, content_type = choose_encoder(request.headers.get("accept"))
@@ -156,7 +161,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
-        self.counter = telemetry.http_requests
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,16 +174,12 @@ class RequestMetrics:
             nonlocal started
             if message["type"] == "http.response.start" and not started:
                 started = True
-                self._count(scope, message["status"])
+                self.telemetry.count(scope["method"], route_template(scope), message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, send_counted)
         except Exception:
             if not started:
-                self._count(scope, 500)
+                self.telemetry.count(scope["method"], route_template(scope), 500)
             raise
-
-    def _count(self, scope: Scope, status: int) -> None:
-        method = scope["method"] if scope["method"] in METHODS else "other"  # bounded label values
-        self.counter.labels(method, route_template(scope), str(status)).inc()
