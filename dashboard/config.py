@@ -263,7 +263,8 @@ class AISimulation(Strict):
 class AIProvider(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     type: str = Field(
-        "openai", description="the API dialect it speaks: openai, anthropic (or simulated: built in)"
+        "openai",
+        description="its API dialect: openai, anthropic, one a package registers (or simulated: built in)",
     )
     base_url: str | None = Field(
         None, description="e.g. https://api.openai.com/v1 or https://api.anthropic.com/v1"
@@ -282,11 +283,17 @@ class AIProvider(Strict):
     @field_validator("type")
     @classmethod
     def _known_dialect(cls, value: str) -> str:
-        from dashboard.relay.dialects import DIALECTS  # the relay imports this module
+        from dashboard.relay import dialects  # the relay imports this module
 
-        if value != "simulated" and value not in DIALECTS:
-            known = ", ".join([*sorted(DIALECTS), "simulated"])
-            raise ValueError(f"unknown provider type {value!r} (known: {known})")
+        if value == "simulated":
+            return value
+        try:
+            dialects.get(value)
+        except KeyError:
+            known = ", ".join([*dialects.known(), "simulated"])
+            raise ValueError(f"unknown provider type {value!r} (known: {known})") from None
+        except Exception as exc:
+            raise ValueError(f"the dialect of provider type {value!r} does not load: {exc}") from None
         return value
 
     @model_validator(mode="after")

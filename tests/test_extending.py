@@ -1,16 +1,21 @@
-"""docs/EXTENDING.md: every example works as pasted (a feed with a route, a view, a broker)."""
+"""docs/EXTENDING.md: every example works as pasted (a feed with a route, a view, a broker, a dialect)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import subprocess
+import sys
+
+import openai
 
 from dashboard.broker import from_url
 from dashboard.config import parse_config
 from dashboard.events import Event
 from dashboard.views import VIEWS, VIEWS_DIR
 from tests.support import ROOT, read_events
+from tests.upstream import answer_text
 
 DOC = (ROOT / "docs" / "EXTENDING.md").read_text()
 
@@ -44,13 +49,18 @@ def test_the_view_example_is_the_json_view_as_shipped():
     assert block("javascript") == (VIEWS_DIR / "json.js").read_text()
 
 
-def test_the_broker_example_is_chosen_by_its_scheme_once_registered(tmp_path, monkeypatch):
-    (tmp_path / "counting_broker.py").write_text(block("python", "# counting_broker.py"))
-    dist = tmp_path / "counting_broker-1.0.dist-info"
+def register(tmp_path, module: str, group: str) -> None:
+    """Install the example `module` from the doc as a package would: its file and its entry point."""
+    (tmp_path / f"{module}.py").write_text(block("python", f"# {module}.py"))
+    dist = tmp_path / f"{module}-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: counting-broker\nVersion: 1.0\n")
-    entry = block("toml", '[project.entry-points."dashboard.brokers"]').splitlines()[1].replace('"', "")
-    (dist / "entry_points.txt").write_text(f"[dashboard.brokers]\n{entry}\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    entry = block("toml", f'[project.entry-points."{group}"]').splitlines()[1].replace('"', "")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+
+
+def test_the_broker_example_is_chosen_by_its_scheme_once_registered(tmp_path, monkeypatch):
+    register(tmp_path, "counting_broker", "dashboard.brokers")
     monkeypatch.syspath_prepend(str(tmp_path))
 
     config = parse_config(block("yaml", "broker:") + "topics: {a: {feed: demo}}\n")
@@ -67,3 +77,40 @@ def test_the_broker_example_is_chosen_by_its_scheme_once_registered(tmp_path, mo
 
     assert len(asyncio.run(scenario())) == 3
     assert type(broker).stored == 3
+
+
+def test_the_broker_example_passes_the_contract_suite_as_the_doc_runs_it(tmp_path):
+    register(tmp_path, "counting_broker", "dashboard.brokers")
+    command = re.search(r"`(DASHBOARD_BROKER_URLS=counting:// python -m pytest [^`]+)`", DOC).group(1)
+    variable, _, args = command.partition(" python -m ")
+    name, _, urls = variable.partition("=")
+    env = {**os.environ, name: urls, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    run = subprocess.run(
+        [sys.executable, "-m", *args.split(), "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    passed = int(re.search(r"(\d+) passed", run.stdout).group(1))
+    assert passed >= 10, run.stdout[-2000:]  # `-k counting` selects only the example's runs
+
+
+def test_the_dialect_example_serves_a_provider_of_its_type(serve, upstream, tmp_path):
+    register(tmp_path, "azure_dialect", "dashboard.dialects")
+    config = block("yaml", "ai:").replace("https://my-resource.openai.azure.com", f"{upstream.url}/azure")
+    server = serve(
+        config + "topics: {}\n",
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "AZURE_OPENAI_KEY": "azure-test-key"},
+    )
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=20)
+    stream = client.chat.completions.create(
+        model="az-echo", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == answer_text("azure")
+    seen = upstream.requests("az-echo")[-1]
+    assert seen.path == "/azure/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    assert seen.headers["api-key"] == "azure-test-key" and "authorization" not in seen.headers

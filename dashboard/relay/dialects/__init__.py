@@ -2,8 +2,9 @@
 
 The relay's common form is an OpenAI chat completions body; each dialect converts its own requests
 to and from it, parses its provider's events into normalised `Chunk`s and renders normalised chunks
-for its clients. A dialect is one module in this package that defines `dialect = YourDialect()`;
-providers name it as their `type`.
+for its clients. A dialect is one module that defines `dialect = YourDialect()`: in this package,
+or in any package that registers it under the entry-point group `dashboard.dialects` (named as
+providers' `type`, valued "module:dialect"). Providers name it as their `type`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from dashboard.events import encode_frame
@@ -163,7 +165,20 @@ def _discover() -> dict[str, Dialect]:
 
 
 DIALECTS = _discover()
+ENTRY_POINT_GROUP = "dashboard.dialects"  # where packages register more dialects, by name
 
 
 def get(name: str) -> Dialect:
+    """The dialect `name`: built in, or registered by a package; KeyError when there is none."""
+    if name not in DIALECTS:
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            dialect = ep.load()
+            if not isinstance(dialect, Dialect):
+                raise TypeError(f"entry point {ep.value!r} is {type(dialect).__name__}, not a Dialect")
+            DIALECTS[name] = dialect
     return DIALECTS[name]
+
+
+def known() -> list[str]:
+    """Every dialect name a provider may use as its `type`."""
+    return sorted({*DIALECTS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
