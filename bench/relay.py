@@ -4,6 +4,8 @@
 
 Runs a lean OpenAI-compatible upstream (own process), `dashboard serve` with a provider on it
 (own process), LiteLLM's proxy on it too when `litellm` is installed, and a raw-socket client here.
+`python-pipe` is the floor of any relay written in Python on this machine: a bare TCP pipe on
+uvloop (own process) that copies bytes both ways and knows nothing of HTTP, keys or limits.
 Reports the time to first token and the gaps between chunks, direct versus through each relay: what
 a relay adds (p50, p99), and with 200 and 500 concurrent streams, how many chunk gaps stretched
 beyond twice the upstream's. Every figure is the median of the rounds, with its range.
@@ -38,6 +40,9 @@ FINISH = (
     '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
 )
 
+# Sent by the client to every target: LiteLLM's proxy refuses to start without a master key; the
+# upstream and sse-dashboard (no api tokens configured) ignore it.
+BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 4
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
@@ -71,6 +76,51 @@ async def upstream_main(portfile: str) -> None:
         await server.serve_forever()
 
 
+# -- the floor (run as `python -m bench.relay --pipe PORTFILE:UPSTREAM_PORT`) -------------------------
+class _Pipe(asyncio.Protocol):
+    """One side of a piped connection: what it receives goes to the other side."""
+
+    def __init__(self, peer: _Pipe | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []  # the client's bytes before the upstream connection is up
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.peer is not None:  # the upstream side: the client's first bytes go out now
+            self.peer.peer = self
+            transport.writelines(self.peer.early)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None or self.peer.transport is None:
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def connection_lost(self, exc) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+async def pipe_main(spec: str) -> None:
+    portfile, _, port = spec.rpartition(":")
+    loop = asyncio.get_running_loop()
+    connecting: set[asyncio.Task] = set()
+
+    def accepted() -> _Pipe:
+        client = _Pipe()
+        task = loop.create_task(loop.create_connection(lambda: _Pipe(client), "127.0.0.1", int(port)))
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
+        return client
+
+    server = await loop.create_server(accepted, "127.0.0.1", 0, backlog=1024)
+    Path(portfile).write_text(str(server.sockets[0].getsockname()[1]))
+    async with server:
+        await server.serve_forever()
+
+
 # -- the client ------------------------------------------------------------------------------------
 async def one_stream(port: int, path: str, chunks: int, gap_ms: int) -> tuple[float, list[float]]:
     """(time to first chunk, gaps between chunks) in seconds, for one streamed completion."""
@@ -81,7 +131,7 @@ async def one_stream(port: int, path: str, chunks: int, gap_ms: int) -> tuple[fl
     ).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"authorization: Bearer {BENCH_KEY}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
     arrivals: list[float] = []
     tail = b""
@@ -161,14 +211,23 @@ def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str
 
 # -- orchestration ---------------------------------------------------------------------------------
 def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
-    portfile = tmp / "upstream.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--upstream", str(portfile)])
+    return _start_own(tmp, "upstream", "--upstream", str(tmp / "upstream.port"))
+
+
+def start_pipe(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    return _start_own(tmp, "pipe", "--pipe", f"{tmp / 'pipe.port'}:{upstream_port}")
+
+
+def _start_own(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """This module in a process of its own, as the upstream or the pipe; its port, once it listens."""
+    portfile = tmp / f"{name}.port"
+    proc = subprocess.Popen([sys.executable, __file__, *args])
     for _ in range(200):
         if portfile.exists() and portfile.read_text():
             return proc, int(portfile.read_text())
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("the bench upstream did not start")
+    raise RuntimeError(f"the bench {name} did not start")
 
 
 def start_relay(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
@@ -207,6 +266,7 @@ def start_litellm(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]
     config.write_text(
         "model_list:\n  - model_name: '*'\n    litellm_params:\n      model: 'openai/*'\n"
         f"      api_base: 'http://127.0.0.1:{upstream_port}/v1'\n      api_key: 'unused'\n"
+        f"general_settings:\n  master_key: '{BENCH_KEY}'\n"
     )
     log = (tmp / "litellm.log").open("wb")
     command = [
@@ -315,6 +375,7 @@ def write_results(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
+    parser.add_argument("--pipe", metavar="PORTFILE:UPSTREAM_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
     parser.add_argument(
         "--streams",
@@ -335,6 +396,9 @@ def main() -> int:
     if args.upstream:
         runner(upstream_main(args.upstream))
         return 0
+    if args.pipe:
+        runner(pipe_main(args.pipe))
+        return 0
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -345,7 +409,9 @@ def main() -> int:
             procs.append(up_proc)
             relay_proc, relay_port = start_relay(tmp, up_port)
             procs.append(relay_proc)
-            ports = {"direct": up_port, "sse-dashboard": relay_port}
+            pipe_proc, pipe_port = start_pipe(tmp, up_port)
+            procs.append(pipe_proc)
+            ports = {"direct": up_port, "python-pipe": pipe_port, "sse-dashboard": relay_port}
             note = ""
             if importlib.util.find_spec("litellm") is None:
                 note = "LiteLLM's proxy: skipped, not installed (`pip install 'litellm[proxy]'` adds it)."
