@@ -3,8 +3,8 @@ protocol, past the ASGI `send` (and so past every middleware's wrapper of it); a
 leaving noticed without a task per connection waiting on `receive` for it.
 
 It uses attributes uvicorn does not document (`transport`, `flow.write_paused`, `disconnected`,
-`chunked_encoding`, `message_event` of httptools_impl's RequestResponseCycle). pyproject.toml
-pins uvicorn to the releases tested; `fast_path_problem()` checks them at startup (logged), and
+`chunked_encoding`, `message_event`, `response_complete` of httptools_impl's RequestResponseCycle).
+pyproject.toml pins uvicorn to the releases tested; `fast_path_problem()` checks them at startup (logged), and
 tests/test_stream_paths.py fails when the real server does not take this path.
 """
 
@@ -21,7 +21,14 @@ log = logging.getLogger("dashboard.sse")
 
 RAW_SEND = "dashboard.raw_send"  # the server's own `send`, kept in the scope by DashboardApp
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
-_CYCLE_ATTRIBUTES = ("transport", "flow", "disconnected", "chunked_encoding", "message_event")
+_CYCLE_ATTRIBUTES = (
+    "transport",
+    "flow",
+    "disconnected",
+    "chunked_encoding",
+    "message_event",
+    "response_complete",
+)
 
 Writer = Callable[[bytes], bool]  # writes one HTTP chunk now, or returns False (paused, gone)
 
@@ -88,7 +95,7 @@ class _Hangup:
     __slots__ = ("callback", "cycle", "flag", "waiters")
 
     def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
-        self.cycle = cycle
+        self.cycle: Any = cycle
         self.callback: Callable[[], None] | None = callback
         self.flag = False
         self.waiters: list[asyncio.Future[bool]] = []
@@ -101,9 +108,11 @@ class _Hangup:
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(True)
-        if self.cycle.disconnected and self.callback is not None:
-            callback, self.callback = self.callback, None
-            callback()
+        cycle, callback = self.cycle, self.callback
+        if cycle is not None and (cycle.disconnected or cycle.response_complete):
+            self.cycle = self.callback = None  # the end: no reference cycle left for the collector
+            if cycle.disconnected and callback is not None:
+                callback()
 
     def clear(self) -> None:
         self.flag = False
