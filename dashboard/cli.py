@@ -42,6 +42,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{config.source}: serve would refuse server.host {config.server.host}: {problem}")
         if problems:
             return 1
+    for warning in config.warnings():
+        print(f"{config.source}: warning: {warning}")
     print(f"{config.source}: OK, {len(config.topics)} topic(s): {', '.join(config.topics) or 'none'}")
     return 0
 
@@ -153,6 +155,8 @@ def banner(config: Config, bound: tuple, first: str) -> None:
         print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
     for line in describe_access(config):
         print(f"  access: {line}", flush=True)
+    for warning in config.warnings():
+        print(f"  warning: {warning}", flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

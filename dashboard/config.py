@@ -436,6 +436,18 @@ class Config(Strict):
             raise ValueError(f"alert names must be unique: {', '.join(duplicates)}")
         return self
 
+    def warnings(self) -> list[str]:
+        """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
+        budgets = [key.name for key in self.auth.api_keys if key.daily_usd is not None]
+        unpriced = [p.name for p in self.ai.providers if p.prices is None and p.type != "simulated"]
+        if not (budgets and unpriced):
+            return []
+        return [
+            f"provider {name!r} has no prices: its requests count nothing against the daily_usd "
+            f"budget of api key(s) {', '.join(budgets)} (set ai.providers[].prices)"
+            for name in unpriced
+        ]
+
     def boards(self) -> dict[str, DashboardConfig]:
         """Every board by name, panels filled in; without `dashboards:`, one board named `main`
         made of `panels:` (one panel per topic when there is none)."""

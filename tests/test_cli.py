@@ -115,3 +115,24 @@ def test_serve_ends_open_streams_when_told_to_stop(serve):
     server.proc.wait(30)  # uvicorn re-raises the signal once it has shut down
     assert "graceful shutdown exceeded" not in server.output(), server.output()
     assert all(e.event in ("message", "status") for e in rest), rest
+
+
+def test_check_warns_of_a_budget_that_no_price_can_reach(tmp_path):
+    """A daily_usd budget counts spend by the providers' prices: without them it never binds."""
+    provider = "    - {name: up, base_url: 'http://127.0.0.1:9/v1', api_key: sk-x%s}\n"
+    config = tmp_path / "config.yaml"
+
+    def check(prices: str) -> subprocess.CompletedProcess:
+        config.write_text(
+            "auth:\n  api_keys:\n    - {name: team, token: team-token, daily_usd: 5}\n"
+            "ai:\n  providers:\n" + provider % prices + "topics: {}\n"
+        )
+        command = [sys.executable, "-m", "dashboard", "check", "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    unpriced = check("")
+    assert unpriced.returncode == 0, unpriced.stderr
+    assert "warning: provider 'up' has no prices" in unpriced.stdout, unpriced.stdout
+    assert "api key(s) team" in unpriced.stdout and "sk-x" not in unpriced.stdout
+    priced = check(", prices: {input: 1, output: 2}")
+    assert priced.returncode == 0 and "warning" not in priced.stdout, priced.stdout
