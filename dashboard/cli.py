@@ -133,7 +133,18 @@ async def _spend_from_server(config: Config) -> dict:
         )
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{host}:{config.server.port}/sse/{topics[0]}?replay=1"
-    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", url) as response:
+    headers = {}
+    viewers = config.auth.viewers
+    if viewers is not None and viewers.secret is not None and not config.topics[topics[0]].public:
+        # a private topic: read it as a viewer of that topic alone, for a minute
+        headers["Authorization"] = f"Bearer {Access(config).mint([topics[0]], 60, 'dashboard keys')}"
+    client = httpx.AsyncClient(timeout=10, headers=headers)
+    async with client, client.stream("GET", url) as response:
+        if response.status_code in (401, 403):
+            raise ValueError(
+                f"{url} answered {response.status_code}: topic {topics[0]!r} is private and this config "
+                "cannot sign a viewer token for it (no auth.viewers.secret); make it public: true"
+            )
         if response.status_code != 200:
             raise ValueError(f"{url} answered {response.status_code}")
         async for line in response.aiter_lines():

@@ -19,7 +19,7 @@ import jwt
 import openai
 import pytest
 
-from tests.support import REDIS_URL, run_async, sse_stream
+from tests.support import REDIS_URL, free_port, run_async, sse_stream
 from tests.upstream import answer_text, relay_config
 
 KEY = "sk-keys-0123456789abcdef0123456789"
@@ -207,6 +207,30 @@ def test_two_redis_instances_share_one_keys_limits(upstream, redis_prefix, serve
     printed = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "RELAY_TEST_KEY": KEY})
     assert printed.returncode == 0, printed.stderr
     assert re.search(r"team-a +3 req, 51 tokens, 0\.000069 USD; rpm 3", printed.stdout), printed.stdout
+    assert TEAM not in printed.stdout
+
+
+def test_dashboard_keys_reads_a_memory_brokers_spend_from_the_running_server(upstream, serve):
+    """With memory://, only the server holds the spend: `dashboard keys` reads its spend topic, as a
+    viewer of that topic alone when topics are private."""
+    port = free_port()
+    config = keys_config(
+        upstream,
+        f"    - {{name: team-a, token: {TEAM}, rpm: 5}}\n",
+        auth="viewers: {secret: viewer-secret-0123456789abcdef0123}",
+    ).replace("server: {max_body: 65536}", f"server: {{max_body: 65536, port: {port}}}")
+    server = serve(config, port=port, env={"RELAY_TEST_KEY": KEY})
+    openai_sdk(server, TEAM).chat.completions.create(model="t-echo", messages=HI)
+    cli = [sys.executable, "-m", "dashboard", "keys", "--config", str(server.config)]
+    env = {**os.environ, "RELAY_TEST_KEY": KEY}
+    deadline = time.monotonic() + 15
+    while True:  # the spend topic publishes the request once it has settled
+        printed = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        if re.search(r"team-a +1 req", printed.stdout) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert re.search(r"team-a +1 req, \d+ tokens, 0\.0000\d+ USD; rpm 5", printed.stdout), printed.stdout
     assert TEAM not in printed.stdout
 
 
