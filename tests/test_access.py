@@ -18,8 +18,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from httpx_sse import connect_sse
 
-from tests.support import ROOT, free_port, read_events
+from tests.support import ROOT, free_port, read_events, real_events
 
 SECRET = "viewer-secret-0123456789abcdef0123456789"
 TOPICS = """
@@ -315,6 +316,10 @@ def test_cors_is_off_by_default_and_opens_reads_to_named_origins_only(serve):
             },
         )
         assert preflight.status_code == 200
+        # with CORS on, the streams take the middleware path (for these headers), and still stream
+        with connect_sse(http, "GET", "/sse/clock", headers={"Origin": "https://wiki.example"}) as source:
+            assert source.response.headers["access-control-allow-origin"] == "https://wiki.example"
+            assert next(real_events(source.iter_sse())).data
         other = http.get("/api/topics", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
         relay = http.options(
