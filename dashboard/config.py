@@ -428,13 +428,15 @@ class Config(Strict):
 
     source: str = Field("<default>", exclude=True, description="where the config was read from")
 
-    @model_validator(mode="after")
-    def _unique_rules(self) -> Config:
-        names = [rule.name for rule in self.alerts]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"alert names must be unique: {', '.join(duplicates)}")
-        return self
+    def alert_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """(location, message) of each alert rule whose name an earlier rule has."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        names: set[str] = set()
+        for i, rule in enumerate(self.alerts):
+            if rule.name in names:
+                problems.append((("alerts", i, "name"), f"alert name {rule.name!r} is used twice"))
+            names.add(rule.name)
+        return problems
 
     def warnings(self) -> list[str]:
         """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
@@ -655,7 +657,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             issues.append(ConfigIssue(file, source.line_of(error["loc"]), _describe(error)))
 
     if config is not None:
-        for loc, message in config.auth.key_problems():
+        for loc, message in [*config.auth.key_problems(), *config.alert_problems()]:
             where = ".".join(str(part) for part in loc)
             issues.append(ConfigIssue(file, source.line_of(loc), f"{where}: {message}"))
         for name, topic in config.topics.items():

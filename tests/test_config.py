@@ -114,6 +114,12 @@ def test_default_panels_one_per_topic_with_the_feed_view():
             "cfg.yaml:3: auth.api_keys.0.token: api key 'a' has an empty",
         ),
         ("auth:\n  api_keys:\n    - {name: a, token: t, rpm: -1}\n", "cfg.yaml:3: auth.api_keys.0.rpm"),
+        (
+            "topics: {n: {feed: notifications}, m: {feed: metrics}}\nalerts:\n"
+            "  - {name: hot, topic: m, field: cpu, above: 90, notify: n}\n"
+            "  - {name: hot, topic: m, field: mem, above: 90, notify: n}\n",
+            "cfg.yaml:4: alerts.1.name: alert name 'hot' is used twice",
+        ),
         ("auth:\n  api_keys:\n    - {name: a, token: t, daily_usd: -0.5}\n", "auth.api_keys.0.daily_usd"),
         (
             "auth: {api_keys: [{name: a, token: t}]}\n"

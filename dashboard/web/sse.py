@@ -157,7 +157,10 @@ class EventStream:
 
 def last_event_id(request: Request) -> int | None:
     """Where to resume: the Last-Event-ID header (sent by EventSource itself) or `?last_event_id=`."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    header = request.headers.get("last-event-id")
+    if header:  # sent as UTF-8 by browsers, read as latin-1 by Starlette: shown as sent when refused
+        header = header.encode("latin-1").decode("utf-8", "replace")
+    raw = header or request.query_params.get("last_event_id")
     return parse_count(raw.strip(), "Last-Event-ID") if raw else None
 
 
