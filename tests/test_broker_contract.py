@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from dashboard.broker import Broker, Limits, Refusal, Reservation, Subscription, from_url
-from dashboard.errors import UnknownTopic
+from dashboard.broker import Broker, Limits, Refusal, Reservation, Subscription, fence, from_url
+from dashboard.errors import LeadershipLost, UnknownTopic
 from dashboard.events import Event
 from dashboard.web.sink import StreamSink
 from tests.support import REDIS_URL
@@ -218,6 +218,39 @@ def test_a_free_lease_is_taken_at_once_and_released(make_broker):
             async with asyncio.timeout(2):
                 again = await broker.acquire_lease("a")
             await broker.release_lease(again)
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_is_one_instances_and_a_publish_under_a_lost_one_is_refused(make_broker):
+    """A shared backend hands a topic's lease to one instance at a time and fences what the former
+    holder publishes under it; a process-local one leads every feed of its own process at once."""
+
+    async def scenario():
+        async with connected(make_broker) as one, connected(make_broker) as two:
+            lease = await one.acquire_lease("a")
+            taking = asyncio.create_task(two.acquire_lease("a"))
+            await asyncio.sleep(0.3)
+            assert taking.done() is (not one.shared), "a shared lease is held by one instance"
+            await one.release_lease(lease)
+            async with asyncio.timeout(10):
+                taken = await taking
+            token = fence.set(lease)  # what the former leader's feed would publish under
+            try:
+                if one.shared:
+                    with pytest.raises(LeadershipLost):
+                        await one.publish("a", Event({"late": True}))
+                    assert all(m.data != {"late": True} for m in await two.read_history("a", None))
+                else:
+                    await one.publish("a", Event({"late": True}))
+            finally:
+                fence.reset(token)
+            fenced = fence.set(taken)
+            try:
+                await two.publish("a", Event({"n": 1}))  # the new holder's publishes go through
+            finally:
+                fence.reset(fenced)
+            await two.release_lease(taken)
 
     asyncio.run(scenario())
 
