@@ -110,6 +110,16 @@ def test_unknown_model_and_bad_requests_are_openai_errors(server, upstream):
             "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
         )
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+        # Wrong types inside an otherwise good body are the client's error, said as such (not a 500).
+        hi = [{"role": "user", "content": "hi"}]
+        for body, fragment in (
+            ({"model": "t-echo", "stream": True, "stream_options": 5, "messages": hi}, "stream_options"),
+            ({"model": "t-echo", "messages": [{"role": "user", "content": [{"text": 5}]}]}, "content"),
+            ({"model": "t-echo", "messages": [{"role": "user", "content": 5}]}, "content"),
+        ):
+            response = http.post("/v1/chat/completions", json=body)
+            error = response.json()["error"]
+            assert response.status_code == 400 and fragment in error["message"], (body, response.text)
 
 
 def test_oversized_body_is_refused_with_413(server):

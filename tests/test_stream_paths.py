@@ -1,14 +1,23 @@
 """Both ways a stream is written: straight to the socket under uvicorn, and plain ASGI `send` elsewhere."""
 
 import asyncio
+import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from starlette.routing import Route
+
 from dashboard.broker.memory import MemoryBroker
+from dashboard.config import parse_config
 from dashboard.events import Event
+from dashboard.web.access import HostCheck
+from dashboard.web.app import DashboardApp, Runtime
 from dashboard.web.direct import direct_writer
+from dashboard.web.errors import EXCEPTION_HANDLERS
 from dashboard.web.sink import KEEPALIVE, StreamSink
 from dashboard.web.sse import Admission, EventStream, Heartbeat
+from dashboard.web.telemetry import Telemetry
 from tests.support import sse_stream
 
 
@@ -81,3 +90,97 @@ def test_the_real_server_writes_streams_straight_to_sockets(serve):
     assert "dashboard_streams_direct 1.0" in metrics, f"the stream is not written directly:\n{metrics}"
     assert "streams write straight to sockets" in server.output(), server.output()
     assert open_streams == 0, "the stream outlived its client"
+
+
+def raw_request(server, head: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(head)
+    return connection
+
+
+def open_streams(client) -> int:
+    return client.get("/healthz").json()["streams"]["open"]
+
+
+def test_a_stream_with_a_request_pipelined_behind_it_ends_when_its_client_leaves(serve):
+    """uvicorn tells only the newest pipelined request that the connection closed: the stream
+    ahead of it must still end, and no other stream or feed may suffer for it."""
+    server = serve("server: {keepalive: 0.3}\ntopics:\n  t: {feed: demo}\n  quiet: {feed: notifications}\n")
+    get = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    other = raw_request(server, get % b"/sse/quiet")
+    pipelined = raw_request(server, get % b"/sse/t" + get % b"/healthz")
+    assert pipelined.recv(1000).startswith(b"HTTP/1.1 200")
+    pipelined.close()
+    with server.client() as client:
+        deadline = time.monotonic() + 10
+        while open_streams(client) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_streams(client) == 1, "the stream outlived its client"
+        assert client.get("/api/topics").json()["topics"]["t"]["status"]["state"] == "running"
+    received = b""
+    while received.count(b": keepalive") < 3:  # keepalives still reach the other stream
+        received += other.recv(4096)
+    other.close()
+    assert "Traceback" not in server.output(), server.output()
+
+
+def test_a_relay_client_that_leaves_after_a_large_body_stops_the_upstream(serve):
+    """A body over uvicorn's 64 KiB buffer pauses reading the socket; the relay must still see the
+    client go (and stop the upstream request) without a task reading `receive` for it."""
+    server = serve(
+        "server: {max_body: 1000000}\ntopics: {}\nai:\n  providers:\n"
+        "    - {name: slow, type: simulated, models: [simulated],"
+        " simulation: {tokens_per_s: 2, first_token_ms: 300}}\n"
+    )
+    messages = [{"role": "system", "content": "p" * 150_000}, {"role": "user", "content": "hi"}]
+    body = json.dumps({"model": "simulated", "messages": messages}).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    client = raw_request(server, head + body[:-100_000])
+    time.sleep(0.3)
+    client.sendall(body[-100_000:])  # the last 100 KB at once: uvicorn pauses reading after it
+    time.sleep(1.0)
+    client.close()
+    deadline = time.monotonic() + 8  # the answer would take about 10 s
+    while "relay cancelled" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "relay cancelled" in server.output(), server.output()[-2000:]
+
+
+def test_an_error_before_a_hot_route_answers_is_a_counted_json_500():
+    """The streams and the relay skip Starlette's middleware: an exception their response raises
+    before it starts must still be answered as every other route's, and counted."""
+
+    class Broken:  # an ASGI response that fails before it starts (no status known in advance)
+        async def __call__(self, scope, receive, send) -> None:
+            raise TypeError("an unforeseen input")
+
+    async def endpoint(request):
+        return Broken()
+
+    route = Route("/v1/broken", endpoint, methods=["POST"])
+    telemetry = Telemetry(Runtime(parse_config("topics: {}\n")))
+    app = DashboardApp(
+        hosts=HostCheck(["*"]),
+        telemetry=telemetry,
+        hot=[route],
+        routes=[route],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/broken", "root_path": "", "headers": []}
+    asyncio.run(app({**scope, "query_string": b""}, receive, send))
+    assert sent[0]["status"] == 500
+    error = json.loads(sent[1]["body"])["error"]
+    assert error == {"code": "internal_error", "message": "internal server error"}
+    labels = {"method": "POST", "route": "/v1/broken", "status": "500"}
+    assert telemetry.registry.get_sample_value("dashboard_http_requests_total", labels) == 1

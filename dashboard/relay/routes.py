@@ -131,8 +131,18 @@ def _validate(body: Any, client: Dialect) -> None:
         raise HTTPError(400, "'messages' is required and must be a non-empty list", "invalid_request")
     if not all(isinstance(m, dict) for m in body["messages"]):
         raise HTTPError(400, "each of 'messages' must be an object", "invalid_request")
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(part, dict) and isinstance(part.get("text", ""), str) for part in content):
+                problem = "each part of a message's content must be an object, its text a string"
+                raise HTTPError(400, problem, "invalid_request")
+        elif content is not None and not isinstance(content, str):
+            raise HTTPError(400, "a message's content must be a string or a list of parts", "invalid_request")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise HTTPError(400, "'stream' must be true or false", "invalid_request")
+    if "stream_options" in body and not isinstance(body["stream_options"], dict):
+        raise HTTPError(400, "'stream_options' must be an object", "invalid_request")
     limit = body.get("max_tokens")
     if client is ANTHROPIC and (type(limit) is not int or limit < 1):
         raise HTTPError(400, "'max_tokens' is required and must be a positive integer", "invalid_request")
@@ -178,6 +188,9 @@ class _Relayed:
                 raise
             task.uncancel()
             self.measure.outcome = "cancelled"
+        except Exception:
+            self.measure.outcome = "error"
+            raise
         finally:
             running = False
             if watcher is not None:

@@ -165,13 +165,22 @@ class DashboardApp(Starlette):
             self.telemetry.count(scope["method"], route.path, status)
             await response(scope, receive, send)
             return
+        started = False
 
         async def send_counted(message: Message) -> None:  # a relay learns its status as it goes
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.telemetry.count(scope["method"], route.path, message["status"])
             await send(message)
 
-        await response(scope, receive, send_counted)
+        try:
+            await response(scope, receive, send_counted)
+        except Exception as exc:
+            if started:
+                raise  # too late for an error response: uvicorn logs it and closes the connection
+            error = await exception_response(Request(scope, receive), exc)
+            await error(scope, receive, send_counted)
 
     def gate(self, scope: Scope) -> Route | Response | None:
         """The refusal for a request that fails the gate, the hot route that serves it, or None."""

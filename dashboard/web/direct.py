@@ -3,7 +3,8 @@ protocol, past the ASGI `send` (and so past every middleware's wrapper of it); a
 leaving noticed without a task per connection waiting on `receive` for it.
 
 It uses attributes uvicorn does not document (`transport`, `flow.write_paused`, `disconnected`,
-`chunked_encoding`, `message_event`, `response_complete` of httptools_impl's RequestResponseCycle).
+`chunked_encoding`, `message_event`, `response_complete`, `more_body` of httptools_impl's
+RequestResponseCycle, and `resume_reading` of its FlowControl).
 pyproject.toml pins uvicorn to the releases tested; `fast_path_problem()` checks them at startup (logged), and
 tests/test_stream_paths.py fails when the real server does not take this path.
 """
@@ -28,6 +29,7 @@ _CYCLE_ATTRIBUTES = (
     "chunked_encoding",
     "message_event",
     "response_complete",
+    "more_body",
 )
 
 Writer = Callable[[bytes], bool]  # writes one HTTP chunk now, or returns False (paused, gone)
@@ -64,7 +66,15 @@ class _Writer:
         self.cycle, self.transport, self.flow = cycle, cycle.transport, cycle.flow
 
     def __call__(self, chunk: bytes) -> bool:
-        if self.cycle.disconnected or self.flow.write_paused:
+        cycle = self.cycle
+        if cycle.disconnected or self.flow.write_paused:
+            return False
+        if self.transport.is_closing():
+            # The client left, but uvicorn told a request it had pipelined behind this one (it tells
+            # the newest only): tell this one, as uvicorn would have, so that it ends.
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
             return False
         self.transport.write(chunk)
         return True
@@ -79,12 +89,13 @@ def on_hangup(scope: Scope, callback: Callable[[], None]) -> bool:
     `callback` in the second case. This spares each stream a task parked in `receive()`.
     """
     cycle = _cycle(scope)
-    if cycle is None:
+    if cycle is None or cycle.more_body:  # a body still arriving is for `receive` to read
         return False
     if cycle.disconnected:
         callback()
     else:
         cycle.message_event = _Hangup(cycle, callback)
+        cycle.flow.resume_reading()  # as `receive` would: a large body may have paused reading
     return True
 
 
@@ -142,8 +153,11 @@ def fast_path_problem() -> str | None:
         return f"uvicorn's httptools protocol cannot be imported ({exc})"
     assigned = set(httptools_impl.RequestResponseCycle.__init__.__code__.co_names)
     missing = [name for name in _CYCLE_ATTRIBUTES if name not in assigned]
-    if missing or "write_paused" not in httptools_impl.FlowControl.__init__.__code__.co_names:
-        return f"this uvicorn's RequestResponseCycle lacks {', '.join(missing) or 'flow.write_paused'}"
+    if missing:
+        return f"this uvicorn's RequestResponseCycle lacks {', '.join(missing)}"
+    flow = httptools_impl.FlowControl
+    if "write_paused" not in flow.__init__.__code__.co_names or not hasattr(flow, "resume_reading"):
+        return "this uvicorn's FlowControl lacks write_paused or resume_reading"
     return None
 
 

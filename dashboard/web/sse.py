@@ -86,10 +86,13 @@ class Heartbeat:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            for sink in self.sinks:
-                if not sink.wrote:
-                    sink.keepalive()
-                sink.wrote = False
+            for sink in tuple(self.sinks):
+                try:
+                    if not sink.wrote:
+                        sink.keepalive()
+                    sink.wrote = False
+                except Exception:  # one stream's failure must not end every stream's keepalives
+                    log.exception("keepalive failed for a stream")
 
 
 class EventStream:
@@ -120,7 +123,7 @@ class EventStream:
             sink.writer = direct_writer(scope)
             if sink.writer is not None:
                 self.admission.direct += 1
-            while (chunk := sink.take()) is not None or not sink.closed:
+            while ((chunk := sink.take()) is not None or not sink.closed) and not self.gone:
                 if chunk is None:
                     await sink.wait()
                     continue
