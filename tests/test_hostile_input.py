@@ -112,6 +112,12 @@ def test_an_over_long_header_value_is_400(serve, header):
             assert_error(
                 request(client, method, path, headers={header: huge}), "header_too_large", header.lower()
             )
+        # Too many headers, or too many bytes of them all, whatever each one's size: 431.
+        many = {f"X-H{i}": "1" for i in range(150)}
+        big = {f"X-H{i}": "x" * 8000 for i in range(5)}
+        for headers, fragment in ((many, "over the limit of 100"), (big, "over the limit of 32768")):
+            answer = request(client, "GET", "/sse/ticks", headers=headers)
+            assert answer.status_code == 431 and fragment in answer.json()["error"]["message"], answer.text
         # At the bound it is read as usual (a bearer token that long is simply wrong).
         at_bound = "Bearer " + "x" * (8192 - 7)
         answer = client.post("/publish/inbox", json={"title": "t"}, headers={"Authorization": at_bound})
