@@ -268,7 +268,7 @@ def test_crashing_feed_shows_restarting_with_its_error_as_text(serve, open_page)
     flaky.locator("[data-role=status][data-state=restarting]").wait_for()
     assert flaky.locator("[data-role=status]").text_content() == "restarting"
     error = flaky.locator("[data-role=error]")
-    assert error.is_visible()
+    error.wait_for(state="visible")  # the state may show a frame before the error text does
     assert "upstream gone <b>bold</b>" in error.text_content()
     assert "retry in" in error.text_content()
     assert page.locator("b").count() == 0
