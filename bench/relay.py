@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = (
     'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
@@ -173,10 +175,21 @@ async def sequential(ports: dict[str, int], pairs: int, order: list[str]) -> dic
     return ttft
 
 
-async def concurrent(port: int, streams: int, chunks: int, gap_ms: int) -> dict:
+def cpu_seconds(server: psutil.Process) -> float:
+    """User and system time of a target's process and its children (LiteLLM's worker)."""
+    total = 0.0
+    for proc in (server, *server.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def concurrent(port: int, server: psutil.Process, streams: int, chunks: int, gap_ms: int) -> dict:
     path = "/v1/chat/completions"
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(server)
     results = await asyncio.gather(*(one_stream(port, path, chunks, gap_ms) for _ in range(streams)))
+    server_cpu = cpu_seconds(server) - served
     gaps = [g for _, gs in results for g in gs]
     limit = 2 * gap_ms / 1000
     return {
@@ -185,10 +198,14 @@ async def concurrent(port: int, streams: int, chunks: int, gap_ms: int) -> dict:
         "p99_ttft": pct([t for t, _ in results], 99),
         # the client's share of one core meanwhile: far below 1, it was not what held streams back
         "client_cpu": (time.process_time() - cpu) / (time.perf_counter() - wall),
+        # the target's own CPU per relayed chunk, per-request work included (direct: the upstream's)
+        "server_cpu_per_chunk": server_cpu / (streams * chunks),
     }
 
 
-async def one_round(args: argparse.Namespace, ports: dict[str, int], n: int) -> dict:
+async def one_round(
+    args: argparse.Namespace, ports: dict[str, int], servers: dict[str, psutil.Process], n: int
+) -> dict:
     """One round; the targets' order turns round by round so none always goes first."""
     names = list(ports)
     order = names[n % len(names) :] + names[: n % len(names)]
@@ -197,7 +214,8 @@ async def one_round(args: argparse.Namespace, ports: dict[str, int], n: int) -> 
     conc = {}
     for streams in args.streams:
         conc[streams] = {
-            name: await concurrent(ports[name], streams, args.chunks, args.gap) for name in order
+            name: await concurrent(ports[name], servers[name], streams, args.chunks, args.gap)
+            for name in order
         }
     return {"seq": seq, "conc": conc}
 
@@ -337,10 +355,12 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
             "",
             f"{streams} concurrent streams, {args.chunks} chunks {args.gap} ms apart (target: at most "
             f"0.5% of gaps over {2 * args.gap} ms, TTFT p99 within 2x of direct's; client CPU: the bench "
-            "client's CPU time over the wall time, 100% being one core):",
+            "client's CPU time over the wall time, 100% being one core; server CPU: the target process's "
+            "CPU time per chunk, per-request work included, direct's being the upstream's own):",
             "",
-            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's | client CPU |",
-            "|---|---|---|---|---|---|",
+            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's | client CPU "
+            "| server CPU per chunk, µs |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name in ["direct", *names]:
             res = [r["conc"][streams][name] for r in rounds]
@@ -352,7 +372,8 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
                 f"| {name} | {spread([x['over_2x'] for x in res], 100, '{:.2f}')} | "
                 f"{spread([x['p99_gap'] for x in res], fmt='{:.1f}')} | "
                 f"{spread([x['p99_ttft'] for x in res], fmt='{:.0f}')} | {spread(ratio, 1, '{:.1f}x')} | "
-                f"{spread([x['client_cpu'] for x in res], 100, '{:.0f}%')} |"
+                f"{spread([x['client_cpu'] for x in res], 100, '{:.0f}%')} | "
+                f"{spread([x['server_cpu_per_chunk'] for x in res], 1e6, '{:.0f}')} |"
             )
     if note:
         lines += ["", note]
@@ -412,15 +433,18 @@ def main() -> int:
             pipe_proc, pipe_port = start_pipe(tmp, up_port)
             procs.append(pipe_proc)
             ports = {"direct": up_port, "python-pipe": pipe_port, "sse-dashboard": relay_port}
+            started = {"direct": up_proc, "python-pipe": pipe_proc, "sse-dashboard": relay_proc}
             note = ""
             if importlib.util.find_spec("litellm") is None:
                 note = "LiteLLM's proxy: skipped, not installed (`pip install 'litellm[proxy]'` adds it)."
             else:
                 litellm_proc, ports["litellm"] = start_litellm(tmp, up_port)
                 procs.append(litellm_proc)
+                started["litellm"] = litellm_proc
+            servers = {name: psutil.Process(proc.pid) for name, proc in started.items()}
             rounds = []
             for n in range(args.rounds):
-                rounds.append(runner(one_round(args, ports, n)))
+                rounds.append(runner(one_round(args, ports, servers, n)))
                 print(f"round {n + 1} of {args.rounds} done", file=sys.stderr)
         finally:
             for proc in reversed(procs):
