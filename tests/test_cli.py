@@ -117,7 +117,7 @@ def test_serve_ends_open_streams_when_told_to_stop(serve):
     assert all(e.event in ("message", "status") for e in rest), rest
 
 
-def test_check_warns_of_a_budget_that_no_price_can_reach(tmp_path):
+def test_check_and_serve_warn_of_a_budget_that_no_price_can_reach(tmp_path, serve):
     """A daily_usd budget counts spend by the providers' prices: without them it never binds."""
     provider = "    - {name: up, base_url: 'http://127.0.0.1:9/v1', api_key: sk-x%s}\n"
     config = tmp_path / "config.yaml"
@@ -134,5 +134,7 @@ def test_check_warns_of_a_budget_that_no_price_can_reach(tmp_path):
     assert unpriced.returncode == 0, unpriced.stderr
     assert "warning: provider 'up' has no prices" in unpriced.stdout, unpriced.stdout
     assert "api key(s) team" in unpriced.stdout and "sk-x" not in unpriced.stdout
+    server = serve(config.read_text())  # the startup lines say it too
+    assert "warning: provider 'up' has no prices" in server.output(), server.output()
     priced = check(", prices: {input: 1, output: 2}")
     assert priced.returncode == 0 and "warning" not in priced.stdout, priced.stdout

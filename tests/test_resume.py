@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.support import read_events
+from tests.support import REDIS_URL, read_events
 
 CONFIG = """
 broker: {history: 100000}
@@ -47,15 +47,19 @@ def test_random_reconnects_lose_nothing_and_repeat_nothing(serve, path):
         assert {e for e, _, _ in seen} == {"fast", "slow"}
 
 
+def broker_line(request, broker: str) -> str:
+    """The config's broker: memory://, or the test Redis under a key prefix of this test's own."""
+    if broker == "memory":
+        return 'broker: {url: "memory://"}'
+    return f'broker: {{url: "{REDIS_URL}", prefix: "{request.getfixturevalue("redis_prefix")}"}}'
+
+
 @pytest.mark.parametrize("broker", ["memory", "redis"])
 @pytest.mark.parametrize("path", ["/sse/t", "/sse?topic=t&topic=u"], ids=["single", "mux"])
 def test_resume_from_an_id_older_than_history_says_events_were_lost(request, serve, broker, path):
-    url = "memory://"
-    if broker == "redis":
-        url = f'redis://127.0.0.1:6379/0", prefix: "{request.getfixturevalue("redis_prefix")}'
     server = serve(
         f"""
-        broker: {{url: "{url}"}}
+        {broker_line(request, broker)}
         topics:
           t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 100}}, history: 5}}
           u: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 1}}}}
@@ -77,12 +81,9 @@ def test_resume_from_an_id_older_than_history_says_events_were_lost(request, ser
 @pytest.mark.parametrize("broker", ["memory", "redis"])
 @pytest.mark.parametrize("path", ["/sse/t", "/sse?topic=t"], ids=["single", "mux"])
 def test_resume_from_an_id_ahead_of_the_server_replays_history_and_says_so(request, serve, broker, path):
-    url = "memory://"
-    if broker == "redis":
-        url = f'redis://127.0.0.1:6379/0", prefix: "{request.getfixturevalue("redis_prefix")}'
     server = serve(
         f"""
-        broker: {{url: "{url}"}}
+        {broker_line(request, broker)}
         topics:
           t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 50}}}}
         """
