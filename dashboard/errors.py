@@ -7,7 +7,8 @@
     │   └── BrokerConfigError
     ├── RequestError            a client's request cannot be served as asked
     │   ├── HTTPError           (any status, raised by routes)
-    │   └── UnknownTopic
+    │   ├── UnknownTopic
+    │   └── InvalidEvent        (also a ValueError: an event no reader could be sent)
     ├── BrokerError             the broker could not do what was asked
     │   ├── BrokerUnavailable
     │   └── LeadershipLost
@@ -108,6 +109,14 @@ class UnknownTopic(RequestError):
 
     status = 404
     code = "unknown_topic"
+
+
+class InvalidEvent(RequestError, ValueError):
+    """An event that cannot be stored, since not every reader could be sent it (data that is not
+    JSON or not UTF-8, a bad type or id); the message names the part at fault."""
+
+    status = 422
+    code = "invalid_event"
 
 
 # -- the broker ------------------------------------------------------------------------------------

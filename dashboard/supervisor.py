@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.broker import Broker, Lease, fence
-from dashboard.errors import BrokerUnavailable, LeadershipLost
+from dashboard.errors import BrokerUnavailable, InvalidEvent, LeadershipLost
 from dashboard.events import Event
 from dashboard.feed import Feed
 from dashboard.tasks import cancel_and_wait, finish_shielded
@@ -22,6 +22,7 @@ from dashboard.tasks import cancel_and_wait, finish_shielded
 log = logging.getLogger("dashboard.supervisor")
 
 STATUS_EVENT = "status"
+REFUSAL_STATUS_EVERY = 5.0  # seconds: at most one status event per period for refused events
 BROKER_RETRY = (0.1, 5.0)  # seconds: first and longest wait before storing a feed's event again
 
 
@@ -45,6 +46,8 @@ class FeedRunner:
     feed: Feed
     state: str = "starting"  # starting, standby, running, paused, restarting, finished, idle, stopped
     restarts: int = 0
+    refused: int = 0  # events it yielded that could not be stored (InvalidEvent), skipped
+    refusal_said: float = field(default=-REFUSAL_STATUS_EVERY, repr=False)  # monotonic time
     last_error: str | None = None
     leader: bool | None = None  # whether this instance runs the feed; None: push-only, no leader
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -53,6 +56,7 @@ class FeedRunner:
         return {
             "state": self.state,
             "restarts": self.restarts,
+            "refused": self.refused,
             "last_error": self.last_error,
             "leader": self.leader,
         }
@@ -162,6 +166,15 @@ class Supervisor:
         while True:
             try:
                 await self._publish(runner.topic, event)
+            except InvalidEvent as exc:
+                # One bad event is skipped, said in the log and on the topic: the feed goes on.
+                runner.refused += 1
+                runner.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("feed %r yielded an event that cannot be stored, skipped: %s", runner.topic, exc)
+                if time.monotonic() - runner.refusal_said >= REFUSAL_STATUS_EVERY:  # no flood of them
+                    runner.refusal_said = time.monotonic()
+                    await self._status(runner, runner.state, error=runner.last_error, refused=runner.refused)
+                return
             except BrokerUnavailable as exc:
                 attempt += 1
                 if attempt == 1:

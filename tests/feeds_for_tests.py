@@ -188,3 +188,27 @@ class ScriptedChat(Feed):
                     "simulated": True,
                 },
             )
+
+
+class Poison(Feed):
+    """Between good events (`{"n": 1}`, `{"n": 2}`...), one of each kind of event no reader could
+    be sent: each must be skipped with a status saying why, and the feed must go on."""
+
+    BAD = [
+        Event(data="text with a lone surrogate \ud800"),
+        Event(data={"prompt": "hi \udc00"}),
+        Event(data={"value": float("nan")}),
+        Event(data={"value": float("inf")}),
+        Event(data={(1, 2): "a tuple key"}),
+        Event(data={"a set": {1, 2}}),
+        Event(data={"x": 1}, event="bad\ud800type"),
+        Event(data={"x": 1}, event="two\nlines"),
+        Event(data={"x": 1}, id="not a number"),
+    ]
+
+    async def stream(self):
+        for n, bad in enumerate([*self.BAD, None], start=1):
+            yield Event(data={"n": n})
+            if bad is not None:
+                yield bad
+        await asyncio.Event().wait()

@@ -39,6 +39,7 @@ def test_crashing_feed_restarts_and_others_keep_flowing(serve):
     assert topics["steady"]["status"] == {
         "state": "running",
         "restarts": 0,
+        "refused": 0,
         "last_error": None,
         "leader": True,
     }

@@ -348,6 +348,20 @@ class Scenario:
         await self.send(frame(self.error_body("The server had an error while processing", "api_error")))
         await self.end()
 
+    async def s_surrogate(self, n: int) -> None:
+        """Legal JSON that is no UTF-8: a lone surrogate escaped in the text, then an emoji sent as
+        an escaped pair split over two events, then the rest of the answer."""
+        await self.start_stream()
+        frames = self.frames()
+        opening = self.opening()
+        for f in opening:
+            await self.send(f)
+        for text in ("lone \ud800 here ", "\ud83d", "\ude00"):
+            await self.send(self.text(text))
+        for f in frames[len(opening) :]:
+            await self.send(f)
+        await self.end()
+
     async def s_reset(self, n: int) -> None:
         await self.start_stream()
         for f in self.partial():

@@ -44,7 +44,7 @@ from importlib.metadata import entry_points
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from dashboard.errors import BrokerConfigError, UnknownTopic
+from dashboard.errors import BrokerConfigError, InvalidEvent, UnknownTopic
 from dashboard.events import Event, Message, encode_data
 
 ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
@@ -537,13 +537,13 @@ class Broker(ABC):
 
 
 def check_requested_id(requested: str, last_id: int) -> int:
-    """The id a feed asked for, when it can keep ids increasing; ValueError saying why otherwise."""
+    """The id a feed asked for, when it can keep ids increasing; InvalidEvent saying why otherwise."""
     try:
         wanted = int(requested)
-    except ValueError:
-        raise ValueError(f"Event.id must be an integer, got {requested!r}") from None
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"Event.id must be an integer, got {requested!r:.40}") from None
     if wanted <= last_id:
-        raise ValueError(f"Event.id {wanted} is not above the last id {last_id}; leave id unset")
+        raise InvalidEvent(f"Event.id {wanted} is not above the last id {last_id}; leave id unset")
     return wanted
 
 

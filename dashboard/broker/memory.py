@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from dashboard.broker import Broker, check_requested_id
-from dashboard.events import Event, Message, encode_data
+from dashboard.events import Event, Message, encode_data, event_type
 
 
 class MemoryBroker(Broker):
@@ -30,9 +30,8 @@ class MemoryBroker(Broker):
 
     async def publish(self, topic: str, event: Event) -> Message:
         history = self.topic(topic).history
-        message = Message.build(
-            self.next_id(event.id), topic, event.event, encode_data(event.data), time.time()
-        )
+        kind, data = event_type(event.event), encode_data(event.data)  # before an id is taken
+        message = Message.build(self.next_id(event.id), topic, kind, data, time.time())
         if len(history) == history.maxlen:
             self._evicted[topic] = history[0].id  # appending it below drops the oldest
         self.deliver(message)

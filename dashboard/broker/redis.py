@@ -48,8 +48,8 @@ from dashboard.broker import (
     parse_spend,
     spend_increments,
 )
-from dashboard.errors import BrokerUnavailable, LeadershipLost
-from dashboard.events import Event, Message, encode_data
+from dashboard.errors import BrokerUnavailable, InvalidEvent, LeadershipLost
+from dashboard.events import Event, Message, encode_data, event_type
 from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.broker.redis")
@@ -372,9 +372,9 @@ class RedisBroker(Broker):
         if event.id is not None:
             wanted = check_requested_id(event.id, 0)
             if wanted >= MAX_ID:
-                raise ValueError(f"Event.id must be below {MAX_ID}, got {wanted}")
+                raise InvalidEvent(f"Event.id must be below {MAX_ID}, got {wanted}")
             requested = str(wanted)
-        data = encode_data(event.data)
+        kind, data = event_type(event.event), encode_data(event.data)
         ts = time.time()
         try:
             await self._settle_last(self._client)
@@ -386,7 +386,7 @@ class RedisBroker(Broker):
                     requested,
                     token,
                     int(self.lease_ttl * 1000),
-                    event.event or "",
+                    kind,
                     data,
                     repr(ts),
                 ],
@@ -401,13 +401,13 @@ class RedisBroker(Broker):
                 ) from None
             if reason.startswith("IDORDER"):
                 last = reason.split()[1]
-                raise ValueError(
+                raise InvalidEvent(
                     f"Event.id {requested} is not above the last id {last}; leave id unset"
                 ) from None
             raise BrokerUnavailable(f"Redis at {self.where} refused the event: {reason}") from None
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"store the event on {topic!r}", exc) from exc
-        message = Message.build(int(sid), topic, event.event, data, ts)
+        message = Message.build(int(sid), topic, kind, data, ts)
         if message.id > self._last:
             self._own[message.id] = message
         return message

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 import httpx
 
 from dashboard.config import AIProvider
+from dashboard.events import valid_text
 from dashboard.relay import dialects
 from dashboard.relay.transport import RelayTransport
 
@@ -26,6 +27,8 @@ class Redactor:
         self._grams = {s[i : i + _GRAM] for s in self.secrets for i in range(len(s) - _GRAM + 1)}
 
     def text(self, text: str) -> str:
+        """`text` from a provider (an error message) with secrets removed, as valid text."""
+        text = valid_text(text)
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         if not self._grams:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from dashboard.config import AIConfig
+from dashboard.events import json_text, valid_text
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Chunk, Completion, Dialect
 from dashboard.relay.errors import (
@@ -448,6 +449,8 @@ class UpstreamStream:
                 break
             if self.lean and (chunk := self.provider.dialect.lean_event(event, data)) is not None:
                 measure.text_chunks += chunk.token
+                if not chunk.text.isascii():
+                    chunk.text = valid_text(chunk.text)
                 out.append(chunk)
                 continue
             try:
@@ -470,6 +473,8 @@ class UpstreamStream:
             chunk = self.provider.dialect.parse_event(event, data, obj, self.state)
             if chunk is None:
                 continue
+            if not chunk.text.isascii():  # legal JSON, but a lone surrogate is no text to publish
+                chunk.text = valid_text(chunk.text)
             if chunk.usage is not None:
                 measure.usage = chunk.usage
             if chunk.finish_reason:
@@ -528,7 +533,7 @@ def body_reader(response: httpx.Response) -> BodyReader:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return json_text(obj).encode()
 
 
 async def list_models(relay: Relay, ttl: float = 60.0) -> list[dict[str, Any]]:

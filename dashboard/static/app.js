@@ -53,9 +53,9 @@
 
   function showStatus(panel, status) {
     const state = util.isObject(status) && typeof status.state === "string" ? status.state : "unknown";
-    let detail = "";
+    let detail = util.isObject(status) && status.error ? String(status.error) : "";
     if (state === "restarting") {
-      detail = status.error ? String(status.error) : "the feed failed";
+      detail = detail || "the feed failed";
       if (typeof status.retry_in === "number") detail += " (retry in " + util.formatNumber(status.retry_in) + "s)";
     }
     setState(panel, state, detail);

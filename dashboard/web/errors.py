@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
+from dashboard.events import json_problem
 
 log = logging.getLogger("dashboard")
 
@@ -102,15 +104,42 @@ def json_nesting_problem(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None
     return f"arrays and objects are nested deeper than {limit} levels"
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \\uD800-\\uDFFF escape: maybe a lone surrogate
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
 def parse_json(body: bytes) -> Any:
-    """`body` parsed as JSON; 400 `invalid_json` saying why when it is not JSON or nests too deep."""
+    """`body` parsed as JSON; 400 `invalid_json` saying why when it is not JSON or nests too deep.
+
+    Only what can be sent on is taken: strict UTF-8, no NaN or Infinity (nor numbers that
+    overflow to it), no lone surrogate in an escape (`"\\ud800"` is legal JSON, not UTF-8): what
+    passes here can be stored and streamed to every reader (dashboard.events.encode_data)."""
     problem = json_nesting_problem(body)
     if problem is not None:
         raise HTTPError(400, f"invalid JSON: {problem}", "invalid_json")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = body[exc.start : exc.start + 1].hex()
+        message = f"invalid JSON: the body is not UTF-8 (byte 0x{bad} at position {exc.start})"
+        raise HTTPError(400, message, "invalid_json") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:
         raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
+    if _SURROGATE_ESCAPE.search(body) and (problem := json_problem(value)) is not None:
+        raise HTTPError(400, f"invalid JSON: {problem}", "invalid_json")
+    return value
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from dashboard.errors import UnknownTopic
+from dashboard.errors import InvalidEvent, UnknownTopic
+from dashboard.events import encode_data, event_type
 from dashboard.web.errors import HTTPError, read_json, require_bearer
 
 
@@ -54,6 +55,13 @@ async def publish(request: Request) -> JSONResponse:
         events = await _maybe_await(feed.on_publish(data))
     except (ValueError, TypeError) as exc:
         raise HTTPError(422, f"rejected by feed {type(feed).__name__}: {describe_invalid(exc)}") from None
+    for n, event in enumerate(events):  # all or none: an item that cannot be stored stores nothing
+        try:
+            event_type(event.event)
+            encode_data(event.data)
+        except InvalidEvent as exc:
+            await _maybe_await(feed.not_published(events))
+            raise HTTPError(422, f"item {n} cannot be stored: {exc}", exc.code) from None
     ids = []
     for n, event in enumerate(events):
         try:

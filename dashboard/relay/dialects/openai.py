@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from dashboard.events import encode_frame
+from dashboard.events import encode_frame, json_text
 from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer
 from dashboard.relay.errors import RelayError
 from dashboard.relay.sse import SSEEvent
@@ -23,7 +22,7 @@ _LEAN_EXCLUDES = ('"usage"', '"error"', '"role"', '"tool_calls"', '"reasoning', 
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return json_text(obj)
 
 
 class OpenAI(Dialect):
