@@ -211,11 +211,13 @@ class AI(Feed):
             measure.outcome = "stopped"
         finally:
             measure.ended = measure.ended or time.perf_counter()
-            if upstream is not None:
-                await upstream.aclose()
-            measure.record()
-            if ticket is not None:
-                await keys.settle(ticket, measure, text_chars)
+            try:
+                if upstream is not None:
+                    await upstream.aclose()
+                measure.record()
+            finally:  # whatever failed above, the reservation is settled
+                if ticket is not None:
+                    await keys.settle(ticket, measure, text_chars)
         price = next((p.price for p in relay.providers if p.name == measure.provider), None)
         summary = measure.summary(price)
         if job.stopping:

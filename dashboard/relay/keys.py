@@ -9,6 +9,7 @@ estimate from the text relayed), counts it in the metrics and publishes the day'
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -24,6 +25,7 @@ from dashboard.broker import DAY, NANO, Broker, Limits, Refusal, Reservation
 from dashboard.errors import BrokerUnavailable
 from dashboard.events import Event
 from dashboard.relay.metrics import Measure
+from dashboard.tasks import finish_shielded
 from dashboard.web.errors import HTTPError, token_in
 
 if TYPE_CHECKING:
@@ -140,7 +142,8 @@ class Keys:
         return Ticket(result, prompt)
 
     async def settle(self, ticket: Ticket, measure: Measure, text_chars: int) -> None:
-        """Charge what the request used; never raises (a failure is logged: the reservation then
+        """Charge what the request used. Never raises, except the caller's cancellation, and that
+        only once the broker has settled (a failure of the broker is logged: the reservation then
         holds until the day ends)."""
         res = ticket.reservation
         if measure.usage is not None:
@@ -152,8 +155,15 @@ class Keys:
             prompt = completion = 0
         provider = next((p for p in self.relay.providers if p.name == measure.provider), None)
         cost = (provider.price(prompt, completion) if provider is not None else None) or 0.0
+        cancelled: asyncio.CancelledError | None = None
         try:
-            spend = await self.broker.settle(res, prompt, completion, round(cost * NANO))
+            # Shielded: a request cancelled now (its client left, the server stops) still settles.
+            spend = await finish_shielded(self.broker.settle(res, prompt, completion, round(cost * NANO)))
+        except asyncio.CancelledError as exc:
+            if exc.__cause__ is not None:
+                log.warning("key %r: cannot settle a request's spend: %s", res.account, exc.__cause__)
+                raise
+            cancelled = exc
         except Exception as exc:
             log.warning("key %r: cannot settle a request's spend: %s", res.account, exc)
             return
@@ -161,6 +171,8 @@ class Keys:
         TOKENS.labels(res.account, "prompt").inc(prompt)
         TOKENS.labels(res.account, "completion").inc(completion)
         COST.labels(res.account).inc(cost)
+        if cancelled is not None:
+            raise cancelled
         last = {
             "key": res.account,
             "model": res.model,

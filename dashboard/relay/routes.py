@@ -180,8 +180,9 @@ class _Relayed:
                 left = True
                 task.cancel()
 
-        watcher = None if on_hangup(scope, leave) else asyncio.create_task(_on_disconnect(receive, leave))
+        watcher = None
         try:
+            watcher = None if on_hangup(scope, leave) else asyncio.create_task(_on_disconnect(receive, leave))
             await self.run(send)
         except asyncio.CancelledError:
             if not left:
@@ -195,8 +196,10 @@ class _Relayed:
             running = False
             if watcher is not None:
                 watcher.cancel()
-            self.finish()
-            await self.keys.settle(self.ticket, self.measure, self.text_chars)
+            try:
+                self.finish()
+            finally:  # whatever failed above, the reservation is settled
+                await self.keys.settle(self.ticket, self.measure, self.text_chars)
 
     async def run(self, send: Send) -> None:
         raise NotImplementedError
