@@ -49,11 +49,13 @@ MAX_EVENT_TYPE = 100  # characters in an event's SSE type
 
 
 def event_type(name: Any) -> str:
-    """An event's SSE type, checked (default `message`): printable text, one line, valid UTF-8."""
+    """An event's SSE type, checked (default `message`): printable text (line breaks become
+    spaces, as framing would make them), valid UTF-8."""
     if name is None or name == "":
         return "message"
     if not isinstance(name, str):
         raise InvalidEvent(f"Event.event must be a str, got {type(name).__name__}")
+    name = _field_value(name)
     if len(name) > MAX_EVENT_TYPE or not name.isprintable():
         raise InvalidEvent(
             f"Event.event must be printable text of at most {MAX_EVENT_TYPE} characters, got {name[:40]!a}"

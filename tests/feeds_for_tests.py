@@ -202,7 +202,7 @@ class Poison(Feed):
         Event(data={(1, 2): "a tuple key"}),
         Event(data={"a set": {1, 2}}),
         Event(data={"x": 1}, event="bad\ud800type"),
-        Event(data={"x": 1}, event="two\nlines"),
+        Event(data={"x": 1}, event="nul\x00byte"),
         Event(data={"x": 1}, id="not a number"),
     ]
 
