@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard.web.errors import HTTPError, bearer_token, error_response
+from dashboard.web.errors import HTTPError, bearer_token, error_response, token_in
 
 if TYPE_CHECKING:
     from dashboard.config import Config
@@ -187,6 +187,31 @@ class Access:
         if not any(address in network for network in self.viewers.trusted_proxies):
             return None  # anyone can send the header: it counts only from the proxy
         return value.strip()
+
+    def api_token(self, request: HTTPConnection) -> str | None:
+        """The api token the request carries (Bearer, or x-api-key as the Anthropic SDK sends it),
+        when it is one of `auth.api_tokens` or a named key's."""
+        for token in (bearer_token(request), request.headers.get("x-api-key")):
+            if token_in(token, self.api_tokens):
+                return token
+        return None
+
+    def metrics_reader(self, request: HTTPConnection, spend_topics: list[str]) -> tuple[Viewer, bool]:
+        """Who reads /metrics: the viewer whose topics' series are shown, and whether the per-key
+        series (requests, tokens, spend of each api key) are. Without viewers or api tokens they
+        are shown to anyone; with them, to a caller presenting an api token, or to a viewer who
+        may read a `spend` topic (which shows the same numbers)."""
+        token = self.api_token(request)
+        if token is not None and token == bearer_token(request):
+            viewer = ANONYMOUS if self.enabled else EVERYONE  # that header holds no viewer token
+        else:
+            viewer = self.viewer(request)
+        keys = (
+            not (self.enabled or self.api_tokens)
+            or token is not None
+            or any(self.may_read(viewer, topic) for topic in spend_topics)
+        )
+        return viewer, keys
 
     def may_read(self, viewer: Viewer, topic: str) -> bool:
         return topic in self.public or viewer.matches(topic)
