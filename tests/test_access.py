@@ -200,6 +200,34 @@ auth:
             assert opened(http, "/sse/cpu", headers=spoofed).status_code == 401
 
 
+@pytest.mark.parametrize("trusted, secure", [("127.0.0.1/32", True), ("10.0.0.0/8", False)])
+def test_cookies_are_secure_when_a_trusted_proxy_says_the_request_came_over_tls(serve, trusted, secure):
+    config = f"""\
+auth:
+  api_tokens: [api-token-0123456789abcdef]
+  viewers:
+    secret: {SECRET}
+    trusted_proxies: [{trusted}]
+{TOPICS}"""
+    server = serve(config)
+    viewer = token(["cpu"])
+    tls = {"X-Forwarded-Proto": "https"}
+
+    def cookies(path: str, headers: dict[str, str]) -> list[str]:
+        with server.client() as http:  # a fresh browser each time: no session cookie yet
+            answer = http.get(path, headers=headers)
+            assert answer.status_code in (200, 303), answer.text
+            return [c.lower() for c in answer.headers.get_list("set-cookie")]
+
+    signed_in, page = cookies(f"/?token={viewer}", tls), cookies("/", tls)
+    assert [c.split("=")[0] for c in signed_in + page] == ["dashboard_viewer", "dashboard_session"]
+    for cookie in signed_in + page:
+        assert ("; secure" in cookie) is secure, cookie
+    # without the header the request came over plain HTTP, whoever sent it
+    for cookie in cookies(f"/?token={viewer}", {}) + cookies("/", {"X-Forwarded-Proto": "http"}):
+        assert "; secure" not in cookie, cookie
+
+
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
 def test_tokens_signed_with_a_private_key_are_checked_with_the_public_key(serve, tmp_path, kind):
     private = (

@@ -175,18 +175,31 @@ class Access:
     def _proxy_user(self, request: HTTPConnection) -> str | None:
         assert self.viewers is not None
         header = self.viewers.proxy_header
-        if header is None or request.client is None:
+        if header is None:
             return None
         value = request.headers.get(header)
-        if not value:
-            return None
+        if not value or not self._from_trusted_proxy(request):
+            return None  # anyone can send the header: it counts only from the proxy
+        return value.strip()
+
+    def _from_trusted_proxy(self, request: HTTPConnection) -> bool:
+        """Whether the connection's own peer is one of `auth.viewers.trusted_proxies`."""
+        if self.viewers is None or request.client is None:
+            return False
         try:
             address = ipaddress.ip_address(request.client.host)
         except ValueError:
-            return None
-        if not any(address in network for network in self.viewers.trusted_proxies):
-            return None  # anyone can send the header: it counts only from the proxy
-        return value.strip()
+            return False
+        return any(address in network for network in self.viewers.trusted_proxies)
+
+    def over_tls(self, request: HTTPConnection) -> bool:
+        """Whether the request came over TLS: to this server itself, or to a proxy in
+        `auth.viewers.trusted_proxies` that says so with `X-Forwarded-Proto: https` (from any
+        other peer the header is ignored). The cookies the server sets are `Secure` then."""
+        if request.url.scheme == "https":
+            return True
+        proto = request.headers.get("x-forwarded-proto", "").partition(",")[0].strip().lower()
+        return proto == "https" and self._from_trusted_proxy(request)
 
     def api_token(self, request: HTTPConnection) -> str | None:
         """The api token the request carries (Bearer, or x-api-key as the Anthropic SDK sends it),

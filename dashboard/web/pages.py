@@ -107,7 +107,9 @@ def _board(request: Request, name: str) -> Response:
         viewer = access.viewer(request)
     except HTTPError as exc:  # an expired or forged cookie: say so, and forget it
         response = _page(request, [], exc.message, status=401)
-        response.delete_cookie(VIEWER_COOKIE, path="/")
+        response.delete_cookie(
+            VIEWER_COOKIE, path="/", secure=access.over_tls(request), httponly=True, samesite="strict"
+        )
         return response
     if name not in runtime.boards and (not access.enabled or _sees_everything(runtime, viewer)):
         raise HTTPError(404, f"no dashboard named {name!r}", "unknown_dashboard")
@@ -131,7 +133,7 @@ def _sign_in(request: Request, token: str) -> Response:
         token,
         max_age=max(1, int(claims["exp"] - time.time())),
         path="/",
-        secure=request.url.scheme == "https",
+        secure=request.app.state.runtime.access.over_tls(request),
         httponly=True,
         samesite="strict",
     )
@@ -214,7 +216,7 @@ def _page(
     }
     response = templates.TemplateResponse(request, "index.html", context, status_code=status, headers=headers)
     if fresh:
-        secure = request.url.scheme == "https"
+        secure = access.over_tls(request)
         response.set_cookie(
             SESSION_COOKIE, session, path="/", secure=secure, httponly=True, samesite="strict"
         )
