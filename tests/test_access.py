@@ -453,6 +453,37 @@ def test_tokens_in_urls_stay_out_of_the_access_log(serve):
     assert "?%74oken=<hidden>&x=1" in server.output() and viewer not in server.output()
 
 
+def test_secret_looking_parameters_of_any_spelling_stay_out_of_the_access_log(serve):
+    server = serve("topics: {clock: {feed: demo}}\n", args=["--access-log"])
+    names = [
+        "TOKEN",
+        "Token",
+        "token%00",
+        "%2574oken",  # encoded twice
+        "to%6Ben",
+        "access_token",
+        "api_key",
+        "key",
+        "X-Api-Key",
+        "client_secret",
+        "password",
+        "sig",
+        "auth",
+    ]
+    values = {name: f"s3cr3t{n:02d}value" for n, name in enumerate(names)}
+    query = "&".join(f"{name}={value}" for name, value in values.items())
+    with server.client() as http:
+        assert http.get(f"/healthz?theme=dark&{query}&replay=0").status_code == 200
+    deadline = time.monotonic() + 10
+    while "/healthz?" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [line for line in server.output().splitlines() if "/healthz?" in line]
+    for name, value in values.items():
+        assert value not in line, (name, line)
+        assert f"{name}=<hidden>" in line, (name, line)
+    assert "?theme=dark&" in line and line.count("<hidden>") == len(names) and "&replay=0 " in line
+
+
 def test_who_may_not_read_learns_no_topic_names(server):
     with server.client() as http:
         for name in ("cpu", "no-such-topic"):  # private and unknown look alike
