@@ -27,7 +27,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dashboard import Event, Feed
-from dashboard.http import HTTPError, bearer_token, describe_invalid, parse_count, parse_json, read_body
+from dashboard.http import (
+    HTTPError,
+    bearer_token,
+    describe_invalid,
+    media_type,
+    parse_count,
+    parse_json,
+    read_body,
+    require_json_type,
+)
 from feeds._payloads import (
     BODY_MAX,
     TITLE_MAX,
@@ -53,6 +62,7 @@ LEVEL_ALIASES = {
     "failure": "error",
 }
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+FORM = "application/x-www-form-urlencoded"
 MAX_TS = 8.64e12  # seconds: the range of a JavaScript Date, so every page can show the time
 SECRET_PREFIX = "whsec_"  # a Standard Webhooks secret: the key is the base64 that follows
 
@@ -252,6 +262,7 @@ class Notifications(Feed):
     async def webhook(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/webhook: verify, parse, map to items, drop duplicates, publish."""
         secret = self.check_credentials(request)
+        require_json_type(request, FORM)  # form-encoded: GitHub's other content type, curl's default
         body = await read_body(request, self.context.config.server.max_body)
         signature = request.headers.get(SIGNATURE_HEADER)
         if signature is not None and not hmac.compare_digest(
@@ -279,8 +290,7 @@ class Notifications(Feed):
         # GitHub signs the body only, not X-GitHub-Delivery: the same body under another delivery
         # id is the same delivery sent again (by whoever saw it), so the body is taken once too.
         body_key = f"github-body:{hashlib.sha256(body).hexdigest()}"
-        form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-        if form and not body.lstrip().startswith((b"{", b"[")):
+        if media_type(request) == FORM and not body.lstrip().startswith((b"{", b"[")):
             # GitHub's other content type: the JSON in a `payload` field. (A JSON body sent
             # with curl's default form type is read as the JSON it is.)
             body = form_payload(body)

@@ -182,6 +182,28 @@ def test_github_form_encoded_payload_is_read(serve):
         assert items(client, 2)[-1]["title"] == "From curl -d"
 
 
+def test_a_webhook_body_of_another_media_type_is_415(serve):
+    server = serve(CONFIG)
+    body = json.dumps({"title": "typed"}).encode()
+    with server.client() as client:
+        for media in ("text/plain", "application/xml"):
+            answer = client.post(HOOK, content=body, headers={**signed(body), "Content-Type": media})
+            assert answer.status_code == 415, (media, answer.text)
+            assert answer.json()["error"]["code"] == "unsupported_media_type"
+        # JSON, JSON under a +json type, form encoding (GitHub's other type, curl's default), none
+        for media in (
+            "application/json",
+            "application/cloudevents+json",
+            "application/x-www-form-urlencoded",
+        ):
+            answer = client.post(HOOK, content=body, headers={**signed(body), "Content-Type": media})
+            assert answer.status_code == 202, (media, answer.text)
+        headers = signed(body)
+        del headers["Content-Type"]
+        assert client.post(HOOK, content=body, headers=headers).status_code == 202
+        assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 4
+
+
 def test_github_redelivery_is_dropped_as_a_duplicate(serve):
     server = serve(CONFIG)
     with server.client() as client:
