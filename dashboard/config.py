@@ -133,7 +133,8 @@ class ViewersConfig(Strict):
         None, pattern=r"^[A-Za-z0-9-]{1,64}$", description="identity header set by a trusted auth proxy"
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=list, description="addresses whose proxy_header counts (CIDR or single address)"
+        default_factory=list,
+        description="addresses whose proxy_header and X-Forwarded-Proto count (CIDR or single address)",
     )
     users: dict[str, list[str]] = Field(
         default_factory=dict, description="proxy identities -> topic patterns they may read"

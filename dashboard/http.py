@@ -1,15 +1,18 @@
 """What a feed's routes use to read requests and answer errors: bounded bodies, JSON with a depth
-limit, Bearer tokens, cross-site checks, and HTTPError (answered as `{"error": {"code", "message"}}`)."""
+limit and its media type, Bearer tokens, cross-site checks, and HTTPError (answered as
+`{"error": {"code", "message"}}`)."""
 
 from dashboard.errors import HTTPError
 from dashboard.web.access import cross_site
 from dashboard.web.errors import (
     bearer_token,
+    media_type,
     parse_count,
     parse_json,
     read_body,
     read_json,
     require_bearer,
+    require_json_type,
     token_in,
 )
 from dashboard.web.publish import describe_invalid
@@ -19,10 +22,12 @@ __all__ = [
     "bearer_token",
     "cross_site",
     "describe_invalid",
+    "media_type",
     "parse_count",
     "parse_json",
     "read_body",
     "read_json",
     "require_bearer",
+    "require_json_type",
     "token_in",
 ]

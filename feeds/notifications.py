@@ -5,7 +5,8 @@ takes a generic JSON body, GitHub events and Prometheus Alertmanager alerts (map
 `feeds/_payloads.py`) and only with a valid HMAC-SHA256 signature made with the topic's
 `webhook_secret` (GitHub's `X-Hub-Signature-256`, or the Standard Webhooks headers), or that
 secret as a bearer token; without a secret configured it refuses every webhook. Duplicate ids are
-dropped, and so is a Standard Webhooks message seen before (its `webhook-id`).
+dropped, and so are a Standard Webhooks message seen before (its `webhook-id`) and a GitHub body seen
+before (whatever its `X-GitHub-Delivery`, which the signature does not cover).
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dashboard import Event, Feed
-from dashboard.http import HTTPError, bearer_token, describe_invalid, parse_count, parse_json, read_body
+from dashboard.http import (
+    HTTPError,
+    bearer_token,
+    describe_invalid,
+    media_type,
+    parse_count,
+    parse_json,
+    read_body,
+    require_json_type,
+)
 from feeds._payloads import (
     BODY_MAX,
     TITLE_MAX,
@@ -52,6 +62,7 @@ LEVEL_ALIASES = {
     "failure": "error",
 }
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+FORM = "application/x-www-form-urlencoded"
 MAX_TS = 8.64e12  # seconds: the range of a JavaScript Date, so every page can show the time
 SECRET_PREFIX = "whsec_"  # a Standard Webhooks secret: the key is the base64 that follows
 
@@ -251,6 +262,7 @@ class Notifications(Feed):
     async def webhook(self, request: Request) -> JSONResponse:
         """POST /feeds/{topic}/webhook: verify, parse, map to items, drop duplicates, publish."""
         secret = self.check_credentials(request)
+        require_json_type(request, FORM)  # form-encoded: GitHub's other content type, curl's default
         body = await read_body(request, self.context.config.server.max_body)
         signature = request.headers.get(SIGNATURE_HEADER)
         if signature is not None and not hmac.compare_digest(
@@ -275,8 +287,10 @@ class Notifications(Feed):
 
     async def accept(self, request: Request, body: bytes) -> JSONResponse:
         """Parse a verified webhook body, map it to items, drop duplicates, publish: 202."""
-        form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-        if form and not body.lstrip().startswith((b"{", b"[")):
+        # GitHub signs the body only, not X-GitHub-Delivery: the same body under another delivery
+        # id is the same delivery sent again (by whoever saw it), so the body is taken once too.
+        body_key = f"github-body:{hashlib.sha256(body).hexdigest()}"
+        if media_type(request) == FORM and not body.lstrip().startswith((b"{", b"[")):
             # GitHub's other content type: the JSON in a `payload` field. (A JSON body sent
             # with curl's default form type is read as the JSON it is.)
             body = form_payload(body)
@@ -296,6 +310,26 @@ class Notifications(Feed):
             # A signed payload whose fields have other types than the sender's documents say.
             kind = f"GitHub {github_event!r}" if github_event else "webhook"
             raise HTTPError(422, f"cannot read the {kind} payload: a field has an unexpected type") from None
+        published: list[tuple[Event, int]] = []
+        if not github_event or await self.claim(body_key, self.options.dedupe_seconds):
+            try:
+                published = await self.publish_fresh(items)
+            except BaseException:  # not taken after all: the sender's retry must not be a duplicate
+                if github_event:
+                    await self.unclaim(body_key)
+                raise
+        return JSONResponse(
+            {
+                "topic": self.topic,
+                "ids": [event_id for _, event_id in published],
+                "notifications": [event.data["id"] for event, _ in published],
+                "duplicates": len(items) - len(published),
+            },
+            status_code=202,
+        )
+
+    async def publish_fresh(self, items: list[Notification]) -> list[tuple[Event, int]]:
+        """Publish the items not seen recently: each event with its id."""
         events = await self.fresh_events(items)
         ids = []
         for n, event in enumerate(events):
@@ -304,12 +338,4 @@ class Notifications(Feed):
             except BaseException:  # cancelled too: whatever was not stored is given back
                 await self.not_published(events[n:])
                 raise
-        return JSONResponse(
-            {
-                "topic": self.topic,
-                "ids": ids,
-                "notifications": [event.data["id"] for event in events],
-                "duplicates": len(items) - len(events),
-            },
-            status_code=202,
-        )
+        return list(zip(events, ids, strict=True))

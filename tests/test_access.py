@@ -200,6 +200,34 @@ auth:
             assert opened(http, "/sse/cpu", headers=spoofed).status_code == 401
 
 
+@pytest.mark.parametrize("trusted, secure", [("127.0.0.1/32", True), ("10.0.0.0/8", False)])
+def test_cookies_are_secure_when_a_trusted_proxy_says_the_request_came_over_tls(serve, trusted, secure):
+    config = f"""\
+auth:
+  api_tokens: [api-token-0123456789abcdef]
+  viewers:
+    secret: {SECRET}
+    trusted_proxies: [{trusted}]
+{TOPICS}"""
+    server = serve(config)
+    viewer = token(["cpu"])
+    tls = {"X-Forwarded-Proto": "https"}
+
+    def cookies(path: str, headers: dict[str, str]) -> list[str]:
+        with server.client() as http:  # a fresh browser each time: no session cookie yet
+            answer = http.get(path, headers=headers)
+            assert answer.status_code in (200, 303), answer.text
+            return [c.lower() for c in answer.headers.get_list("set-cookie")]
+
+    signed_in, page = cookies(f"/?token={viewer}", tls), cookies("/", tls)
+    assert [c.split("=")[0] for c in signed_in + page] == ["dashboard_viewer", "dashboard_session"]
+    for cookie in signed_in + page:
+        assert ("; secure" in cookie) is secure, cookie
+    # without the header the request came over plain HTTP, whoever sent it
+    for cookie in cookies(f"/?token={viewer}", {}) + cookies("/", {"X-Forwarded-Proto": "http"}):
+        assert "; secure" not in cookie, cookie
+
+
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
 def test_tokens_signed_with_a_private_key_are_checked_with_the_public_key(serve, tmp_path, kind):
     private = (
@@ -423,6 +451,37 @@ def test_tokens_in_urls_stay_out_of_the_access_log(serve):
     while "%74oken=" not in server.output() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "?%74oken=<hidden>&x=1" in server.output() and viewer not in server.output()
+
+
+def test_secret_looking_parameters_of_any_spelling_stay_out_of_the_access_log(serve):
+    server = serve("topics: {clock: {feed: demo}}\n", args=["--access-log"])
+    names = [
+        "TOKEN",
+        "Token",
+        "token%00",
+        "%2574oken",  # encoded twice
+        "to%6Ben",
+        "access_token",
+        "api_key",
+        "key",
+        "X-Api-Key",
+        "client_secret",
+        "password",
+        "sig",
+        "auth",
+    ]
+    values = {name: f"s3cr3t{n:02d}value" for n, name in enumerate(names)}
+    query = "&".join(f"{name}={value}" for name, value in values.items())
+    with server.client() as http:
+        assert http.get(f"/healthz?theme=dark&{query}&replay=0").status_code == 200
+    deadline = time.monotonic() + 10
+    while "/healthz?" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [line for line in server.output().splitlines() if "/healthz?" in line]
+    for name, value in values.items():
+        assert value not in line, (name, line)
+        assert f"{name}=<hidden>" in line, (name, line)
+    assert "?theme=dark&" in line and line.count("<hidden>") == len(names) and "&replay=0 " in line
 
 
 def test_who_may_not_read_learns_no_topic_names(server):

@@ -79,6 +79,29 @@ def test_a_board_shows_only_the_panels_its_viewer_may_read_and_none_is_refused(s
         assert http.get("/embed/ops/builds", headers=builds).status_code == 200
 
 
+def test_unknown_and_forbidden_boards_and_panels_answer_alike_to_who_may_not_see_them(serve):
+    server = serve(f"auth: {{viewers: {{secret: {SECRET}}}}}\n" + BOARDS)
+    clock = bearer(token(["clock"]))
+    with server.client() as http:
+        for headers, status in (({}, 401), (clock, 403)):
+            forbidden, unknown = http.get("/d/ops", headers=headers), http.get("/d/nosuch", headers=headers)
+            assert forbidden.status_code == unknown.status_code == status, (unknown.status_code, unknown.text)
+            assert forbidden.text == unknown.text
+            # a panel that exists but is not readable, a panel that does not, a board that does not
+            answers = [
+                http.get(path, headers=headers) for path in ("/embed/ops/1", "/embed/ops/99", "/embed/x/1")
+            ]
+            assert [a.status_code for a in answers] == [status] * 3, [a.text for a in answers]
+            assert answers[0].json() == answers[1].json() == answers[2].json()
+            for answer in answers:
+                assert not re.search(r"\b(walk|ci\.build|builds|ops|99)\b", answer.text), answer.text
+        # to a viewer who may read every topic nothing is hidden: a name that is not there is a 404
+        everything = bearer(token(["*"]))
+        assert http.get("/d/nosuch", headers=everything).status_code == 404
+        assert http.get("/embed/ops/99", headers=everything).status_code == 404
+        assert http.get("/embed/team/1", headers=clock).status_code == 200
+
+
 def test_a_board_naming_an_unknown_topic_is_a_config_error_with_its_line():
     text = textwrap.dedent(BOARDS).replace("{topic: clock, view: json}", "{topic: clocks, view: json}")
     with pytest.raises(ConfigError) as caught:

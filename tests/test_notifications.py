@@ -182,6 +182,28 @@ def test_github_form_encoded_payload_is_read(serve):
         assert items(client, 2)[-1]["title"] == "From curl -d"
 
 
+def test_a_webhook_body_of_another_media_type_is_415(serve):
+    server = serve(CONFIG)
+    body = json.dumps({"title": "typed"}).encode()
+    with server.client() as client:
+        for media in ("text/plain", "application/xml"):
+            answer = client.post(HOOK, content=body, headers={**signed(body), "Content-Type": media})
+            assert answer.status_code == 415, (media, answer.text)
+            assert answer.json()["error"]["code"] == "unsupported_media_type"
+        # JSON, JSON under a +json type, form encoding (GitHub's other type, curl's default), none
+        for media in (
+            "application/json",
+            "application/cloudevents+json",
+            "application/x-www-form-urlencoded",
+        ):
+            answer = client.post(HOOK, content=body, headers={**signed(body), "Content-Type": media})
+            assert answer.status_code == 202, (media, answer.text)
+        headers = signed(body)
+        del headers["Content-Type"]
+        assert client.post(HOOK, content=body, headers=headers).status_code == 202
+        assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 4
+
+
 def test_github_redelivery_is_dropped_as_a_duplicate(serve):
     server = serve(CONFIG)
     with server.client() as client:
@@ -192,6 +214,23 @@ def test_github_redelivery_is_dropped_as_a_duplicate(serve):
         assert first.json()["notifications"] == ["github:d-1"]
         assert again.json() == {"topic": "inbox", "ids": [], "notifications": [], "duplicates": 1}
         assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 1
+
+
+def test_a_github_body_sent_again_under_another_delivery_id_is_a_duplicate(serve):
+    """GitHub signs only the body: whoever saw one delivery could send it again with a new
+    X-GitHub-Delivery (or X-GitHub-Event), so the body itself is taken once too."""
+    server = serve(CONFIG)
+    with server.client() as client:
+        payload = {"action": "opened", "repository": REPO, "issue": {"number": 2, "title": "Replayed"}}
+        first = github(client, "issues", payload, delivery="d-1")
+        assert first.status_code == 202 and first.json()["notifications"] == ["github:d-1"]
+        duplicate = {"topic": "inbox", "ids": [], "notifications": [], "duplicates": 1}
+        for event, delivery in (("issues", "d-2"), ("push", "d-3")):
+            again = github(client, event, payload, delivery=delivery)
+            assert again.status_code == 202 and again.json() == duplicate, again.text
+        other = github(client, "issues", {**payload, "issue": {"number": 3, "title": "New"}}, delivery="d-4")
+        assert other.json()["notifications"] == ["github:d-4"]
+        assert client.get("/api/topics").json()["topics"]["inbox"]["published"] == 2
 
 
 def alert(status: str, severity: str, fingerprint: str, **extra) -> dict:

@@ -1,9 +1,12 @@
-"""GET /metrics: Prometheus text that prometheus-client's parser reads, with counters that move."""
+"""GET /metrics: Prometheus text that prometheus-client's parser reads, with counters that move, and the
+per-key series shown only to whoever may see the spend."""
 
 from __future__ import annotations
 
+import re
 import time
 
+import jwt
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import read_events, sse_stream
@@ -94,3 +97,77 @@ def test_metrics_include_the_default_registry(serve):
     )
     assert count >= 1
     assert any(name.startswith("process_") for name, _ in samples)  # prometheus-client's own collectors
+
+
+SIMULATED = """
+ai:
+  providers:
+    - {name: sim, type: simulated, models: [simulated], simulation: {first_token_ms: 0, tokens_per_s: 10000}}
+"""
+TEAM = "tok-team-metrics-0123456789abcdef"
+PLAIN = "tok-plain-metrics-0123456789abcdef"
+VIEWER_SECRET = "viewer-secret-0123456789abcdef0123456789"
+
+
+def key_series(text: str) -> list[str]:
+    """The per-key samples of a /metrics answer (`dashboard_ai_key_...{key=...}`)."""
+    return re.findall(r"^dashboard_ai_key_\w+\{[^}]*\}", text, re.MULTILINE)
+
+
+def complete(client, token: str) -> None:
+    body = {"model": "simulated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    answer = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+
+
+def test_per_key_series_are_shown_only_to_api_tokens_and_readers_of_the_spend_topic(serve):
+    config = f"""
+auth:
+  api_tokens: [{PLAIN}]
+  api_keys: [{{name: team-a, token: {TEAM}}}]
+  viewers: {{secret: {VIEWER_SECRET}}}
+topics:
+  spend: {{feed: spend}}
+  lobby: {{feed: demo, public: true}}
+{SIMULATED}"""
+    server = serve(config)
+
+    def viewer(topics: list[str]) -> dict[str, str]:
+        claims = {"topics": topics, "exp": int(time.time()) + 600}
+        return {"Authorization": f"Bearer {jwt.encode(claims, VIEWER_SECRET, algorithm='HS256')}"}
+
+    with server.client() as http:
+        complete(http, TEAM)
+        anonymous = http.get("/metrics").text
+        assert key_series(anonymous) == [], anonymous
+        assert 'topic="spend"' not in anonymous and 'topic="lobby"' in anonymous
+        assert key_series(http.get("/metrics", headers=viewer(["lobby"])).text) == []
+        wrong = http.get("/metrics", headers={"Authorization": "Bearer not-a-token"})
+        assert wrong.status_code == 401, wrong.text
+        for shown_to in (
+            {"Authorization": f"Bearer {PLAIN}"},  # an api token, as the relay takes it
+            {"x-api-key": TEAM},
+            viewer(["spend"]),  # a viewer of the spend topic, which shows the same numbers
+        ):
+            text = http.get("/metrics", headers=shown_to).text
+            assert 'dashboard_ai_key_requests_total{key="team-a",outcome="ok"}' in text, (shown_to, text)
+        # an api token opens the per-key series, not the private topics
+        assert 'topic="spend"' not in http.get("/metrics", headers={"x-api-key": TEAM}).text
+        assert 'topic="spend"' in http.get("/metrics", headers=viewer(["spend"])).text
+
+
+def test_with_api_tokens_and_no_spend_topic_per_key_series_need_a_token(serve):
+    server = serve(f"auth: {{api_keys: [{{name: team-a, token: {TEAM}}}]}}\ntopics: {{}}\n{SIMULATED}")
+    with server.client() as http:
+        complete(http, TEAM)
+        assert key_series(http.get("/metrics").text) == []
+        shown = http.get("/metrics", headers={"Authorization": f"Bearer {TEAM}"}).text
+        assert 'dashboard_ai_key_requests_total{key="team-a",outcome="ok"}' in shown, shown
+
+
+def test_without_auth_per_key_series_stay_open_on_loopback(serve):
+    server = serve(f"topics: {{}}\n{SIMULATED}")
+    with server.client() as http:
+        complete(http, "anything")
+        text = http.get("/metrics").text
+    assert 'dashboard_ai_key_requests_total{key="(no key)",outcome="ok"}' in text, text

@@ -155,6 +155,25 @@ def test_invalid_json_is_400_with_the_parsers_message(serve):
         assert_json_error(not_utf8, 400, "invalid JSON")
 
 
+def test_a_body_sent_as_another_media_type_is_415_and_one_sent_without_is_read_as_json(serve):
+    server = serve(CONFIG)
+    item = json.dumps({"title": "t"}).encode()
+    with server.client() as client:
+        form = client.post("/publish/alerts", data={"title": "t"}, headers=AUTH)  # curl -d's default
+        error = assert_json_error(form, 415, "application/x-www-form-urlencoded")
+        assert error["code"] == "unsupported_media_type"
+        for media in ("text/plain", "application/xml", "multipart/form-data; boundary=x"):
+            answer = client.post("/publish/alerts", content=item, headers={**AUTH, "Content-Type": media})
+            assert assert_json_error(answer, 415)["code"] == "unsupported_media_type", media
+        assert client.post("/publish/alerts", data={"title": "t"}).status_code == 401  # the token first
+        for media in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.acme+json"):
+            answer = client.post("/publish/alerts", content=item, headers={**AUTH, "Content-Type": media})
+            assert answer.status_code == 202, (media, answer.text)
+        assert "content-type" not in client.build_request("POST", "/", content=item).headers
+        assert client.post("/publish/alerts", content=item, headers=AUTH).status_code == 202
+        assert client.get("/api/topics").json()["topics"]["alerts"]["published"] == 4
+
+
 def test_an_item_the_feed_rejects_is_422_naming_the_field(serve):
     server = serve(CONFIG)
     with server.client() as client:

@@ -85,6 +85,24 @@ def test_simulated_provider_streams_and_says_so(server):
     assert chunks[1].model == "simulated"
 
 
+def test_the_simulated_provider_honours_max_tokens_streamed_or_not(server):
+    """Its usage is what keys are charged: an answer longer than max_tokens overspent budgets."""
+    client, hi = sdk(server), [{"role": "user", "content": "hi"}]
+    completion = client.chat.completions.create(model="simulated", messages=hi, max_tokens=5)
+    assert completion.usage.completion_tokens == 5, completion.usage
+    assert len(completion.choices[0].message.content.split()) == 5
+    assert completion.choices[0].finish_reason == "length"
+    newer = client.chat.completions.create(model="simulated", messages=hi, max_completion_tokens=4)
+    assert newer.usage.completion_tokens == len(newer.choices[0].message.content.split()) == 4
+    text, chunks = streamed_text(client, "simulated", max_tokens=5, stream_options={"include_usage": True})
+    assert len(text.split()) == chunks[-1].usage.completion_tokens == 5
+    with server.client(timeout=20) as http:  # the Anthropic dialect's max_tokens, not streamed
+        body = {"model": "simulated", "max_tokens": 5, "messages": hi}
+        answer = http.post("/v1/messages", json=body).json()
+    assert answer["usage"]["output_tokens"] == 5 and answer["stop_reason"] == "max_tokens", answer
+    assert len(answer["content"][0]["text"].split()) == 5
+
+
 def test_models_lists_named_models_and_the_upstreams_matching_ones(server):
     ids = [m.id for m in sdk(server).models.list()]
     assert {"t-echo", "t-listed", "simulated"} <= set(ids), ids

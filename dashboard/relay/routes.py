@@ -21,7 +21,7 @@ from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.web.access import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, on_hangup
-from dashboard.web.errors import HTTPError, bearer_token, read_json, token_in
+from dashboard.web.errors import HTTPError, bearer_token, media_type, read_json, token_in
 from dashboard.web.sse import SSE_HEADERS
 
 log = logging.getLogger("dashboard.relay")
@@ -50,9 +50,9 @@ def _check_access(request: Request) -> Account:
     if cross_site(request):
         raise HTTPError(403, "the AI relay does not answer requests from another site's page", "cross_origin")
     if request.method == "POST":
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != "application/json":
-            raise HTTPError(415, f"send the body as application/json, not {media_type or 'no content type'}")
+        media = media_type(request)
+        if media != "application/json":  # stricter than require_json_type: none at all is refused too
+            raise HTTPError(415, f"send the body as application/json, not {media or 'no content type'}")
     runtime = request.app.state.runtime
     tokens = runtime.access.api_tokens
     if not tokens:

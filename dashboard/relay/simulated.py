@@ -47,6 +47,17 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def _answer(body: dict[str, Any]) -> tuple[list[str], str]:
+    """The answer's tokens, cut to the request's `max_tokens` (or `max_completion_tokens`), and its
+    finish reason: `length` when cut, else `stop`. Its usage counts what is returned, so a key is
+    charged no more than it asked for."""
+    tokens = _words(_ANSWER.format(prompt=_last_user_text(body)[:200]))
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    if type(limit) is int and 0 < limit < len(tokens):
+        return tokens[:limit], "length"
+    return tokens, "stop"
+
+
 def _count_tokens(body: dict[str, Any]) -> int:
     text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict))
     return max(1, len(text.split()))
@@ -64,12 +75,7 @@ class _Stream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         body, pace = self.body, self.pace
-        prompt = _last_user_text(body)[:200]
-        tokens = _words(_ANSWER.format(prompt=prompt))
-        limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        finish = "stop"
-        if isinstance(limit, int) and 0 < limit < len(tokens):
-            tokens, finish = tokens[:limit], "length"
+        tokens, finish = _answer(body)
         base = {"id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}", "object": "chat.completion.chunk"}
         base |= {"created": int(time.time()), "model": MODEL, "system_fingerprint": "simulated"}
 
@@ -123,7 +129,7 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
 
 
 async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any]:
-    tokens = _words(_ANSWER.format(prompt=_last_user_text(body)[:200]))
+    tokens, finish = _answer(body)
     await asyncio.sleep(pace.first_token_ms / 1000 + len(tokens) / pace.tokens_per_s / 4)
     prompt_tokens = _count_tokens(body)
     return {
@@ -136,7 +142,7 @@ async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(tokens)},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {

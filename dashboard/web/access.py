@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard.web.errors import HTTPError, bearer_token, error_response
+from dashboard.web.errors import HTTPError, bearer_token, error_response, token_in
 
 if TYPE_CHECKING:
     from dashboard.config import Config
@@ -175,18 +175,56 @@ class Access:
     def _proxy_user(self, request: HTTPConnection) -> str | None:
         assert self.viewers is not None
         header = self.viewers.proxy_header
-        if header is None or request.client is None:
+        if header is None:
             return None
         value = request.headers.get(header)
-        if not value:
-            return None
+        if not value or not self._from_trusted_proxy(request):
+            return None  # anyone can send the header: it counts only from the proxy
+        return value.strip()
+
+    def _from_trusted_proxy(self, request: HTTPConnection) -> bool:
+        """Whether the connection's own peer is one of `auth.viewers.trusted_proxies`."""
+        if self.viewers is None or request.client is None:
+            return False
         try:
             address = ipaddress.ip_address(request.client.host)
         except ValueError:
-            return None
-        if not any(address in network for network in self.viewers.trusted_proxies):
-            return None  # anyone can send the header: it counts only from the proxy
-        return value.strip()
+            return False
+        return any(address in network for network in self.viewers.trusted_proxies)
+
+    def over_tls(self, request: HTTPConnection) -> bool:
+        """Whether the request came over TLS: to this server itself, or to a proxy in
+        `auth.viewers.trusted_proxies` that says so with `X-Forwarded-Proto: https` (from any
+        other peer the header is ignored). The cookies the server sets are `Secure` then."""
+        if request.url.scheme == "https":
+            return True
+        proto = request.headers.get("x-forwarded-proto", "").partition(",")[0].strip().lower()
+        return proto == "https" and self._from_trusted_proxy(request)
+
+    def api_token(self, request: HTTPConnection) -> str | None:
+        """The api token the request carries (Bearer, or x-api-key as the Anthropic SDK sends it),
+        when it is one of `auth.api_tokens` or a named key's."""
+        for token in (bearer_token(request), request.headers.get("x-api-key")):
+            if token_in(token, self.api_tokens):
+                return token
+        return None
+
+    def metrics_reader(self, request: HTTPConnection, spend_topics: list[str]) -> tuple[Viewer, bool]:
+        """Who reads /metrics: the viewer whose topics' series are shown, and whether the per-key
+        series (requests, tokens, spend of each api key) are. Without viewers or api tokens they
+        are shown to anyone; with them, to a caller presenting an api token, or to a viewer who
+        may read a `spend` topic (which shows the same numbers)."""
+        token = self.api_token(request)
+        if token is not None and token == bearer_token(request):
+            viewer = ANONYMOUS if self.enabled else EVERYONE  # that header holds no viewer token
+        else:
+            viewer = self.viewer(request)
+        keys = (
+            not (self.enabled or self.api_tokens)
+            or token is not None
+            or any(self.may_read(viewer, topic) for topic in spend_topics)
+        )
+        return viewer, keys
 
     def may_read(self, viewer: Viewer, topic: str) -> bool:
         return topic in self.public or viewer.matches(topic)
@@ -265,13 +303,26 @@ def cross_site(request: HTTPConnection) -> bool:
 
 
 class HideTokens(logging.Filter):
-    """Keeps `?token=` values out of the access log (`serve --access-log` logs each path), however
-    the name is written (`%74oken=` is read as `token` too)."""
+    """Keeps secrets given in URLs out of the access log (`serve --access-log` logs each path): the
+    value of every query parameter whose name looks like a secret's is replaced by `<hidden>`,
+    however the name is written (`?TOKEN=`, `?%74oken=`, `?token%00=`, `?access_token=`, `?api_key=`)."""
 
     parameter = re.compile(r"([?&])([^=&\s]*)=([^&\s]*)")
+    # in a parameter's name, percent-decoded, case-folded and stripped of all but letters and digits
+    secret_words = ("token", "key", "secret", "pass", "pwd", "auth", "sig", "credential", "session", "jwt")
+
+    @classmethod
+    def secret_name(cls, name: str) -> bool:
+        for _ in range(5):  # encoded several times over: decode until nothing changes
+            decoded = unquote_plus(name)
+            if decoded == name:
+                break
+            name = decoded
+        letters = re.sub(r"[\W_]", "", name.casefold())
+        return any(word in letters for word in cls.secret_words)
 
     def _hide(self, match: re.Match[str]) -> str:
-        if unquote_plus(match.group(2)) == "token":
+        if self.secret_name(match.group(2)):
             return f"{match.group(1)}{match.group(2)}=<hidden>"
         return match.group(0)
 

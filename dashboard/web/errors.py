@@ -142,6 +142,24 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+def media_type(request: Request) -> str | None:
+    """The request's Content-Type without its parameters, lowercased; None when it sends none."""
+    raw = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return raw or None
+
+
+def require_json_type(request: Request, *also: str) -> None:
+    """415 `unsupported_media_type` when the request says its body is something other than JSON
+    (`application/json`, `application/...+json`) or one of the media types `also`. A body sent
+    without a Content-Type is read as JSON."""
+    kind = media_type(request)
+    if kind is None or kind == "application/json" or kind in also:
+        return
+    if kind.startswith("application/") and kind.endswith("+json"):
+        return
+    raise HTTPError(415, f"send the body as application/json, not {shown(kind)}", "unsupported_media_type")
+
+
 async def read_json(request: Request, limit: int) -> Any:
     """The request body parsed as JSON (see `parse_json`), at most `limit` bytes of it."""
     return parse_json(await read_body(request, limit))

@@ -54,25 +54,45 @@ async def index(request: Request) -> Response:
 
 async def board(request: Request) -> Response:
     """GET /d/{name}: one board, with the panels its viewer may read."""
-    name = request.path_params["name"]
-    if name not in request.app.state.runtime.boards:
-        raise HTTPError(404, f"no dashboard named {name!r}", "unknown_dashboard")
-    return _board(request, name)
+    return _board(request, request.path_params["name"])
 
 
 async def embed(request: Request) -> Response:
     """GET /embed/{dashboard}/{n}: one panel alone (n: its position from 1, or its `id:`), in a
     minimal frame that the origins in `server.frame_ancestors` may put in theirs."""
     runtime = request.app.state.runtime
+    access = runtime.access
     name, ref = request.path_params["dashboard"], request.path_params["n"]
+    viewer = access.viewer(request)  # 401 for a token that is not valid
     panels = _panels(runtime, name) if name in runtime.boards else []
     found = [p for number, p in enumerate(panels, 1) if ref in (str(number), p["ref"])]
-    if not found:
+    if not (found and access.may_read(viewer, found[0]["topic"])):
+        # Unknown and forbidden panels look alike to whoever may not read every topic.
+        if found or not _sees_everything(runtime, viewer):
+            raise _not_shown(viewer)
         raise HTTPError(404, f"dashboard {name!r} has no panel {ref!r}", "unknown_panel")
-    viewer = runtime.access.require(request, [found[0]["topic"]])  # 401 / 403
     ancestors = " ".join(runtime.config.server.frame_ancestors) or "'none'"
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": CSP.format(ancestors=ancestors)}
     return _page(request, found, None, viewer=viewer, embed=True, headers=headers)
+
+
+def _sees_everything(runtime, viewer: Viewer) -> bool:
+    """Whether `viewer` may read every topic: nothing is hidden from it, so a name that does not
+    exist may be answered 404 (to anyone else it answers like one it may not see)."""
+    return all(runtime.access.may_read(viewer, topic) for topic in runtime.config.topics)
+
+
+def _not_shown(viewer: Viewer) -> HTTPError:
+    """The refusal of a panel `viewer` may not see, the same whether it exists or not."""
+    if not viewer.authenticated:
+        return HTTPError(
+            401,
+            "this panel needs a viewer token (Authorization: Bearer, ?token=, or open the dashboard "
+            "with /?token=...)",
+            "unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return HTTPError(403, "this viewer may not see this panel", "forbidden_panel")
 
 
 def _board(request: Request, name: str) -> Response:
@@ -87,9 +107,15 @@ def _board(request: Request, name: str) -> Response:
         viewer = access.viewer(request)
     except HTTPError as exc:  # an expired or forged cookie: say so, and forget it
         response = _page(request, [], exc.message, status=401)
-        response.delete_cookie(VIEWER_COOKIE, path="/")
+        response.delete_cookie(
+            VIEWER_COOKIE, path="/", secure=access.over_tls(request), httponly=True, samesite="strict"
+        )
         return response
-    panels = [p for p in _panels(runtime, name) if access.may_read(viewer, p["topic"])]
+    if name not in runtime.boards and (not access.enabled or _sees_everything(runtime, viewer)):
+        raise HTTPError(404, f"no dashboard named {name!r}", "unknown_dashboard")
+    # A board that does not exist answers like one whose panels this viewer may not read.
+    shown = _panels(runtime, name) if name in runtime.boards else []
+    panels = [p for p in shown if access.may_read(viewer, p["topic"])]
     if access.enabled and not panels:
         if not viewer.authenticated:
             notice = "This dashboard is private: open it with your viewer link (/?token=...)."
@@ -107,7 +133,7 @@ def _sign_in(request: Request, token: str) -> Response:
         token,
         max_age=max(1, int(claims["exp"] - time.time())),
         path="/",
-        secure=request.url.scheme == "https",
+        secure=request.app.state.runtime.access.over_tls(request),
         httponly=True,
         samesite="strict",
     )
@@ -190,7 +216,7 @@ def _page(
     }
     response = templates.TemplateResponse(request, "index.html", context, status_code=status, headers=headers)
     if fresh:
-        secure = request.url.scheme == "https"
+        secure = access.over_tls(request)
         response.set_cookie(
             SESSION_COOKIE, session, path="/", secure=secure, httponly=True, samesite="strict"
         )

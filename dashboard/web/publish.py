@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from dashboard.errors import InvalidEvent, UnknownTopic
 from dashboard.events import encode_data, event_type
-from dashboard.web.errors import HTTPError, read_json, require_bearer
+from dashboard.web.errors import HTTPError, read_json, require_bearer, require_json_type
 
 
 def describe_invalid(exc: ValueError) -> str:
@@ -30,7 +30,8 @@ async def publish(request: Request) -> JSONResponse:
     """Check topic, then token, then read the bounded body; the feed turns it into events.
 
     404 unknown topic, 409 feed takes no pushes, 401 no or wrong token (or none configured),
-    413 body over `server.max_body`, 400 not JSON, 422 the feed rejected it; 202 with the ids.
+    415 a Content-Type that is not JSON (none is read as JSON), 413 body over `server.max_body`,
+    400 not JSON, 422 the feed rejected it; 202 with the ids.
     """
     runtime = request.app.state.runtime
     topic = request.path_params["topic"]
@@ -50,6 +51,7 @@ async def publish(request: Request) -> JSONResponse:
             headers={"WWW-Authenticate": "Bearer"},
         )
     require_bearer(request, tokens, "publishing")
+    require_json_type(request)
     data = await read_json(request, runtime.config.server.max_body)
     try:
         events = await _maybe_await(feed.on_publish(data))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from dashboard.web.app import Runtime
 
 UNMATCHED = "<unmatched>"
+KEY_SERIES = "dashboard_ai_key_"  # per api key (by name): requests, tokens, spend, refusals
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -113,22 +114,31 @@ class Telemetry:
         self.http_requests.labels(method, route, str(status)).inc()
 
     async def endpoint(self, request: Request) -> Response:
-        """GET /metrics: with viewers configured, only the topics the caller may read."""
+        """GET /metrics: with viewers configured, only the series of topics the caller may read;
+        with viewers or api tokens, the per-key series only for an api token or a reader of the
+        spend topic (see `Access.metrics_reader`)."""
         encoder, content_type = choose_encoder(request.headers.get("accept"))
-        access = request.app.state.runtime.access
-        topics = list(request.app.state.runtime.config.topics)
-        hidden = set(topics) - set(access.readable(access.viewer(request), topics))
-        registry = HidingTopics(self.registry, hidden) if hidden else self.registry
+        runtime = request.app.state.runtime
+        access = runtime.access
+        spend = [feed.topic for feed in runtime.keys.listeners]
+        viewer, sees_keys = access.metrics_reader(request, spend)
+        topics = list(runtime.config.topics)
+        hidden = set(topics) - set(access.readable(viewer, topics))
+        registry = self.registry
+        if hidden or not sees_keys:
+            registry = Hiding(self.registry, hidden, hide_keys=not sees_keys)
         return Response(encoder(registry), headers={"Content-Type": content_type})
 
 
-class HidingTopics:
+class Hiding:
     """A registry's metrics without the samples of `hidden` topics (by `topic` label, or a feed
-    route `/feeds/<topic>/...`): a private topic's name is not shown to who may not read it."""
+    route `/feeds/<topic>/...`), so a private topic's name is not shown to who may not read it;
+    and, with `hide_keys`, without the per-key series (`dashboard_ai_key_...`)."""
 
-    def __init__(self, registry: CollectorRegistry, hidden: set[str]) -> None:
+    def __init__(self, registry: CollectorRegistry, hidden: set[str], *, hide_keys: bool = False) -> None:
         self.registry = registry
         self.hidden = hidden
+        self.hide_keys = hide_keys
 
     def _shown(self, labels: dict[str, str]) -> bool:
         if labels.get("topic") in self.hidden:
@@ -138,6 +148,8 @@ class HidingTopics:
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.registry.collect():
+            if self.hide_keys and metric.name.startswith(KEY_SERIES):
+                continue
             metric.samples = [s for s in metric.samples if self._shown(s.labels)]
             yield metric
 
