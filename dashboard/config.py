@@ -69,6 +69,13 @@ class ServerConfig(Strict):
         1024, ge=1, description="frames a subscriber may fall behind before it is cut off"
     )
     max_body: int = Field(1 << 20, ge=1, description="largest request body accepted, in bytes")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=30,
+        description="seconds a request head may take to arrive in full, from its first byte (from the "
+        "connection while nothing came); then the connection is closed (nginx's client_header_timeout)",
+    )
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values served (`*` for any, `*.example.com`); default: the loopback "
