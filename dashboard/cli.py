@@ -171,7 +171,7 @@ def banner(config: Config, bound: tuple, first: str) -> None:
     server = config.server
     print(
         f"  limits: request heads within {server.header_timeout:g}s, idle connections closed after "
-        f"{KEEP_ALIVE_TIMEOUT}s",
+        f"{KEEP_ALIVE_TIMEOUT}s, {server.max_streams_per_client} streams per client",
         flush=True,
     )
     for warning in config.warnings():

@@ -76,6 +76,11 @@ class ServerConfig(Strict):
         description="seconds a request head may take to arrive in full, from its first byte (from the "
         "connection while nothing came); then the connection is closed (nginx's client_header_timeout)",
     )
+    max_streams_per_client: int = Field(
+        100,
+        ge=1,
+        description="open streams one client address may hold; more are answered 429 too_many_streams",
+    )
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values served (`*` for any, `*.example.com`); default: the loopback "
@@ -140,7 +145,9 @@ class ViewersConfig(Strict):
         None, pattern=r"^[A-Za-z0-9-]{1,64}$", description="identity header set by a trusted auth proxy"
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=list, description="addresses whose proxy_header counts (CIDR or single address)"
+        default_factory=list,
+        description="addresses whose proxy_header counts, and whose X-Forwarded-For names the client "
+        "that server.max_streams_per_client counts (CIDR or single address)",
     )
     users: dict[str, list[str]] = Field(
         default_factory=dict, description="proxy identities -> topic patterns they may read"

@@ -1,5 +1,6 @@
 """Bounded connections: a request head must arrive within server.header_timeout (half-open and
-slowloris connections are closed, an open stream is not), and an idle keep-alive connection closes."""
+slowloris connections are closed, an open stream is not), an idle keep-alive connection closes,
+and one client holds at most server.max_streams_per_client streams (429 past it)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import Counter
+from types import SimpleNamespace
 
-from tests.support import raise_open_files_limit, run_async
+import httpx
+import pytest
+from starlette.requests import Request
+
+from dashboard.config import parse_config
+from dashboard.errors import BrokerError
+from dashboard.web.access import Access
+from dashboard.web.app import Runtime
+from dashboard.web.sse import open_stream
+from tests.support import open_streams, raise_open_files_limit, read_events, run_async, sse_stream
+from tests.test_scale_out import wait_for
 
 HALF_OPEN = 3000
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: "
-TICKING = 'topics:\n  t: {feed: "tests.scale_feed:Counter", options: {interval: 0.05}}\n'
+TICKING = 'topics:\n  t: {feed: "tests.scale_feed:Counter", options: {interval: 0.05}, public: true}\n'
 MARGIN = 5.0  # seconds a close may come after its deadline on a busy machine
 
 
@@ -175,3 +188,122 @@ def test_a_silent_connection_a_slowloris_and_an_idle_keep_alive_connection_are_c
     # uvicorn's keep-alive timeout (5 s) closes a connection idle after its response.
     assert idle_took is not None and 4.5 < idle_took < 5 + MARGIN, f"idle: closed after {idle_took}"
     assert "limits: request heads within 1s, idle connections closed after 5s" in server.output()
+
+
+# -- streams per client ----------------------------------------------------------------------
+CAPPED = (
+    "server: {max_streams_per_client: 3}\n"
+    "auth:\n  viewers: {proxy_header: X-User, trusted_proxies: [127.0.0.1]}\n" + TICKING
+)
+
+
+def answer(client: httpx.Client, path: str, **kwargs) -> httpx.Response:
+    """The response to a GET, read whole unless it is a stream (then closed at once)."""
+    with client.stream("GET", path, **kwargs) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.read()
+    return response
+
+
+def open_count(client: httpx.Client) -> int:
+    return client.get("/healthz").json()["streams"]["open"]
+
+
+def test_a_client_past_max_streams_per_client_gets_429_while_others_are_served(serve):
+    server = serve(CAPPED)
+    with server.client() as client, contextlib.ExitStack() as rest:
+        first = contextlib.ExitStack()
+        first.enter_context(sse_stream(client, "/sse/t"))
+        for path in ("/sse?topic=t", "/sse/t"):
+            rest.enter_context(sse_stream(client, path))
+        for path in ("/sse/t", "/sse?topic=t"):
+            refused = answer(client, path)
+            assert refused.status_code == 429, (path, refused.status_code, refused.headers)
+            error = refused.json()["error"]
+            assert error["code"] == "too_many_streams" and "3 streams" in error["message"], error
+            assert int(refused.headers["retry-after"]) > 0, refused.headers
+        assert client.get("/healthz").json()["streams"]["per_client"] == 3
+        assert "closed after 5s, 3 streams per client" in server.output()
+        # Another address is served; so is another client named by the trusted proxy (127.0.0.1).
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with server.client(transport=other) as elsewhere:
+            assert read_events(elsewhere, "/sse/t", 1)
+        forwarded = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}
+        assert read_events(client, "/sse/t", 1, headers=forwarded)
+        # Closing one of its streams gives the client its place back.
+        first.close()
+        wait_for("the closed stream to be counted out", lambda: open_count(client) == 2)
+        with sse_stream(client, "/sse/t") as events:
+            assert next(iter(events)).id
+    assert "Traceback" not in server.output(), server.output()[-3000:]
+
+
+def test_streams_opened_and_closed_many_times_leave_exactly_the_cap(serve):
+    server = serve(CAPPED)
+    paths = ["/sse/t", "/sse?topic=t"] * 3
+
+    def statuses() -> Counter:
+        starts, _ = run_async(open_streams([(server.url, path, None) for path in paths], timeout=30))
+        assert all(s.retry_after for s in starts if s.status == 429), starts
+        return Counter(s.status for s in starts)
+
+    async def leave_at_once(count: int) -> None:
+        """Clients that ask for a stream and leave before its answer."""
+        for _ in range(count):
+            _, writer = await connect(server.port)
+            writer.write(b"GET /sse/t HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+    with server.client() as client:
+        for _ in range(10):
+            assert statuses() == {200: 3, 429: 3}
+            run_async(leave_at_once(20))
+            wait_for("every stream to be counted out", lambda: open_count(client) == 0)
+        assert statuses() == {200: 3, 429: 3}, "the count leaked"
+
+
+def test_a_stream_whose_subscription_fails_gives_its_place_back():
+    runtime = Runtime(parse_config("server: {max_streams_per_client: 1}\n" + TICKING))
+
+    async def failing(*args, **kwargs):
+        raise BrokerError("the broker is down")
+
+    runtime.broker.subscribe = failing  # type: ignore[method-assign]
+    scope = {
+        "type": "http",
+        "app": SimpleNamespace(state=SimpleNamespace(runtime=runtime)),
+        "method": "GET",
+        "path": "/sse/t",
+        "query_string": b"",
+        "headers": [],
+        "client": ("192.0.2.1", 4000),
+    }
+
+    async def attempts() -> None:
+        for _ in range(3):  # the cap is 1: a leaked place would make the second a 429
+            with pytest.raises(BrokerError):
+                await open_stream(Request(scope), ["t"], mux=False)
+
+    run_async(attempts())
+    assert runtime.admission.open == 0 and runtime.admission.clients == {}
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_right_most_untrusted_forwarded_address():
+    config = "auth:\n  viewers: {proxy_header: X-User, trusted_proxies: [10.0.0.0/8, 127.0.0.1]}\n"
+    access = Access(parse_config(config + "topics: {}\n"))
+
+    def client(peer: str, *forwarded: str, access: Access = access) -> str:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return access.client_address({"client": (peer, 5000), "headers": headers})
+
+    assert client("192.0.2.1", "203.0.113.9") == "192.0.2.1", "an untrusted peer's header was read"
+    assert client("127.0.0.1") == "127.0.0.1"  # a proxy that names nobody
+    assert client("127.0.0.1", "203.0.113.9") == "203.0.113.9"
+    assert client("10.0.0.5", "198.51.100.7, 203.0.113.9, 10.1.1.1") == "203.0.113.9"
+    assert client("127.0.0.1", "198.51.100.7", "203.0.113.9") == "203.0.113.9"  # two headers: one list
+    assert client("127.0.0.1", "10.2.2.2, 10.1.1.1") == "10.2.2.2"  # all trusted: the furthest
+    assert client("127.0.0.1", "203.0.113.9, unknown") == "127.0.0.1"  # not an address: not read past
+    assert client("127.0.0.1", "[2001:db8::1]:443") == "2001:db8::1"
+    no_proxies = Access(parse_config("topics: {}\n"))
+    assert client("127.0.0.1", "203.0.113.9", access=no_proxies) == "127.0.0.1"
