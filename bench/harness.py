@@ -116,7 +116,7 @@ def start(name: str, *, rate_hz: float, size: int = 100, keepalive: float = 15.0
         config.write_text(
             textwrap.dedent(
                 f"""
-                server: {{keepalive: {keepalive}, max_backlog: 4096}}
+                server: {{keepalive: {keepalive}, max_backlog: 4096, max_streams_per_client: 1000000}}
                 topics:
                   bench:
                     feed: "bench.feeds:Stamp"

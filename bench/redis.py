@@ -39,7 +39,7 @@ URL_LINE = re.compile(r"serving on (http://\S+)")
 
 CONFIG = """
 broker: {{url: "{url}", prefix: "{prefix}"}}
-server: {{max_backlog: 100000}}
+server: {{max_backlog: 100000, max_streams_per_client: 1000000}}
 topics:
   clock: {{feed: demo, options: {{mode: clock, interval: {interval}}}}}
 """

@@ -158,7 +158,9 @@ WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
 
 
 def banner(config: Config, bound: tuple, first: str) -> None:
-    """The startup lines: the URL, the config, the topics, and what is open to whom."""
+    """The startup lines: the URL, the config, the topics, what is open to whom, and the limits."""
+    from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT
+
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
     print(first, flush=True)
@@ -166,8 +168,25 @@ def banner(config: Config, bound: tuple, first: str) -> None:
         print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
     for line in describe_access(config):
         print(f"  access: {line}", flush=True)
+    server = config.server
+    print(
+        f"  limits: request heads within {server.header_timeout:g}s, idle connections closed after "
+        f"{KEEP_ALIVE_TIMEOUT}s, {server.max_streams_per_client} streams per client",
+        flush=True,
+    )
     for warning in config.warnings():
         print(f"  warning: {warning}", flush=True)
+
+
+def bounded_connections(config: Config) -> dict:
+    """uvicorn settings that bound how long a connection is held without a request: a head must
+    arrive within server.header_timeout, and an idle keep-alive connection closes."""
+    from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT, http_protocol
+
+    return {
+        "http": http_protocol(config.server.header_timeout),
+        "timeout_keep_alive": KEEP_ALIVE_TIMEOUT,
+    }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -208,6 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The peer address stays the connection's own: auth.viewers.trusted_proxies is checked
         # against it, and an X-Forwarded-For header must not be able to stand in for it.
         proxy_headers=False,
+        **bounded_connections(config),
     )
     server = uvicorn.Server(uv_config)
 
@@ -260,6 +280,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         timeout_graceful_shutdown=5,
         access_log=args.access_log,
         proxy_headers=False,  # as in a single process: the peer is who connected
+        **bounded_connections(config),
     )
     sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up

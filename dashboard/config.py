@@ -69,6 +69,18 @@ class ServerConfig(Strict):
         1024, ge=1, description="frames a subscriber may fall behind before it is cut off"
     )
     max_body: int = Field(1 << 20, ge=1, description="largest request body accepted, in bytes")
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=30,
+        description="seconds a request head may take to arrive in full, from its first byte (from the "
+        "connection while nothing came); then the connection is closed (nginx's client_header_timeout)",
+    )
+    max_streams_per_client: int = Field(
+        100,
+        ge=1,
+        description="open streams one client address may hold; more are answered 429 too_many_streams",
+    )
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values served (`*` for any, `*.example.com`); default: the loopback "
@@ -134,7 +146,8 @@ class ViewersConfig(Strict):
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
-        description="addresses whose proxy_header and X-Forwarded-Proto count (CIDR or single address)",
+        description="addresses whose proxy_header and X-Forwarded-Proto count, and whose X-Forwarded-For "
+        "names the client that server.max_streams_per_client counts (CIDR or single address)",
     )
     users: dict[str, list[str]] = Field(
         default_factory=dict, description="proxy identities -> topic patterns they may read"

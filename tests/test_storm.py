@@ -12,6 +12,7 @@ STREAMS = 2000
 
 def storm_config(prefix: str) -> str:
     return f"""
+    server: {{max_streams_per_client: {STREAMS}}}  # every stream comes from this one address
     broker: {{url: "{REDIS_URL}", prefix: {prefix}}}
     topics:
       count: {{feed: "tests.scale_feed:Counter", options: {{interval: 0.05}}}}
@@ -53,6 +54,7 @@ def test_a_storm_of_streams_across_two_instances_is_served_with_exact_resumes(re
 def test_a_saturated_server_sheds_new_streams_with_retry_after_and_says_so_once(serve):
     server = serve(
         """
+        server: {max_streams_per_client: 1000}
         topics:
           count: {feed: "tests.scale_feed:Counter", options: {interval: 0.05}}
         """,
@@ -74,7 +76,8 @@ def test_a_saturated_server_sheds_new_streams_with_retry_after_and_says_so_once(
         assert {s.retry_after for s in starts if s.status == 503} == {"2"}
         (health,) = while_shedding
         assert health.status_code == 503 and health.json()["status"] == "overloaded", health.text
-        assert health.json()["streams"] == {"open": limit, "limit": limit, "shedding": True}
+        streams = {"open": limit, "limit": limit, "per_client": 1000, "shedding": True}
+        assert health.json()["streams"] == streams, health.json()
         assert server.output().count("shedding new streams") == 1, server.output()
         # The streams closed: healthz recovers and a new stream is served.
         wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)

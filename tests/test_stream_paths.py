@@ -46,8 +46,8 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
             await asyncio.sleep(0)  # a real send may suspend: live events must wait their turn
 
         admission = Admission(10)
-        admission.admit()
-        stream = EventStream(broker, sub, heartbeat, admission, retry_ms=100)
+        admission.admit("127.0.0.1")
+        stream = EventStream(broker, sub, heartbeat, admission, client="127.0.0.1", retry_ms=100)
         beats = asyncio.create_task(heartbeat.run())
         task = asyncio.create_task(stream({"type": "http", "method": "GET"}, receive, send))
         for n in range(3, 6):
@@ -58,7 +58,7 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
         await asyncio.wait_for(task, 5)
         beats.cancel()
         assert not broker.topics["t"].subscribers, "the subscription was not removed"
-        assert admission.open == 0, "the stream was not counted out"
+        assert admission.open == 0 and not admission.clients, "the stream was not counted out"
         return sent
 
     # A thread of its own: the browser tests' Playwright may hold an event loop in this one.

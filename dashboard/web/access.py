@@ -72,6 +72,16 @@ def check_public_key(pem: str) -> None:
         raise ValueError("public_key must be an RSA (RS256) or EC P-256 (ES256) key")
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding to `host` keeps the server on this machine."""
     if host == "localhost":
@@ -184,13 +194,7 @@ class Access:
 
     def _from_trusted_proxy(self, request: HTTPConnection) -> bool:
         """Whether the connection's own peer is one of `auth.viewers.trusted_proxies`."""
-        if self.viewers is None or request.client is None:
-            return False
-        try:
-            address = ipaddress.ip_address(request.client.host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.viewers.trusted_proxies)
+        return request.client is not None and self._trusted(_ip(request.client.host))
 
     def over_tls(self, request: HTTPConnection) -> bool:
         """Whether the request came over TLS: to this server itself, or to a proxy in
@@ -225,6 +229,32 @@ class Access:
             or any(self.may_read(viewer, topic) for topic in spend_topics)
         )
         return viewer, keys
+
+    def _trusted(self, address: IPAddress | None) -> bool:
+        """Whether `address` is one of auth.viewers.trusted_proxies."""
+        proxies = self.viewers.trusted_proxies if self.viewers is not None else ()
+        return address is not None and any(address in network for network in proxies)
+
+    def client_address(self, scope: Scope) -> str:
+        """Who a connection's streams are counted against (server.max_streams_per_client): its peer
+        address; behind a trusted proxy, the right-most X-Forwarded-For address that is not a trusted
+        proxy (the left-most when all are: the furthest hop known). The header of any other peer is
+        not read, and an entry that is not an address ends the walk (what lies left of it is not
+        vouched for)."""
+        peer = scope.get("client")
+        host = peer[0] if peer else ""
+        if not self._trusted(_ip(host)):
+            return host
+        forwarded = b",".join(value for name, value in scope["headers"] if name == b"x-forwarded-for")
+        client = host
+        for entry in reversed(forwarded.decode("latin-1").split(",")) if forwarded else ():
+            address = _ip(host_name(entry.strip()))
+            if address is None:
+                break
+            client = str(address)
+            if not self._trusted(address):
+                break
+        return client
 
     def may_read(self, viewer: Viewer, topic: str) -> bool:
         return topic in self.public or viewer.matches(topic)

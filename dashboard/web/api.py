@@ -58,6 +58,7 @@ async def healthz(request: Request) -> JSONResponse:
         "feeds": {name: runner.state for name, runner in runners.items()},
         # the topics whose feed runs on this instance (with a shared broker, one instance each)
         "leading": sorted(name for name, runner in runners.items() if runner.leader),
-        "streams": runtime.admission.as_json(),  # open, the most this process holds, shedding
+        # open, the most this process holds, the most one client may hold, shedding
+        "streams": runtime.admission.as_json(),
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

@@ -54,7 +54,9 @@ class Runtime:
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
-        self.admission = sse.Admission(sse.open_files_limit() - sse.FD_HEADROOM)
+        self.admission = sse.Admission(
+            sse.open_files_limit() - sse.FD_HEADROOM, config.server.max_streams_per_client
+        )
         self.feeds: dict[str, Feed] = {}
         self.stopping = False
         self.relay = Relay(config.ai)

@@ -24,6 +24,7 @@ SSE_HEADERS = [
 ]
 FD_HEADROOM = 100  # open files kept free of streams: Redis, logs, plain requests, the listener
 SHED_RETRY_AFTER = 2  # seconds a refused stream is asked to wait (the page backs off on its own)
+CLIENT_RETRY_AFTER = 5  # ... when its client holds server.max_streams_per_client already
 
 
 def open_files_limit() -> int:
@@ -41,15 +42,29 @@ def open_files_limit() -> int:
 
 class Admission:
     """Sheds new streams (503 + Retry-After) while this process is saturated: its streams hold
-    all the sockets it may open, less a headroom. Says so in the log once per episode."""
+    all the sockets it may open, less a headroom. Says so in the log once per episode. Refuses
+    (429 + Retry-After) a client's stream past `per_client` open ones, so that one client cannot
+    take every place."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int = 100) -> None:
         self.limit = max(1, limit)
+        self.per_client = per_client
         self.open = 0
+        self.clients: dict[str, int] = {}  # client address -> its open streams (only those with some)
         self.direct = 0  # of them, streams written straight to their sockets (the fast path)
         self.shedding = False
 
-    def admit(self) -> None:
+    def admit(self, client: str) -> None:
+        """Count a new stream of `client` in, or raise the refusal; `release` it once it ends."""
+        held = self.clients.get(client, 0)
+        if held >= self.per_client:
+            raise HTTPError(
+                429,
+                f"this client holds {held} streams, the most one client may (server.max_streams_per_client); "
+                f"close one, or retry in {CLIENT_RETRY_AFTER}s",
+                "too_many_streams",
+                headers={"Retry-After": str(CLIENT_RETRY_AFTER)},
+            )
         if self.open >= self.limit:
             if not self.shedding:
                 self.shedding = True
@@ -65,15 +80,24 @@ class Admission:
                 headers={"Retry-After": str(SHED_RETRY_AFTER)},
             )
         self.open += 1
+        self.clients[client] = held + 1
 
-    def release(self) -> None:
+    def release(self, client: str) -> None:
         self.open -= 1
+        held = self.clients.pop(client, 0) - 1
+        if held > 0:
+            self.clients[client] = held
         if self.shedding and self.open < self.limit:
             self.shedding = False
             log.info("accepting new streams again: %d open", self.open)
 
     def as_json(self) -> dict[str, int | bool]:
-        return {"open": self.open, "limit": self.limit, "shedding": self.shedding}
+        return {
+            "open": self.open,
+            "limit": self.limit,
+            "per_client": self.per_client,
+            "shedding": self.shedding,
+        }
 
 
 class Heartbeat:
@@ -98,11 +122,18 @@ class Heartbeat:
 class EventStream:
     """An ASGI response that streams one subscription until it closes or the client leaves."""
 
-    __slots__ = ("admission", "broker", "gone", "heartbeat", "retry_ms", "sink", "sub")
+    __slots__ = ("admission", "broker", "client", "gone", "heartbeat", "retry_ms", "sink", "sub")
     status_code = 200
 
     def __init__(
-        self, broker: Broker, sub: Subscription, heartbeat: Heartbeat, admission: Admission, *, retry_ms: int
+        self,
+        broker: Broker,
+        sub: Subscription,
+        heartbeat: Heartbeat,
+        admission: Admission,
+        *,
+        client: str,
+        retry_ms: int,
     ) -> None:
         assert isinstance(sub.sink, StreamSink)
         self.broker = broker
@@ -110,6 +141,7 @@ class EventStream:
         self.sink: StreamSink = sub.sink
         self.heartbeat = heartbeat
         self.admission = admission
+        self.client = client  # whose count of open streams this one is in
         self.retry_ms = retry_ms
         self.gone = False  # the client left
 
@@ -141,7 +173,7 @@ class EventStream:
                 watcher.cancel()
             self.heartbeat.sinks.discard(sink)
             self.broker.unsubscribe(self.sub)
-            self.admission.release()
+            self.admission.release(self.client)
 
     def hang_up(self) -> None:
         self.gone = True
@@ -182,17 +214,23 @@ async def open_stream(request: Request, topics: list[str], *, mux: bool) -> Even
     for name in topics:
         broker.topic(name)  # UnknownTopic -> 404
     last_id, replay = last_event_id(request), replay_count(request)
-    runtime.admission.admit()
+    client = runtime.access.client_address(request.scope)
+    runtime.admission.admit(client)  # 429 past this client's streams, 503 while saturated
     try:
         sink = StreamSink(mux=mux, max_backlog=runtime.config.server.max_backlog)
         sub = await broker.subscribe(topics, last_id, sink=sink, replay=replay)
     except BaseException:
-        runtime.admission.release()
+        runtime.admission.release(client)
         raise
     if request.query_params.get("presence") == "1":
         sub.presence = {}  # told how many watch each topic, now and when it changes
     return EventStream(
-        broker, sub, runtime.heartbeat, runtime.admission, retry_ms=runtime.config.server.retry_ms
+        broker,
+        sub,
+        runtime.heartbeat,
+        runtime.admission,
+        client=client,
+        retry_ms=runtime.config.server.retry_ms,
     )
 
 
