@@ -9,10 +9,6 @@ and one signed delivery per webhook (Standard Webhooks), retried with backoff in
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -25,42 +21,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from dashboard.backoff import Backoff
 from dashboard.broker import Broker
 from dashboard.config import AlertRule, WebhookConfig
 from dashboard.errors import BrokerUnavailable
-from dashboard.events import Event, Message
-from dashboard.supervisor import Backoff
+from dashboard.events import ALERT_EVENT, Event, Message
 from dashboard.tasks import cancel_and_wait, finish_shielded
+from dashboard.webhooks import hmac_key, signed_headers
 
 log = logging.getLogger("dashboard.alerts")
 
-ALERT_EVENT = "alert"  # the event type of a rule's state changes on its notify topic
 ATTEMPTS_KEPT = 20  # delivery attempts per rule shown in /api/alerts
 RETRY_BACKOFF = Backoff(1.0, 60.0)  # seconds before the second attempt, doubled each time, jittered
-
-
-# -- Standard Webhooks signing ------------------------------------------------------------------
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: `whsec_` then base64, as the reference reads it."""
-    try:
-        key = base64.b64decode(secret.removeprefix("whsec_") + "==")
-    except binascii.Error:
-        raise ValueError("a webhook secret is whsec_ followed by base64 (Standard Webhooks)") from None
-    if not key:
-        raise ValueError("a webhook secret must not be empty (whsec_ followed by base64)")
-    return key
-
-
-def signed_headers(key: bytes, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    """webhook-id, webhook-timestamp and webhook-signature (`v1,<base64 HMAC-SHA256 of
-    "{id}.{timestamp}.{body}">`) for one delivery attempt."""
-    timestamp = str(math.floor(time.time() if now is None else now))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": timestamp,
-        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
-    }
 
 
 def field_value(data: Any, path: str) -> float | None:
@@ -268,7 +240,7 @@ class Alerts:
         self, rule: Rule, number: int, webhook: WebhookConfig, msg_id: str, change: str, body: bytes
     ) -> None:
         assert self._client is not None
-        key = secret_key(webhook.secret.get_secret_value())
+        key = hmac_key(webhook.secret.get_secret_value())
         where = origin_of(webhook.url)
         for attempt in range(1, webhook.attempts + 1):
             record: dict[str, Any] = {

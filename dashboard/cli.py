@@ -16,7 +16,8 @@ from dashboard import broker as brokers
 from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds
-from dashboard.web.access import Access, is_loopback, network_problems, parse_ttl
+from dashboard.security import is_loopback
+from dashboard.web.access import Access, network_problems, parse_ttl
 from dashboard.web.access import describe as describe_access
 
 log = logging.getLogger("dashboard")

@@ -25,6 +25,7 @@ from dashboard.broker import backend
 from dashboard.errors import BrokerConfigError, ConfigError, ConfigIssue, DashboardError
 from dashboard.feed import Feed, resolve_feed
 from dashboard.views import VIEWS
+from dashboard.webhooks import SECRET_PREFIX, hmac_key
 
 TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # boards, panel ids and alert rules, like topics
@@ -170,7 +171,7 @@ class ViewersConfig(Strict):
                 "(anyone else could send the header too)"
             )
         if self.public_key is not None:
-            from dashboard.web.access import check_public_key
+            from dashboard.security import check_public_key
 
             check_public_key(self.public_key)
         return self
@@ -399,9 +400,11 @@ class WebhookConfig(Strict):
     @field_validator("secret")
     @classmethod
     def _usable_secret(cls, secret: SecretStr) -> SecretStr:
-        from dashboard.alerts import secret_key
-
-        secret_key(secret.get_secret_value())  # ValueError when it is empty
+        value = secret.get_secret_value()
+        if not value.startswith(SECRET_PREFIX):  # a receiver decodes the base64 after the prefix
+            what = "must not be empty" if not value else "is written"
+            raise ValueError(f"a webhook secret {what} (whsec_ followed by base64)")
+        hmac_key(value)  # ValueError when it is not base64, or empty
         return secret
 
 

@@ -10,6 +10,11 @@ from typing import Any
 
 from dashboard.errors import InvalidEvent
 
+# Event types the server itself publishes (the page listens for them on every topic).
+STATUS_EVENT = "status"  # a feed's state: running, restarting (with the error), finished...
+GAP_EVENT = "gap"  # to a resuming reader: it missed events, or its id is not this server's
+ALERT_EVENT = "alert"  # an alert rule's state change, on the rule's notify topic
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

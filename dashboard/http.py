@@ -1,8 +1,9 @@
 """What a feed's routes use to read requests and answer errors: bounded bodies, JSON with a depth
-limit and its media type, Bearer tokens, cross-site checks, and HTTPError (answered as
-`{"error": {"code", "message"}}`)."""
+limit and its media type, Bearer tokens, cross-site checks, webhook signatures, and HTTPError
+(answered as `{"error": {"code", "message"}}`)."""
 
 from dashboard.errors import HTTPError
+from dashboard.security import token_in
 from dashboard.web.access import cross_site
 from dashboard.web.errors import (
     bearer_token,
@@ -13,15 +14,18 @@ from dashboard.web.errors import (
     read_json,
     require_bearer,
     require_json_type,
-    token_in,
 )
 from dashboard.web.publish import describe_invalid
+from dashboard.webhooks import hmac_key, hub_signature, hub_signature_matches, standard_signature_matches
 
 __all__ = [
     "HTTPError",
     "bearer_token",
     "cross_site",
     "describe_invalid",
+    "hmac_key",
+    "hub_signature",
+    "hub_signature_matches",
     "media_type",
     "parse_count",
     "parse_json",
@@ -29,5 +33,6 @@ __all__ = [
     "read_json",
     "require_bearer",
     "require_json_type",
+    "standard_signature_matches",
     "token_in",
 ]

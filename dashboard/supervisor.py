@@ -8,34 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dashboard.backoff import Backoff
 from dashboard.broker import Broker, Lease, fence
 from dashboard.errors import BrokerUnavailable, InvalidEvent, LeadershipLost
-from dashboard.events import Event
+from dashboard.events import STATUS_EVENT, Event
 from dashboard.feed import Feed
 from dashboard.tasks import cancel_and_wait, finish_shielded
 
 log = logging.getLogger("dashboard.supervisor")
 
-STATUS_EVENT = "status"
 REFUSAL_STATUS_EVERY = 5.0  # seconds: at most one status event per period for refused events
 BROKER_RETRY = (0.1, 5.0)  # seconds: first and longest wait before storing a feed's event again
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter in [delay/2, delay], capped at `maximum` seconds."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from dashboard.errors import BrokerConfigError, InvalidEvent, UnknownTopic
-from dashboard.events import Event, Message, encode_data
+from dashboard.events import GAP_EVENT, Event, Message, encode_data
 
 ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
 BUILT_IN = {
@@ -55,7 +55,6 @@ BUILT_IN = {
 }
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
-GAP_EVENT = "gap"  # the event type telling a resuming reader that it missed events
 LIMIT_WINDOW = 60  # seconds of the sliding window of rpm and tpm (in one-second buckets)
 DAY = 86400
 SPEND_DAYS = 3  # days a day's spend is kept (today, yesterday, and one for clocks that differ)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from dashboard.backoff import Backoff
 from dashboard.broker import (
     DAY,
     LIMIT_WINDOW,
@@ -53,6 +53,8 @@ from dashboard.events import Event, Message, encode_data, event_type
 from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.broker.redis")
+
+RECONNECT = Backoff(0.1, 5.0)  # seconds between tries to reach Redis again, doubled, jittered
 
 BLOCK_MS = 5000  # how long one XREAD waits for news before it is sent again
 CATCH_UP_TIMEOUT = 5.0  # how long a new subscriber waits for the reader to reach this process's writes
@@ -504,7 +506,7 @@ class RedisBroker(Broker):
     async def _read_forever(self) -> None:
         """The process's one reader: deliver every topic's new events in id order, for ever."""
         assert self._reader_client is not None
-        delay = 0.0
+        failures = 0
         while True:
             try:
                 await self._settle_last(self._reader_client)
@@ -515,18 +517,18 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if delay == 0.0:
+                if failures == 0:
                     log.warning(
                         "lost Redis at %s (%s); retrying with backoff, streams stay open",
                         self.where,
                         type(exc).__name__,
                     )
                 self._healthy = False
-                delay = min(max(delay * 2, 0.1), 5.0)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                failures += 1
+                await asyncio.sleep(RECONNECT.delay(failures))
                 continue
-            if delay:
-                delay = 0.0
+            if failures:
+                failures = 0
                 log.info("reconnected to Redis at %s; resuming after event %d", self.where, self._last)
                 # Pooled connections to the old server would fail their next command.
                 for client in self._clients:
@@ -574,13 +576,13 @@ class RedisBroker(Broker):
     async def presence_updates(self) -> AsyncIterator[tuple[str, dict[str, int]]]:
         """Every instance's counts from the presence channel, on a connection of its own that is
         opened again after an outage (a missed count comes again with the next heartbeat)."""
-        delay = 0.0
+        failures = 0
         while True:
             client = self._connect_client(10.0)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.presence_channel)
-                delay = 0.0
+                failures = 0
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
@@ -591,12 +593,12 @@ class RedisBroker(Broker):
                     except (ValueError, KeyError, TypeError, AttributeError):
                         log.warning("ignored a malformed presence message on %s", self.presence_channel)
             except (RedisError, OSError):
-                delay = min(max(delay * 2, 0.1), 5.0)
+                failures += 1
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
                     await client.aclose()
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(RECONNECT.delay(failures) if failures else 0)
 
     # -- leadership ----------------------------------------------------------------------------
     async def acquire_lease(self, topic: str) -> Lease:

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 
 from dashboard.broker import DAY, NANO, Broker, Limits, Refusal, Reservation
-from dashboard.errors import BrokerUnavailable
+from dashboard.errors import BrokerUnavailable, HTTPError
 from dashboard.events import Event
 from dashboard.relay.metrics import Measure
+from dashboard.security import token_in
 from dashboard.tasks import finish_shielded
-from dashboard.web.errors import HTTPError, token_in
 
 if TYPE_CHECKING:
     from dashboard.config import APIKey, Config

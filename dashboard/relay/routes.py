@@ -19,9 +19,10 @@ from dashboard.relay.errors import RelayError
 from dashboard.relay.keys import NO_KEY, Account, Keys, Ticket
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
+from dashboard.security import token_in
 from dashboard.web.access import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, on_hangup
-from dashboard.web.errors import HTTPError, bearer_token, media_type, read_json, token_in
+from dashboard.web.errors import HTTPError, bearer_token, media_type, read_json
 from dashboard.web.sse import SSE_HEADERS
 
 log = logging.getLogger("dashboard.relay")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from dashboard.backoff import Backoff
 from dashboard.config import AIConfig
 from dashboard.events import json_text, valid_text
 from dashboard.relay import dialects
@@ -39,7 +40,6 @@ from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.sse import SSEEvent, SSEParser, SSEProtocolError
 from dashboard.relay.transport import Body
-from dashboard.supervisor import Backoff
 
 log = logging.getLogger("dashboard.relay")
 # httpx logs every request at INFO; the relay logs one line per completion instead.

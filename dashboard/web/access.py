@@ -26,7 +26,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard.web.errors import HTTPError, bearer_token, error_response, token_in
+from dashboard.security import is_loopback, token_in
+from dashboard.web.errors import HTTPError, bearer_token, error_response
 
 if TYPE_CHECKING:
     from dashboard.config import Config
@@ -59,19 +60,6 @@ EVERYONE = Viewer(None, ("*",), False)  # access control is off: every topic is 
 ANONYMOUS = Viewer(None, (), False)
 
 
-def check_public_key(pem: str) -> None:
-    """ValueError unless `pem` is an RSA or EC public key (config validation)."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        key = load_pem_public_key(pem.encode())
-    except ValueError as exc:
-        raise ValueError(f"public_key is not a PEM public key: {exc}") from None
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise ValueError("public_key must be an RSA (RS256) or EC P-256 (ES256) key")
-
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -80,16 +68,6 @@ def _ip(text: str) -> IPAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding to `host` keeps the server on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def parse_ttl(text: str) -> int:

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from dashboard import broker as brokers
 from dashboard.alerts import Alerts
+from dashboard.backoff import Backoff
 from dashboard.config import Config
 from dashboard.context import FeedContext
 from dashboard.events import Event
@@ -28,7 +29,7 @@ from dashboard.presence import Presence
 from dashboard.relay import Relay
 from dashboard.relay import routes as relay_routes
 from dashboard.relay.keys import Keys
-from dashboard.supervisor import Backoff, Supervisor
+from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, direct, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts

@@ -3,7 +3,6 @@ body size, JSON nesting, header values."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -17,6 +16,7 @@ from starlette.types import Scope
 
 from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
 from dashboard.events import json_problem
+from dashboard.security import token_in
 
 log = logging.getLogger("dashboard")
 
@@ -220,8 +220,3 @@ def require_bearer(request: Request, tokens: list[str], what: str) -> None:
         )
     if not token_in(token, tokens):
         raise HTTPError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-
-
-def token_in(token: str | None, tokens: list[str]) -> bool:
-    """Whether `token` is one of `tokens`, compared in constant time."""
-    return token is not None and any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)

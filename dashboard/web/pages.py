@@ -11,9 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from dashboard.alerts import ALERT_EVENT
-from dashboard.broker import GAP_EVENT
-from dashboard.supervisor import STATUS_EVENT
+from dashboard.events import ALERT_EVENT, GAP_EVENT, STATUS_EVENT
 from dashboard.views import FALLBACK, VIEWS
 from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
 from dashboard.web.errors import HTTPError
