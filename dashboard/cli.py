@@ -15,7 +15,7 @@ from dashboard import __version__
 from dashboard import broker as brokers
 from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
-from dashboard.feed import installed_feeds
+from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
 from dashboard.web.access import Access, network_problems, parse_ttl
 from dashboard.web.access import describe as describe_access
@@ -52,7 +52,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_feeds(args: argparse.Namespace) -> int:
     for name, feed_type in installed_feeds().items():
         try:
-            description = feed_type.load().description()
+            description = load_target(feed_type.target).description()
         except DashboardError as exc:
             description = f"(cannot load: {exc})"
         print(f"{name:<16} {feed_type.origin:<12} {description}")

@@ -1,13 +1,10 @@
-"""The Feed base class, and where feed types come from: built-ins, entry points, dotted paths."""
+"""The Feed base class, and how a config's `feed:` names one: a built-in or entry-point name
+(dashboard.plugins.FEEDS), or a dotted path."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -15,12 +12,10 @@ from starlette.routing import BaseRoute
 
 from dashboard.errors import FeedNotFound
 from dashboard.events import Event
+from dashboard.plugins import FEEDS, Plugin
 
 if TYPE_CHECKING:
     from dashboard.context import FeedContext
-
-ENTRY_POINT_GROUP = "dashboard.feeds"
-BUILTIN_PACKAGE = "feeds"
 
 
 class Feed:
@@ -110,53 +105,23 @@ class Feed:
         self.context = context
 
 
-@dataclass(frozen=True)
-class FeedType:
-    """An installed feed type and where it came from."""
-
-    name: str
-    origin: str  # "built-in", "entry point" or "path"
-    target: str  # what is imported: "feeds.demo" or "pkg.module:Class"
-
-    def load(self) -> type[Feed]:
-        return load_target(self.target)
-
-
 def load_target(target: str) -> type[Feed]:
     """Import a feed class from `pkg.module:Class`, or the one Feed subclass of module `pkg.module`."""
-    module_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        return FEEDS.load_target(target)
     except ImportError as exc:
-        raise FeedNotFound(f"cannot import {module_name!r}: {exc}") from exc
-    if attr:
-        cls = getattr(module, attr, None)
-        if cls is None:
-            raise FeedNotFound(f"module {module_name!r} has no attribute {attr!r}")
-    else:
-        found = [
-            obj
-            for obj in vars(module).values()
-            if inspect.isclass(obj) and issubclass(obj, Feed) and obj.__module__ == module.__name__
-        ]
-        if len(found) != 1:
-            raise FeedNotFound(f"module {module_name!r} must define exactly one Feed subclass")
-        cls = found[0]
-    if not (inspect.isclass(cls) and issubclass(cls, Feed)):
-        raise FeedNotFound(f"{target!r} is not a subclass of dashboard.Feed")
-    return cls
+        raise FeedNotFound(f"cannot import {target.partition(':')[0]!r}: {exc}") from exc
+    except AttributeError as exc:
+        raise FeedNotFound(str(exc)) from None
+    except TypeError as exc:
+        if str(exc).startswith("module "):
+            raise FeedNotFound(str(exc)) from None
+        raise FeedNotFound(f"{target!r} is not a subclass of dashboard.Feed") from None
 
 
-def installed_feeds() -> dict[str, FeedType]:
+def installed_feeds() -> dict[str, Plugin]:
     """Built-in feeds (modules of the `feeds` package) and entry points, by name."""
-    found: dict[str, FeedType] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = FeedType(ep.name, "entry point", ep.value)
-    package = importlib.import_module(BUILTIN_PACKAGE)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            found[info.name] = FeedType(info.name, "built-in", f"{BUILTIN_PACKAGE}.{info.name}")
-    return dict(sorted(found.items()))
+    return FEEDS.plugins()
 
 
 def resolve_feed(name: str) -> type[Feed]:
@@ -169,4 +134,4 @@ def resolve_feed(name: str) -> type[Feed]:
             f"unknown feed type {name!r}; known: {', '.join(known) or 'none'} "
             "(or give a dotted path, package.module:Class)"
         )
-    return known[name].load()
+    return load_target(known[name].target)

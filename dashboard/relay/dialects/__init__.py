@@ -9,13 +9,11 @@ providers' `type`, valued "module:dialect"). Providers name it as their `type`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 from dashboard.events import encode_frame
+from dashboard.plugins import DIALECTS
 from dashboard.relay.errors import RelayError
 from dashboard.relay.sse import SSEEvent
 
@@ -154,31 +152,11 @@ class PassThrough(Renderer):
         return self.dialect.error_frame(error)
 
 
-def _discover() -> dict[str, Dialect]:
-    found: dict[str, Dialect] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        dialect = getattr(module, "dialect", None)
-        if isinstance(dialect, Dialect):
-            found[dialect.name] = dialect
-    return found
-
-
-DIALECTS = _discover()
-ENTRY_POINT_GROUP = "dashboard.dialects"  # where packages register more dialects, by name
-
-
 def get(name: str) -> Dialect:
     """The dialect `name`: built in, or registered by a package; KeyError when there is none."""
-    if name not in DIALECTS:
-        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-            dialect = ep.load()
-            if not isinstance(dialect, Dialect):
-                raise TypeError(f"entry point {ep.value!r} is {type(dialect).__name__}, not a Dialect")
-            DIALECTS[name] = dialect
-    return DIALECTS[name]
+    return DIALECTS.load(name)
 
 
 def known() -> list[str]:
     """Every dialect name a provider may use as its `type`."""
-    return sorted({*DIALECTS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    return DIALECTS.names()
