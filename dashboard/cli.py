@@ -195,6 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dashboard.web.app import create_app
 
+    quiet_client_log()
     config = _load(args.config)
     if config is None:
         print("refusing to start: fix the configuration (see `dashboard check`)", file=sys.stderr)
@@ -396,4 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_client_log()
     return args.func(args)
+
+
+def quiet_client_log() -> None:
+    """httpx logs every request at INFO; the relay logs one line per completion instead."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)

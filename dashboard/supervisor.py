@@ -37,6 +37,8 @@ class FeedRunner:
     refusal_said: float = field(default=-REFUSAL_STATUS_EVERY, repr=False)  # monotonic time
     last_error: str | None = None
     leader: bool | None = None  # whether this instance runs the feed; None: push-only, no leader
+    lease: Lease | None = field(default=None, repr=False)  # while it leads: what fences its events
+    run_task: asyncio.Task[None] | None = field(default=None, repr=False)  # the feed's own task
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
@@ -66,6 +68,21 @@ class Supervisor:
         self.leases = leases  # who hands out feed leases; None: this process always leads
         self.runners: dict[str, FeedRunner] = {}
 
+    async def publish(self, topic: str, event: Event) -> Any:
+        """Publish `event` on `topic`: under the topic's lease when called from the feed's own task
+        (its stream, or its `publish` from there), so a shared broker refuses it once another
+        instance leads. Tasks the feed starts publish unfenced: the lease is never handed on to
+        work that may outlive it (a prompt accepted by this instance is its own to finish)."""
+        runner = self.runners.get(topic)
+        lease = None
+        if runner is not None and runner.run_task is not None and asyncio.current_task() is runner.run_task:
+            lease = runner.lease
+        reset = fence.set(lease)
+        try:
+            return await self._publish(topic, event)
+        finally:
+            fence.reset(reset)
+
     def add(self, topic: str, feed: Feed) -> FeedRunner:
         runner = FeedRunner(topic, feed)
         self.runners[topic] = runner
@@ -91,12 +108,8 @@ class Supervisor:
             lease = await self.leases.acquire_lease(runner.topic) if self.leases else Lease(runner.topic)
             runner.leader = True
             runner.state = "starting"
-            # The feed's publishes carry the lease: once it is lost, they are refused.
-            reset = fence.set(lease)
-            try:
-                feed = asyncio.create_task(self._run(runner), name=f"feed:{runner.topic}:run")
-            finally:
-                fence.reset(reset)
+            runner.lease = lease
+            feed = runner.run_task = asyncio.create_task(self._run(runner), name=f"feed:{runner.topic}:run")
             lost = asyncio.create_task(lease.lost.wait())
             try:
                 await asyncio.wait({feed, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -152,7 +165,7 @@ class Supervisor:
         attempt = 0
         while True:
             try:
-                await self._publish(runner.topic, event)
+                await self.publish(runner.topic, event)
             except InvalidEvent as exc:
                 # One bad event is skipped, said in the log and on the topic: the feed goes on.
                 runner.refused += 1
@@ -179,7 +192,7 @@ class Supervisor:
         runner.state = state
         data = {"state": state, "restarts": runner.restarts, **extra}
         try:
-            await self._publish(runner.topic, Event(data=data, event=STATUS_EVENT))
+            await self.publish(runner.topic, Event(data=data, event=STATUS_EVENT))
         except BrokerUnavailable as exc:  # the broker's trouble, said once by the reader: no traceback
             log.warning("could not publish status of feed %r: %s", runner.topic, exc)
         except Exception:

@@ -42,8 +42,6 @@ from dashboard.relay.sse import SSEEvent, SSEParser, SSEProtocolError
 from dashboard.relay.transport import Body
 
 log = logging.getLogger("dashboard.relay")
-# httpx logs every request at INFO; the relay logs one line per completion instead.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 OPENAI = dialects.get("openai")
