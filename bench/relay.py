@@ -248,7 +248,10 @@ def _start_own(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen, int]
     raise RuntimeError(f"the bench {name} did not start")
 
 
-def start_relay(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+def start_relay(tmp: Path, upstream_port: int, checkout: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    """`dashboard serve` from `checkout` (this one, or a baseline's) in front of the upstream."""
+    tmp = tmp / checkout.name
+    tmp.mkdir(exist_ok=True)
     config = tmp / "config.yaml"
     config.write_text(
         "ai:\n  providers:\n"
@@ -259,7 +262,7 @@ def start_relay(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
     log = (tmp / "relay.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "serve", "--config", str(config), "--port", "0"],
-        cwd=ROOT,
+        cwd=checkout,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -400,14 +403,20 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
     parser.add_argument(
         "--streams",
-        type=lambda v: [int(n) for n in v.split(",")],
+        type=lambda v: [int(n) for n in v.split(",") if n],
         default=[200, 500],
-        help="concurrent streams, comma-separated (default 200,500)",
+        help="concurrent streams, comma-separated (default 200,500; '' for the sequential part alone)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are their medians (default 3)")
     parser.add_argument("--chunks", type=int, default=50, help="chunks per concurrent stream (default 50)")
     parser.add_argument("--gap", type=int, default=20, help="upstream gap between chunks, ms (default 20)")
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add` of an earlier commit) relayed beside this one, "
+        "as target sse-dashboard@baseline: an A/B in the same run, the two asked in turn",
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -434,6 +443,12 @@ def main() -> int:
             procs.append(pipe_proc)
             ports = {"direct": up_port, "python-pipe": pipe_port, "sse-dashboard": relay_port}
             started = {"direct": up_proc, "python-pipe": pipe_proc, "sse-dashboard": relay_proc}
+            if args.baseline is not None:
+                base_proc, ports["sse-dashboard@baseline"] = start_relay(
+                    tmp, up_port, args.baseline.resolve()
+                )
+                procs.append(base_proc)
+                started["sse-dashboard@baseline"] = base_proc
             note = ""
             if importlib.util.find_spec("litellm") is None:
                 note = "LiteLLM's proxy: skipped, not installed (`pip install 'litellm[proxy]'` adds it)."
