@@ -429,9 +429,6 @@ class AlertRule(Strict):
         return self
 
 
-DEFAULT_BOARD = "main"  # the board's name when the config has `panels:` and no `dashboards:`
-
-
 class Config(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -465,30 +462,6 @@ class Config(Strict):
             f"provider {name!r} has no prices: its requests count nothing against the daily_usd "
             f"budget of api key(s) {', '.join(budgets)} (set ai.providers[].prices)"
             for name in unpriced
-        ]
-
-    def boards(self) -> dict[str, DashboardConfig]:
-        """Every board by name, panels filled in; without `dashboards:`, one board named `main`
-        made of `panels:` (one panel per topic when there is none)."""
-        if self.dashboards:
-            return {
-                name: board.model_copy(update={"panels": self.effective_panels(board.panels)})
-                for name, board in self.dashboards.items()
-            }
-        return {DEFAULT_BOARD: DashboardConfig(panels=self.effective_panels())}
-
-    def effective_panels(self, panels: list[PanelConfig] | None = None) -> list[PanelConfig]:
-        """Panels with defaults filled in: `panels:` when none are given, one per topic without it."""
-        if panels is None:
-            panels = self.panels if self.panels is not None else [PanelConfig(topic=t) for t in self.topics]
-        return [
-            panel.model_copy(
-                update={
-                    "title": panel.title or self.topics[panel.topic].title or panel.topic,
-                    "view": panel.view or self.topics[panel.topic].feed_class.default_view,
-                }
-            )
-            for panel in panels
         ]
 
 
