@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,10 +325,6 @@ class AIConfig(Strict):
     """OpenAI-compatible providers behind /v1 and the `ai` feed; the first whose models match is used."""
 
     providers: list[AIProvider] = Field(default_factory=_simulated_only)
-
-    def serving(self, model: str) -> list[AIProvider]:
-        """The providers whose model patterns match `model`, in the configured order."""
-        return [p for p in self.providers if any(fnmatchcase(model, pattern) for pattern in p.models)]
 
     @model_validator(mode="after")
     def _unique_names(self) -> AIConfig:
