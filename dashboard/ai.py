@@ -2,6 +2,7 @@
 
 from dashboard.relay import Chunk, Measure, Relay, RelayError, UpstreamStream
 from dashboard.relay.keys import NO_KEY, PAGE, Account, Keys, Ticket
+from dashboard.relay.routing import serving
 
 __all__ = [
     "NO_KEY",
@@ -14,4 +15,5 @@ __all__ = [
     "RelayError",
     "Ticket",
     "UpstreamStream",
+    "serving",
 ]

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import Event, Feed
-from dashboard.ai import NO_KEY, PAGE, Account, Measure, RelayError, Ticket
+from dashboard.ai import NO_KEY, PAGE, Account, Measure, RelayError, Ticket, serving
 from dashboard.http import HTTPError, bearer_token, cross_site, read_json, require_bearer, token_in
 
 log = logging.getLogger("dashboard.feeds.ai")
@@ -73,7 +73,7 @@ class AI(Feed):
     @classmethod
     def config_problems(cls, options: Options, config: Any) -> list[str]:
         problems = []
-        if not config.ai.serving(options.model):
+        if not serving(config.ai.providers, options.model):
             models = sorted({m for p in config.ai.providers for m in p.models}) or ["none"]
             served = ", ".join(models)
             problems.append(

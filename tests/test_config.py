@@ -8,6 +8,7 @@ import pytest
 
 from dashboard.config import load_config, parse_config
 from dashboard.errors import ConfigError
+from dashboard.web.boards import effective_panels
 from tests.support import ROOT
 
 
@@ -33,7 +34,7 @@ def test_valid_config_with_env_substitution(monkeypatch):
     assert config.server.port == 9100
     assert config.server.host == "0.0.0.0"
     assert config.topics["cpu.total_1"].history == 10
-    [panel] = config.effective_panels()
+    [panel] = effective_panels(config)
     assert (panel.title, panel.view) == ("cpu.total_1", "chart")
 
 
@@ -55,7 +56,7 @@ def test_yaml_anchors_and_merge_keys_override_without_errors():
 
 def test_default_panels_one_per_topic_with_the_feed_view():
     config = parse_config("topics: {a: {feed: demo}, b: {feed: demo}}")
-    assert [(p.topic, p.view) for p in config.effective_panels()] == [("a", "json"), ("b", "json")]
+    assert [(p.topic, p.view) for p in effective_panels(config)] == [("a", "json"), ("b", "json")]
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 
 import httpx
 
 from dashboard.config import AIProvider
 from dashboard.events import valid_text
-from dashboard.relay import dialects
+from dashboard.relay import dialects, routing
 from dashboard.relay.transport import RelayTransport
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
@@ -76,7 +75,7 @@ class Provider:
         self.transport = self._make_transport()
 
     def serves(self, model: str) -> bool:
-        return any(fnmatchcase(model, pattern) for pattern in self.config.models)
+        return routing.serves(self.config, model)
 
     def listed_models(self) -> list[str]:
         """The model names written out in full (patterns without wildcards)."""

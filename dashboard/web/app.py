@@ -33,6 +33,7 @@ from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, direct, pages, publish, sse
 from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
+from dashboard.web.boards import boards
 from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
 from dashboard.web.telemetry import UNMATCHED, RequestMetrics, Telemetry
 
@@ -63,7 +64,7 @@ class Runtime:
         self.relay = Relay(config.ai)
         self.keys = Keys(config, self.broker, self.relay)
         self.access = Access(config)
-        self.boards = config.boards()
+        self.boards = boards(config)
         for name, topic in config.topics.items():
             self.broker.add_topic(name, topic.history)
             feed = topic.make_feed(name)

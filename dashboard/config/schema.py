@@ -1,60 +1,22 @@
-"""Configuration: YAML -> pydantic models, `${VAR}` substitution, and errors with file:line."""
+"""The configuration's schema: pydantic models, the one source of truth for every key, its
+default and its checks within a section."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from dashboard.broker import backend
-from dashboard.errors import BrokerConfigError, ConfigError, ConfigIssue, DashboardError
-from dashboard.feed import Feed, resolve_feed
+from dashboard.errors import BrokerConfigError
+from dashboard.feed import Feed
 from dashboard.views import VIEWS
 from dashboard.webhooks import SECRET_PREFIX, hmac_key
 
 TOPIC_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # boards, panel ids and alert rules, like topics
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-#: Values a config may hold once its aliases are expanded; a real one holds hundreds, an alias
-#: bomb ("billion laughs") billions.
-MAX_NODES = 100_000
-
-DEFAULT_CONFIG = """\
-# Built-in default: works offline, with no keys.
-ai:
-  providers:
-    - {name: simulated, type: simulated, models: [simulated]}
-topics:
-  assistant:
-    feed: ai
-    title: Assistant (simulated)
-    history: 5000
-    options: {model: simulated}
-  spend:
-    feed: spend
-    title: AI spend today
-  clock:
-    feed: demo
-    options: {mode: clock, interval: 1.0}
-  walk:
-    feed: demo
-    options: {mode: walk, interval: 0.5}
-"""
 
 
 class Strict(BaseModel):
@@ -211,30 +173,6 @@ class AuthConfig(Strict):
         """An empty entry (`${TOKEN:-}` while TOKEN is unset) is no token: it opens nothing."""
         return [t for t in tokens if t.strip()]
 
-    def key_problems(self) -> list[tuple[tuple[Any, ...], str]]:
-        """(location, message) of each api key whose name or token is taken, or whose token is empty."""
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        names: set[str] = set()
-        tokens: set[str] = set(self.api_tokens)
-        for i, key in enumerate(self.api_keys):
-            token = key.token.get_secret_value()
-            if key.name in names:
-                problems.append((("auth", "api_keys", i, "name"), f"api key name {key.name!r} is used twice"))
-            if not token.strip():
-                problems.append(
-                    (("auth", "api_keys", i, "token"), f"api key {key.name!r} has an empty token")
-                )
-            elif token in tokens:
-                problems.append(
-                    (
-                        ("auth", "api_keys", i, "token"),
-                        f"the token of api key {key.name!r} is also another key's or in api_tokens",
-                    )
-                )
-            names.add(key.name)
-            tokens.add(token)
-        return problems
-
 
 class SupervisorConfig(Strict):
     initial_backoff: float = Field(1.0, gt=0)
@@ -326,10 +264,6 @@ class AIConfig(Strict):
     """OpenAI-compatible providers behind /v1 and the `ai` feed; the first whose models match is used."""
 
     providers: list[AIProvider] = Field(default_factory=_simulated_only)
-
-    def serving(self, model: str) -> list[AIProvider]:
-        """The providers whose model patterns match `model`, in the configured order."""
-        return [p for p in self.providers if any(fnmatchcase(model, pattern) for pattern in p.models)]
 
     @model_validator(mode="after")
     def _unique_names(self) -> AIConfig:
@@ -429,9 +363,6 @@ class AlertRule(Strict):
         return self
 
 
-DEFAULT_BOARD = "main"  # the board's name when the config has `panels:` and no `dashboards:`
-
-
 class Config(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -445,16 +376,6 @@ class Config(Strict):
 
     source: str = Field("<default>", exclude=True, description="where the config was read from")
 
-    def alert_problems(self) -> list[tuple[tuple[Any, ...], str]]:
-        """(location, message) of each alert rule whose name an earlier rule has."""
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        names: set[str] = set()
-        for i, rule in enumerate(self.alerts):
-            if rule.name in names:
-                problems.append((("alerts", i, "name"), f"alert name {rule.name!r} is used twice"))
-            names.add(rule.name)
-        return problems
-
     def warnings(self) -> list[str]:
         """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
         budgets = [key.name for key in self.auth.api_keys if key.daily_usd is not None]
@@ -466,290 +387,3 @@ class Config(Strict):
             f"budget of api key(s) {', '.join(budgets)} (set ai.providers[].prices)"
             for name in unpriced
         ]
-
-    def boards(self) -> dict[str, DashboardConfig]:
-        """Every board by name, panels filled in; without `dashboards:`, one board named `main`
-        made of `panels:` (one panel per topic when there is none)."""
-        if self.dashboards:
-            return {
-                name: board.model_copy(update={"panels": self.effective_panels(board.panels)})
-                for name, board in self.dashboards.items()
-            }
-        return {DEFAULT_BOARD: DashboardConfig(panels=self.effective_panels())}
-
-    def effective_panels(self, panels: list[PanelConfig] | None = None) -> list[PanelConfig]:
-        """Panels with defaults filled in: `panels:` when none are given, one per topic without it."""
-        if panels is None:
-            panels = self.panels if self.panels is not None else [PanelConfig(topic=t) for t in self.topics]
-        return [
-            panel.model_copy(
-                update={
-                    "title": panel.title or self.topics[panel.topic].title or panel.topic,
-                    "view": panel.view or self.topics[panel.topic].feed_class.default_view,
-                }
-            )
-            for panel in panels
-        ]
-
-
-# -- loading ---------------------------------------------------------------------------------
-class _Source:
-    """A YAML document as plain data, with the line of every path in it."""
-
-    def __init__(self, text: str, file: str) -> None:
-        self.file = file
-        self.lines: dict[tuple[Any, ...], int] = {}
-        self.issues: list[ConfigIssue] = []
-        self._flattened: set[int] = set()
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None:
-                _check_expanded_size(node)
-            self.data = self._build(loader, node, ()) if node is not None else {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc)
-            self.issues.append(ConfigIssue(file, mark.line + 1 if mark else None, f"invalid YAML: {problem}"))
-            self.data = {}
-        except RecursionError:
-            line = loader.get_mark().line + 1
-            self.issues.append(ConfigIssue(file, line, "invalid YAML: nested too deeply"))
-            self.data = {}
-        finally:
-            loader.dispose()
-
-    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
-            # An anchored mapping met again through an alias is already flattened: not checked again.
-            first_visit = id(node) not in self._flattened
-            self._flattened.add(id(node))
-            for key_node, _ in node.value if first_visit else ():
-                if key_node.tag != "tag:yaml.org,2002:merge":
-                    key = loader.construct_object(key_node)
-                    if key in own:
-                        self._issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
-                    own.add(key)
-            loader.flatten_mapping(node)  # merged keys first, so the node's own keys win
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = loader.construct_object(key_node)
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = self._build(loader, value_node, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._build(loader, item, (*path, i)) for i, item in enumerate(node.value)]
-        value = loader.construct_object(node)
-        if isinstance(value, str):
-            value = self._substitute(value, node.start_mark.line + 1)
-        return value
-
-    def _substitute(self, value: str, line: int) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            self._issue(
-                line,
-                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
-            )
-            return ""
-
-        return _ENV_VAR.sub(replace, value)
-
-    def _issue(self, line: int | None, message: str) -> None:
-        self.issues.append(ConfigIssue(self.file, line, message))
-
-    def line_of(self, loc: tuple[Any, ...]) -> int | None:
-        for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return None
-
-
-def _check_expanded_size(root: yaml.Node) -> None:
-    """A YAMLError at the first value that holds more than MAX_NODES values once its aliases are
-    expanded, or that holds itself. Each node is sized once, so this is linear in the text."""
-    sizes: dict[int, int] = {}  # id(node) -> expanded size; -1 while its children are being sized
-
-    def size(node: yaml.Node) -> int:
-        known = sizes.get(id(node))
-        if known is not None:
-            if known < 0:
-                raise _node_error(node, "an alias refers to a value that contains it")
-            return known
-        sizes[id(node)] = -1
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-        total = 1 + sum(size(child) for child in children)
-        if total > MAX_NODES:
-            raise _node_error(
-                node, f"this value holds more than {MAX_NODES} values once its aliases are expanded"
-            )
-        sizes[id(node)] = total
-        return total
-
-    size(root)
-
-
-def _node_error(node: yaml.Node, problem: str) -> yaml.YAMLError:
-    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
-
-
-def _describe(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in error["loc"][:-1]) or "the top level"
-        return f"unknown key {error['loc'][-1]!r} in {parent}"
-    if error["type"] == "missing":
-        return f"{loc}: required key is missing"
-    return f"{loc}: {error['msg']}"
-
-
-def parse_config(text: str, file: str = "<config>") -> Config:
-    """Validate a config given as YAML text; ConfigError lists every problem at once."""
-    source = _Source(text, file)
-    issues = source.issues
-    data = source.data
-    if not isinstance(data, dict):
-        raise ConfigError([*issues, ConfigIssue(file, 1, "the config must be a mapping of sections")])
-
-    topics = data.get("topics")
-    if isinstance(topics, dict):
-        for name in topics:
-            if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
-                issues.append(
-                    ConfigIssue(
-                        file,
-                        source.line_of(("topics", name)),
-                        f"bad topic name {name!r}: use 1-64 of a-z, 0-9, '_', '.', '-', "
-                        "starting with a letter or digit",
-                    )
-                )
-
-    # Feeds are resolved from the raw data, so their errors show even when other sections are wrong.
-    resolved: dict[str, tuple[type[Feed], Feed.Options]] = {}
-    if isinstance(topics, dict):
-        for name, raw in topics.items():
-            if isinstance(raw, dict) and isinstance(raw.get("feed"), str):
-                found = _resolve_topic(name, raw["feed"], raw.get("options") or {}, source)
-                if found is not None:
-                    resolved[name] = found
-
-    # Panels and rules are checked against the raw topics too, so these errors come in the same round.
-    known = topics if isinstance(topics, dict) else {}
-    for where in _topic_references(data):
-        topic = _at(data, where)
-        if isinstance(topic, str) and topic not in known:
-            path = ".".join(str(p) for p in where)
-            issues.append(ConfigIssue(file, source.line_of(where), f"{path}: no topic named {topic!r}"))
-        elif where[-1] == "notify" and topic in resolved and resolved[topic][0].default_view != "list":
-            issues.append(
-                ConfigIssue(
-                    file,
-                    source.line_of(where),
-                    f"{'.'.join(str(p) for p in where)}: topic {topic!r} does not carry notifications "
-                    "(use a topic of the notifications feed)",
-                )
-            )
-    boards = data.get("dashboards")
-    for name in boards if isinstance(boards, dict) else ():
-        if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
-            line = source.line_of(("dashboards", name))
-            message = f"bad dashboard name {name!r}: use a-z, 0-9, '_', '.', '-'"
-            issues.append(ConfigIssue(file, line, message))
-
-    config: Config | None = None
-    try:
-        config = Config.model_validate({**data, "source": file})
-    except ValidationError as exc:
-        for error in exc.errors():
-            issues.append(ConfigIssue(file, source.line_of(error["loc"]), _describe(error)))
-
-    if config is not None:
-        for loc, message in [*config.auth.key_problems(), *config.alert_problems()]:
-            where = ".".join(str(part) for part in loc)
-            issues.append(ConfigIssue(file, source.line_of(loc), f"{where}: {message}"))
-        for name, topic in config.topics.items():
-            if name in resolved:
-                topic._feed_class, topic._feed_options = resolved[name]
-                for problem in topic._feed_class.config_problems(topic._feed_options, config):
-                    line = source.line_of(("topics", name, "options"))
-                    issues.append(ConfigIssue(file, line, f"topics.{name}.options: {problem}"))
-    if issues:
-        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
-    assert config is not None
-    return config
-
-
-def _topic_references(data: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Where the config names a topic: panels, boards' panels, alert rules and what they notify."""
-    found: list[tuple[Any, ...]] = []
-
-    def panels_at(*path: Any) -> None:
-        panels = _at(data, path)
-        for i, panel in enumerate(panels if isinstance(panels, list) else []):
-            if isinstance(panel, dict):
-                found.append((*path, i, "topic"))
-
-    panels_at("panels")
-    boards = data.get("dashboards")
-    for name, board in boards.items() if isinstance(boards, dict) else ():
-        if isinstance(board, dict):
-            panels_at("dashboards", name, "panels")
-    rules = data.get("alerts")
-    for i, rule in enumerate(rules if isinstance(rules, list) else []):
-        if isinstance(rule, dict):
-            found += [("alerts", i, key) for key in ("topic", "notify") if key in rule]
-    return found
-
-
-def _at(data: Any, path: tuple[Any, ...]) -> Any:
-    for key in path:
-        if isinstance(data, dict):
-            data = data.get(key)
-        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
-            data = data[key]
-        else:
-            return None
-    return data
-
-
-def _resolve_topic(
-    name: str, feed: str, options: Any, source: _Source
-) -> tuple[type[Feed], Feed.Options] | None:
-    """The feed class and validated options of one topic; None after recording why not."""
-    try:
-        cls = resolve_feed(feed)
-    except DashboardError as exc:
-        source._issue(source.line_of(("topics", name, "feed")), f"topics.{name}.feed: {exc}")
-        return None
-    try:
-        return cls, cls.Options.model_validate(options)
-    except ValidationError as exc:
-        for error in exc.errors():
-            loc = ("topics", name, "options", *error["loc"])
-            source._issue(source.line_of(loc), _describe({**error, "loc": loc}))
-        return None
-
-
-def load_config(path: str | Path | None = None) -> Config:
-    """The config at `path`; else ./config.yaml; else the built-in offline default."""
-    if path is None:
-        default = Path("config.yaml")
-        if not default.exists():
-            return parse_config(DEFAULT_CONFIG, "<built-in default>")
-        path = default
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(path), None, f"cannot read config: {exc.strerror}")]) from exc
-    return parse_config(text, str(path))

@@ -1,0 +1,166 @@
+"""Where config text comes from and how it is read: YAML as plain data with the file:line of every
+path in it, `${VAR}` expansion, and bounds on aliases and size."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dashboard.errors import ConfigError, ConfigIssue
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+#: Values a config may hold once its aliases are expanded; a real one holds hundreds, an alias
+#: bomb ("billion laughs") billions.
+MAX_NODES = 100_000
+
+DEFAULT_CONFIG = """\
+# Built-in default: works offline, with no keys.
+ai:
+  providers:
+    - {name: simulated, type: simulated, models: [simulated]}
+topics:
+  assistant:
+    feed: ai
+    title: Assistant (simulated)
+    history: 5000
+    options: {model: simulated}
+  spend:
+    feed: spend
+    title: AI spend today
+  clock:
+    feed: demo
+    options: {mode: clock, interval: 1.0}
+  walk:
+    feed: demo
+    options: {mode: walk, interval: 0.5}
+"""
+
+
+class Source:
+    """A YAML document as plain data, with the line of every path in it."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.file = file
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.issues: list[ConfigIssue] = []
+        self._flattened: set[int] = set()
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expanded_size(node)
+            self.data = self._build(loader, node, ()) if node is not None else {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.issues.append(ConfigIssue(file, mark.line + 1 if mark else None, f"invalid YAML: {problem}"))
+            self.data = {}
+        except RecursionError:
+            line = loader.get_mark().line + 1
+            self.issues.append(ConfigIssue(file, line, "invalid YAML: nested too deeply"))
+            self.data = {}
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
+            # An anchored mapping met again through an alias is already flattened: not checked again.
+            first_visit = id(node) not in self._flattened
+            self._flattened.add(id(node))
+            for key_node, _ in node.value if first_visit else ():
+                if key_node.tag != "tag:yaml.org,2002:merge":
+                    key = loader.construct_object(key_node)
+                    if key in own:
+                        self.issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+                    own.add(key)
+            loader.flatten_mapping(node)  # merged keys first, so the node's own keys win
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = self._build(loader, value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(loader, item, (*path, i)) for i, item in enumerate(node.value)]
+        value = loader.construct_object(node)
+        if isinstance(value, str):
+            value = self._substitute(value, node.start_mark.line + 1)
+        return value
+
+    def _substitute(self, value: str, line: int) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            self.issue(
+                line,
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+            )
+            return ""
+
+        return _ENV_VAR.sub(replace, value)
+
+    def issue(self, line: int | None, message: str) -> None:
+        self.issues.append(ConfigIssue(self.file, line, message))
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """A YAMLError at the first value that holds more than MAX_NODES values once its aliases are
+    expanded, or that holds itself. Each node is sized once, so this is linear in the text."""
+    sizes: dict[int, int] = {}  # id(node) -> expanded size; -1 while its children are being sized
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            if known < 0:
+                raise _node_error(node, "an alias refers to a value that contains it")
+            return known
+        sizes[id(node)] = -1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_NODES:
+            raise _node_error(
+                node, f"this value holds more than {MAX_NODES} values once its aliases are expanded"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _node_error(node: yaml.Node, problem: str) -> yaml.YAMLError:
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
+
+
+def read_config(path: str | Path | None = None) -> tuple[str, str]:
+    """The text of the config at `path`, and the name it is reported under; without a path
+    ./config.yaml, else the built-in offline default."""
+    if path is None:
+        default = Path("config.yaml")
+        if not default.exists():
+            return DEFAULT_CONFIG, "<built-in default>"
+        path = default
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), None, f"cannot read config: {exc.strerror}")]) from exc
+    return text, str(path)
