@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field
 from dashboard.broker import backend
 from dashboard.errors import BrokerConfigError
 from dashboard.feed import Feed
+from dashboard.plugins import DIALECTS
 from dashboard.views import VIEWS
 from dashboard.webhooks import SECRET_PREFIX, hmac_key
 
@@ -236,14 +237,12 @@ class AIProvider(Strict):
     @field_validator("type")
     @classmethod
     def _known_dialect(cls, value: str) -> str:
-        from dashboard.relay import dialects  # the relay imports this module
-
         if value == "simulated":
             return value
         try:
-            dialects.get(value)
+            DIALECTS.load(value)  # a plugin that does not load is reported here, not at start
         except KeyError:
-            known = ", ".join([*dialects.known(), "simulated"])
+            known = ", ".join([*DIALECTS.names(), "simulated"])
             raise ValueError(f"unknown provider type {value!r} (known: {known})") from None
         except Exception as exc:
             raise ValueError(f"the dialect of provider type {value!r} does not load: {exc}") from None
