@@ -122,3 +122,37 @@ def test_last_event_id_as_query_parameter(serve):
         first = read_events(client, "/sse/t", 3)
         resumed = read_events(client, f"/sse/t?last_event_id={first[0].id}", 2)
         assert [e.id for e in resumed] == [e.id for e in first[1:]]
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_ids_keep_increasing_across_a_server_restart(request, serve, broker):
+    """A feed's and a publish's ids after a restart are above every id given before it, and a
+    reader resuming with its last id from before goes on with newer ones."""
+    server = serve(
+        f"""
+        {broker_line(request, broker)}
+        auth: {{publish_tokens: ["restart-token"]}}
+        topics:
+          t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 50}}}}
+          pushed: {{feed: notifications}}
+        """
+    )
+    auth = {"Authorization": "Bearer restart-token"}
+
+    def ids_now() -> list[int]:
+        with server.client() as client:
+            answer = client.post("/publish/pushed", json={"title": "hello"}, headers=auth)
+            assert answer.status_code == 202, answer.text
+            published = answer.json()["ids"]
+            ticks = [int(e.id) for e in read_events(client, "/sse/t?replay=0", 3)]
+        return [*published, *ticks]
+
+    before = ids_now()
+    server.restart()
+    after = ids_now()
+    assert min(after) > max(before), f"ids before the restart {before}, after {after}"
+    with server.client() as client:
+        resumed = read_events(
+            client, "/sse/t", 2, headers={"Last-Event-ID": str(max(before))}, skip=("status", "gap")
+        )
+    assert all(int(e.id) > max(before) for e in resumed), [e.id for e in resumed]
