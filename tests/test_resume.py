@@ -112,8 +112,35 @@ def test_fresh_connection_replays_history_then_goes_live(serve):
         ns = [e.json()["n"] for e in events]
         assert_contiguous(ns, "t")
         assert ns[0] > 1, "history should have been trimmed to the newest 20"
-        limited = read_events(client, "/sse/t?replay=3", 3)
-        assert len({e.id for e in limited}) == 3
+        limited = [e.json()["n"] for e in read_events(client, "/sse/t?replay=3", 3)]
+        # the newest 3 when it opened: in order, and none older than what was already seen
+        assert limited == list(range(limited[0], limited[0] + 3)) and limited[0] >= ns[-1] - 2, (limited, ns)
+
+
+@pytest.mark.parametrize("path", ["/sse/a?replay=3", "/sse?topic=a&topic=b&replay=3"], ids=["single", "mux"])
+def test_replay_n_gives_the_newest_n_of_each_topics_history_in_order(serve, path):
+    server = serve(
+        """
+        auth: {publish_tokens: ["replay-token"]}
+        topics:
+          a: {feed: notifications}
+          b: {feed: notifications}
+        """
+    )
+    published = {}
+    with server.client() as client:
+        for topic in ("a", "b"):
+            items = [{"title": f"{topic}{n}"} for n in range(8)]
+            answer = client.post(
+                f"/publish/{topic}", json=items, headers={"Authorization": "Bearer replay-token"}
+            )
+            assert answer.status_code == 202, answer.text
+            published[topic] = answer.json()["ids"]
+        topics = ["a", "b"] if "topic=" in path else ["a"]
+        events = read_events(client, path, 3 * len(topics))
+        for topic in topics:
+            got = [int(e.id) for e in events if e.event in (topic, "message")]
+            assert got == published[topic][-3:], f"{topic}: replayed {got}, published {published[topic]}"
 
 
 def test_last_event_id_as_query_parameter(serve):
