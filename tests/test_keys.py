@@ -108,9 +108,17 @@ def test_a_key_over_its_rpm_gets_429_with_retry_after_in_either_dialect(upstream
 PROMPT, USED = 11, 17
 
 
-def test_a_key_over_its_tpm_gets_429_rate_limited_with_retry_after(upstream, serve):
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_key_over_its_tpm_gets_429_rate_limited_with_retry_after(request, upstream, serve, broker):
     keys = f"    - {{name: team-a, token: {TEAM}, tpm: 60}}\n"
-    server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
+    config = keys_config(upstream, keys)
+    if broker == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        config = config.replace(
+            "server: {max_body: 65536}",
+            f"server: {{max_body: 65536}}\nbroker: {{url: '{REDIS_URL}', prefix: {prefix}}}",
+        )
+    server = serve(config, env={"RELAY_TEST_KEY": KEY})
     client = openai_sdk(server, TEAM)
     for _ in range(2):  # each holds 11 + 20 while admitted, then its usage: 17, 34 used
         client.chat.completions.create(model="t-echo", messages=HI, max_tokens=20)
