@@ -43,10 +43,12 @@ class Server:
     open_files: int | None = None  # the process's limit on open files (soft and hard)
     proc: subprocess.Popen | None = None
     url: str = ""
+    started_at: int = 0  # where in the log this start's output begins (after a restart, not 0)
 
     def start(self, timeout: float = 30.0) -> Server:
         cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(self.config)]
         cmd += ["--port", str(self.port), *self.args]
+        self.started_at = len(self.output())
         logfile = self.log.open("ab")
         limit = self.open_files
         self.proc = subprocess.Popen(
@@ -62,13 +64,13 @@ class Server:
         return self.wait_for_url(timeout)
 
     def wait_for_url(self, timeout: float = 30.0) -> Server:
-        """Wait until the server prints the URL it serves on."""
+        """Wait until the server prints the URL it serves on (this start's line, not an earlier one's)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            match = _URL_LINE.search(self.output())
+            match = _URL_LINE.search(self.output()[self.started_at :])
             if match:
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])

@@ -381,7 +381,7 @@ def test_themes_keyboard_and_phone(serve, open_page):
             page.locator("section.view-chat textarea").fill("How busy is the build farm?")
             page.locator("section.view-chat button[data-role=send]").click()
             page.locator(".chat-answer[data-state=done]").wait_for()
-        page.wait_for_timeout(1500)  # on purpose: let the chart gather a few points for the picture
+        wait_published_more(server, "walk", 5)  # the chart gathers a few points for the picture
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
         channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
         assert (sum(channels) / 3 > 128) == (scheme == "light"), background

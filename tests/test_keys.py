@@ -103,6 +103,49 @@ def test_a_key_over_its_rpm_gets_429_with_retry_after_in_either_dialect(upstream
         plain.chat.completions.create(model="t-echo", messages=HI)
 
 
+# What one request on HI costs the tpm window: the prompt estimate (its messages' JSON / 4) is
+# 11 tokens; admission holds that plus max_tokens, and settles at the upstream's usage, 11 + 6.
+PROMPT, USED = 11, 17
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_key_over_its_tpm_gets_429_rate_limited_with_retry_after(request, upstream, serve, broker):
+    keys = f"    - {{name: team-a, token: {TEAM}, tpm: 60}}\n"
+    config = keys_config(upstream, keys)
+    if broker == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        config = config.replace(
+            "server: {max_body: 65536}",
+            f"server: {{max_body: 65536}}\nbroker: {{url: '{REDIS_URL}', prefix: {prefix}}}",
+        )
+    server = serve(config, env={"RELAY_TEST_KEY": KEY})
+    client = openai_sdk(server, TEAM)
+    for _ in range(2):  # each holds 11 + 20 while admitted, then its usage: 17, 34 used
+        client.chat.completions.create(model="t-echo", messages=HI, max_tokens=20)
+    with pytest.raises(openai.RateLimitError) as refused:  # 34 + 31 is over 60
+        client.chat.completions.create(model="t-echo", messages=HI, max_tokens=20)
+    assert refused.value.code == "rate_limited" and "over its tpm" in refused.value.message, (
+        refused.value.message
+    )
+    assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60, refused.value.response.headers
+    # what fits in what is left is still admitted: 34 + 11 + 15 = 60
+    client.chat.completions.create(model="t-echo", messages=HI, max_tokens=60 - 2 * USED - PROMPT)
+
+
+def test_a_keys_default_max_tokens_is_reserved_when_a_request_sets_none(upstream, serve):
+    keys = f"""
+    - {{name: deep, token: {TEAM}, tpm: 40, default_max_tokens: 100}}
+    - {{name: shallow, token: {NARROW}, tpm: 40, default_max_tokens: 20}}
+"""
+    server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
+    deep, shallow = openai_sdk(server, TEAM), openai_sdk(server, NARROW)
+    with pytest.raises(openai.RateLimitError) as refused:  # 11 + 100 held is over 40
+        deep.chat.completions.create(model="t-echo", messages=HI)
+    assert refused.value.code == "rate_limited", refused.value.message
+    deep.chat.completions.create(model="t-echo", messages=HI, max_tokens=20)  # 11 + 20 fits
+    shallow.chat.completions.create(model="t-echo", messages=HI)  # 11 + 20 fits, not 11 + 1024
+
+
 def test_a_model_outside_the_keys_patterns_is_forbidden(upstream, serve):
     keys = f"    - {{name: narrow, token: {NARROW}, models: ['t-echo']}}\n"
     server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})

@@ -96,6 +96,13 @@ def test_5xx_is_retried_then_falls_back_to_the_next_provider(m, server, upstream
     assert [s.provider for s in upstream.requests(m.t("fail-a"))] == ["a", "a", "b"]
 
 
+@pytest.mark.parametrize("scenario", ["unauthorized-a", "forbidden-a"])
+def test_401_and_403_from_a_provider_move_on_to_the_next_at_once(m, server, upstream, scenario):
+    text, error = read_stream(ask(server, m.t(scenario)))
+    assert error is None and text == answer_text("b"), (text, error)
+    assert [s.provider for s in upstream.requests(m.t(scenario))] == ["a", "b"], "its key is not retried"
+
+
 @pytest.mark.parametrize("scenario", ["reset", "drop", "error-mid"])
 def test_a_stream_broken_after_text_ends_with_an_error_and_is_not_retried(m, server, upstream, scenario):
     text, error = read_stream(ask(server, m.t(scenario)))

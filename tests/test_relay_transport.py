@@ -43,6 +43,15 @@ async def serve(*, close_after_each: bool) -> tuple[asyncio.Server, list[int]]:
     return await asyncio.start_server(handle, "127.0.0.1", 0), requests
 
 
+async def until_closed(transport: RelayTransport, timeout: float = 5.0) -> None:
+    """Wait until every idle connection of `transport` has seen its server close it."""
+    pooled = [c for idle in transport.idle.values() for c in idle]
+    assert pooled, "the answered connection should wait in the pool"
+    async with asyncio.timeout(timeout):
+        while not all(c.closed for c in pooled):
+            await asyncio.sleep(0.001)
+
+
 async def completions(close_after_each: bool, count: int) -> tuple[list[bytes], list[int]]:
     server, requests = await serve(close_after_each=close_after_each)
     port = server.sockets[0].getsockname()[1]
@@ -57,7 +66,8 @@ async def completions(close_after_each: bool, count: int) -> tuple[list[bytes], 
                 parts.append(part)
             await response.aclose()
             bodies.append(b"".join(parts))
-            await asyncio.sleep(0.05)  # time for a closing server's FIN to arrive
+            if close_after_each:  # the server's FIN has reached the connection waiting in the pool
+                await until_closed(transport)
     finally:
         await transport.aclose()
         server.close()

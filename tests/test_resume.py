@@ -112,8 +112,35 @@ def test_fresh_connection_replays_history_then_goes_live(serve):
         ns = [e.json()["n"] for e in events]
         assert_contiguous(ns, "t")
         assert ns[0] > 1, "history should have been trimmed to the newest 20"
-        limited = read_events(client, "/sse/t?replay=3", 3)
-        assert len({e.id for e in limited}) == 3
+        limited = [e.json()["n"] for e in read_events(client, "/sse/t?replay=3", 3)]
+        # the newest 3 when it opened: in order, and none older than what was already seen
+        assert limited == list(range(limited[0], limited[0] + 3)) and limited[0] >= ns[-1] - 2, (limited, ns)
+
+
+@pytest.mark.parametrize("path", ["/sse/a?replay=3", "/sse?topic=a&topic=b&replay=3"], ids=["single", "mux"])
+def test_replay_n_gives_the_newest_n_of_each_topics_history_in_order(serve, path):
+    server = serve(
+        """
+        auth: {publish_tokens: ["replay-token"]}
+        topics:
+          a: {feed: notifications}
+          b: {feed: notifications}
+        """
+    )
+    published = {}
+    with server.client() as client:
+        for topic in ("a", "b"):
+            items = [{"title": f"{topic}{n}"} for n in range(8)]
+            answer = client.post(
+                f"/publish/{topic}", json=items, headers={"Authorization": "Bearer replay-token"}
+            )
+            assert answer.status_code == 202, answer.text
+            published[topic] = answer.json()["ids"]
+        topics = ["a", "b"] if "topic=" in path else ["a"]
+        events = read_events(client, path, 3 * len(topics))
+        for topic in topics:
+            got = [int(e.id) for e in events if e.event in (topic, "message")]
+            assert got == published[topic][-3:], f"{topic}: replayed {got}, published {published[topic]}"
 
 
 def test_last_event_id_as_query_parameter(serve):
@@ -122,3 +149,37 @@ def test_last_event_id_as_query_parameter(serve):
         first = read_events(client, "/sse/t", 3)
         resumed = read_events(client, f"/sse/t?last_event_id={first[0].id}", 2)
         assert [e.id for e in resumed] == [e.id for e in first[1:]]
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_ids_keep_increasing_across_a_server_restart(request, serve, broker):
+    """A feed's and a publish's ids after a restart are above every id given before it, and a
+    reader resuming with its last id from before goes on with newer ones."""
+    server = serve(
+        f"""
+        {broker_line(request, broker)}
+        auth: {{publish_tokens: ["restart-token"]}}
+        topics:
+          t: {{feed: "tests.sample_feeds:Ticker", options: {{rate_hz: 50}}}}
+          pushed: {{feed: notifications}}
+        """
+    )
+    auth = {"Authorization": "Bearer restart-token"}
+
+    def ids_now() -> list[int]:
+        with server.client() as client:
+            answer = client.post("/publish/pushed", json={"title": "hello"}, headers=auth)
+            assert answer.status_code == 202, answer.text
+            published = answer.json()["ids"]
+            ticks = [int(e.id) for e in read_events(client, "/sse/t?replay=0", 3)]
+        return [*published, *ticks]
+
+    before = ids_now()
+    server.restart()
+    after = ids_now()
+    assert min(after) > max(before), f"ids before the restart {before}, after {after}"
+    with server.client() as client:
+        resumed = read_events(
+            client, "/sse/t", 2, headers={"Last-Event-ID": str(max(before))}, skip=("status", "gap")
+        )
+    assert all(int(e.id) > max(before) for e in resumed), [e.id for e in resumed]

@@ -18,7 +18,8 @@ from dashboard.web.errors import EXCEPTION_HANDLERS
 from dashboard.web.sink import KEEPALIVE, StreamSink
 from dashboard.web.sse import Admission, EventStream, Heartbeat
 from dashboard.web.telemetry import Telemetry
-from tests.support import sse_stream
+from tests.support import free_port, sse_stream
+from tests.upstream import relay_config
 
 
 def test_direct_writes_are_only_for_uvicorn_httptools_get_streams():
@@ -53,7 +54,9 @@ def test_plain_asgi_send_gets_backlog_live_events_and_keepalives_in_order():
         for n in range(3, 6):
             await broker.publish("t", Event({"n": n}))
             await asyncio.sleep(0)
-        await asyncio.sleep(0.2)  # on purpose: idle long enough for keepalives
+        async with asyncio.timeout(5):  # idle until a keepalive follows the last event
+            while KEEPALIVE not in b"".join(m.get("body", b"") for m in sent).rpartition(b'{"n":5}')[2]:
+                await asyncio.sleep(0.01)
         disconnect.set()
         await asyncio.wait_for(task, 5)
         beats.cancel()
@@ -124,26 +127,34 @@ def test_a_stream_with_a_request_pipelined_behind_it_ends_when_its_client_leaves
     assert "Traceback" not in server.output(), server.output()
 
 
-def test_a_relay_client_that_leaves_after_a_large_body_stops_the_upstream(serve):
+def test_a_relay_client_that_leaves_after_a_large_body_stops_the_upstream(serve, upstream):
     """A body over uvicorn's 64 KiB buffer pauses reading the socket; the relay must still see the
     client go (and stop the upstream request) without a task reading `receive` for it."""
-    server = serve(
-        "server: {max_body: 1000000}\ntopics: {}\nai:\n  providers:\n"
-        "    - {name: slow, type: simulated, models: [simulated],"
-        " simulation: {tokens_per_s: 2, first_token_ms: 300}}\n"
-    )
+    config = relay_config(upstream.url, free_port(), extra="topics: {}")
+    server = serve(config.replace("max_body: 65536", "max_body: 1000000"), env={"RELAY_TEST_KEY": "k"})
     messages = [{"role": "system", "content": "p" * 150_000}, {"role": "user", "content": "hi"}]
-    body = json.dumps({"model": "simulated", "messages": messages}).encode()
+    body = json.dumps({"model": "t-slow", "messages": messages}).encode()
     head = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
     client = raw_request(server, head + body[:-100_000])
+    # on purpose: time for the server to read the first part (nothing outside shows it has)
     time.sleep(0.3)
     client.sendall(body[-100_000:])  # the last 100 KB at once: uvicorn pauses reading after it
-    time.sleep(1.0)
+    deadline = time.monotonic() + 10
+    while not upstream.requests("t-slow") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (seen,) = upstream.requests("t-slow")  # the body is read and the relay is running
     client.close()
-    deadline = time.monotonic() + 8  # the answer would take about 10 s
+    left = time.monotonic()
+    while seen.closed is None and time.monotonic() < left + 8:  # the answer never ends by itself
+        time.sleep(0.02)
+    assert seen.closed is not None, "the upstream request was still open 8 s after the client left"
+    assert seen.closed - left < 1.0, (
+        f"the upstream was closed {seen.closed - left:.2f}s after the client left"
+    )
+    deadline = time.monotonic() + 5
     while "relay cancelled" not in server.output() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "relay cancelled" in server.output(), server.output()[-2000:]

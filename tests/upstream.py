@@ -391,6 +391,20 @@ class Scenario:
             return
         await self.answer()
 
+    async def s_unauthorized_a(self, n: int) -> None:
+        """401 from provider a (its key is refused), an answer from b."""
+        if self.provider == "a":
+            await self.error(401, "invalid api key", "authentication_error")
+            return
+        await self.answer()
+
+    async def s_forbidden_a(self, n: int) -> None:
+        """403 from provider a (its key may not use the model), an answer from b."""
+        if self.provider == "a":
+            await self.error(403, "this key may not use the model", "permission_error")
+            return
+        await self.answer()
+
     async def s_bad_request(self, n: int) -> None:
         await self.error(400, "temperature is out of range", "invalid_request_error")
 
