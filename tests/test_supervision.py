@@ -112,8 +112,8 @@ def test_backoff_doubles_up_to_its_cap_and_a_stable_run_starts_it_again():
     import asyncio
 
     from dashboard import Event, Feed
-    from dashboard.broker.memory import MemoryBroker
     from dashboard.backoff import Backoff
+    from dashboard.broker.memory import MemoryBroker
     from dashboard.supervisor import Supervisor
 
     ceilings = [Backoff(0.1, 1.0).delay(attempt) for attempt in range(1, 8) for _ in range(200)]
