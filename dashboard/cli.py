@@ -111,13 +111,14 @@ async def _spend_today(config: Config) -> dict:
     running server holds it, from its spend topic."""
     from dashboard.broker import from_url
     from dashboard.relay.keys import spend_report
+    from dashboard.relay.ledger import Ledger
 
     if config.broker.url.startswith("memory:"):
         return await _spend_from_server(config)
     broker = from_url(config.broker.url, prefix=config.broker.prefix)
     await broker.connect()
     try:
-        return spend_report(await broker.spend(), None, None)
+        return spend_report(await Ledger(broker).spend(), None, None)
     finally:
         await broker.disconnect()
 
