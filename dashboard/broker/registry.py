@@ -7,7 +7,7 @@ import importlib
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
-from dashboard.broker.contract import Broker
+from dashboard.broker.contract import Broker, missing_parts
 from dashboard.errors import BrokerConfigError
 
 ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
@@ -26,7 +26,8 @@ def backends() -> dict[str, str]:
 
 
 def backend(scheme: str) -> type[Broker]:
-    """The broker class serving URLs of `scheme`; BrokerConfigError when none is installed."""
+    """The broker class serving URLs of `scheme`; BrokerConfigError when none is installed, or when
+    the one installed lacks part of the contract (so the server does not start with it)."""
     target = backends().get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in backends())
@@ -36,6 +37,13 @@ def backend(scheme: str) -> type[Broker]:
     cls = getattr(importlib.import_module(module_name), attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Broker)):
         raise BrokerConfigError(f"broker {scheme!r}: {target} is not a dashboard.broker.Broker subclass")
+    missing = missing_parts(cls)
+    if missing:
+        shared = "is shared (shared = True) but " if cls.shared else ""
+        raise BrokerConfigError(
+            f"broker {scheme}:// ({target}) {shared}does not implement {'; '.join(missing)} "
+            "(see the contract in dashboard/broker/contract.py)"
+        )
     return cls
 
 
