@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from fnmatch import fnmatchcase
-from urllib.parse import urlsplit
 
 from dashboard import __version__
 from dashboard import broker as brokers
@@ -107,17 +106,17 @@ def describe_key(name: str, spent: dict, key: APIKey | None) -> str:
 
 
 async def _spend_today(config: Config) -> dict:
-    """Today's spend report: from a shared (Redis) broker directly; with memory://, where only the
-    running server holds it, from its spend topic."""
-    from dashboard.broker import from_url
+    """Today's spend report: from a shared (Redis) broker directly; with one that is not shared
+    (memory://), where only the running server holds it, from its spend topic."""
     from dashboard.relay.keys import spend_report
+    from dashboard.relay.ledger import Ledger
 
-    if config.broker.url.startswith("memory:"):
+    if not brokers.is_shared(config.broker.url):
         return await _spend_from_server(config)
-    broker = from_url(config.broker.url, prefix=config.broker.prefix)
+    broker = brokers.from_url(config.broker.url, prefix=config.broker.prefix)
     await broker.connect()
     try:
-        return spend_report(await broker.spend(), None, None)
+        return spend_report(await Ledger(broker).spend(), None, None)
     finally:
         await broker.disconnect()
 
@@ -129,8 +128,10 @@ async def _spend_from_server(config: Config) -> dict:
 
     topics = [name for name, topic in config.topics.items() if topic.feed == "spend"]
     if not topics:
+        scheme = config.broker.url.partition(":")[0]
         raise ValueError(
-            "broker.url is memory://, so the running server holds the spend; add a topic with feed: spend"
+            f"broker.url {scheme}:// is not shared, so the running server holds the spend; "
+            "add a topic with feed: spend"
         )
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{host}:{config.server.port}/sse/{topics[0]}?replay=1"
@@ -261,7 +262,7 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    if not brokers.backend(urlsplit(config.broker.url).scheme).shared:
+    if not brokers.is_shared(config.broker.url):
         print(
             f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
             "would keep its own events, so a browser would see only the events of the process it "

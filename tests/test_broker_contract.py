@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from dashboard.broker import Broker, Limits, Refusal, Reservation, Subscription, fence, from_url
+from dashboard.broker import Broker, Subscription, fence, from_url, missing_parts
 from dashboard.errors import LeadershipLost, UnknownTopic
 from dashboard.events import Event
+from dashboard.relay.ledger import Ledger, Limits, Refusal, Reservation
 from dashboard.web.sink import StreamSink
 from tests.support import REDIS_URL
 
@@ -70,6 +71,11 @@ async def nothing_more(sub: Subscription, wait: float = 0.3) -> None:
     except TimeoutError:
         return
     raise AssertionError(f"unexpected frames: {chunk!r}")
+
+
+def test_the_backend_implements_every_part_of_the_contract(make_broker):
+    """What the registry checks before a server starts with it: nothing is missing."""
+    assert missing_parts(type(make_broker())) == []
 
 
 def test_ids_grow_across_topics_and_history_keeps_what_publish_returned(make_broker):
@@ -303,15 +309,16 @@ def test_resume_after_evicted_events_says_they_were_lost(make_broker):
 def test_requests_over_the_rpm_are_refused_with_the_seconds_until_one_leaves_the_window(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
+            ledger = Ledger(broker)
             limits = Limits(rpm=2)
-            first = await broker.reserve("team", "m", limits, 10, 0)
-            second = await broker.reserve("team", "m", limits, 10, 0)
+            first = await ledger.reserve("team", "m", limits, 10, 0)
+            second = await ledger.reserve("team", "m", limits, 10, 0)
             assert isinstance(first, Reservation) and isinstance(second, Reservation), (first, second)
-            third = await broker.reserve("team", "m", limits, 10, 0)
+            third = await ledger.reserve("team", "m", limits, 10, 0)
             assert isinstance(third, Refusal) and third.reason == "rpm", third
             assert 1 <= third.retry_after <= 60, third
             # the window is per account
-            assert isinstance(await broker.reserve("other", "m", limits, 10, 0), Reservation)
+            assert isinstance(await ledger.reserve("other", "m", limits, 10, 0), Reservation)
 
     asyncio.run(scenario())
 
@@ -337,14 +344,15 @@ def test_multiplexed_resume_reports_the_topic_that_lost_events(make_broker):
 def test_tokens_reserved_count_against_the_tpm_until_settled_with_real_usage(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
+            ledger = Ledger(broker)
             limits = Limits(tpm=150)
-            first = await broker.reserve("team", "m", limits, 100, 0)
+            first = await ledger.reserve("team", "m", limits, 100, 0)
             assert isinstance(first, Reservation), first
-            refused = await broker.reserve("team", "m", limits, 100, 0)
+            refused = await ledger.reserve("team", "m", limits, 100, 0)
             assert isinstance(refused, Refusal) and refused.reason == "tpm", refused
-            await broker.settle(first, 20, 10, 0)  # used 30 of the 100 reserved
-            assert isinstance(await broker.reserve("team", "m", limits, 100, 0), Reservation)
-            assert isinstance(await broker.reserve("team", "m", limits, 21, 0), Refusal)
+            await ledger.settle(first, 20, 10, 0)  # used 30 of the 100 reserved
+            assert isinstance(await ledger.reserve("team", "m", limits, 100, 0), Reservation)
+            assert isinstance(await ledger.reserve("team", "m", limits, 21, 0), Refusal)
 
     asyncio.run(scenario())
 
@@ -378,14 +386,15 @@ def test_resume_from_an_id_this_broker_never_gave_replays_history_and_says_so(ma
 def test_the_budget_counts_what_is_spent_and_what_admitted_requests_hold(make_broker):
     async def scenario():
         async with connected(make_broker) as broker:
+            ledger = Ledger(broker)
             limits = Limits(daily_nusd=100)
-            a = await broker.reserve("team", "gpt", limits, 1, 40)
-            b = await broker.reserve("team", "gpt", limits, 1, 40)
+            a = await ledger.reserve("team", "gpt", limits, 1, 40)
+            b = await ledger.reserve("team", "gpt", limits, 1, 40)
             assert isinstance(a, Reservation) and isinstance(b, Reservation)
-            held = await broker.reserve("team", "gpt", limits, 1, 40)
+            held = await ledger.reserve("team", "gpt", limits, 1, 40)
             # refused while 80 is held; may fit once those settle: try again in a second
             assert held == Refusal("budget", 1), held
-            spend = await broker.settle(a, 3, 2, 10)
+            spend = await ledger.settle(a, 3, 2, 10)
             assert spend["keys"]["team"] == {
                 "requests": 1,
                 "prompt_tokens": 3,
@@ -394,14 +403,14 @@ def test_the_budget_counts_what_is_spent_and_what_admitted_requests_hold(make_br
                 "reserved": 40,
             }, spend
             assert spend["models"]["gpt"]["nusd"] == 10, spend
-            await broker.settle(b, 3, 2, 10)
-            c = await broker.reserve("team", "gpt", limits, 1, 80)
+            await ledger.settle(b, 3, 2, 10)
+            c = await ledger.reserve("team", "gpt", limits, 1, 80)
             assert isinstance(c, Reservation), c  # 20 spent + 80 fits in 100
-            await broker.settle(c, 3, 2, 75)
-            spent = await broker.reserve("team", "gpt", limits, 1, 10)
+            await ledger.settle(c, 3, 2, 75)
+            spent = await ledger.reserve("team", "gpt", limits, 1, 10)
             # 95 spent, nothing held: no room before the UTC day ends
             assert isinstance(spent, Refusal) and spent.reason == "budget" and spent.retry_after > 1, spent
-            today = await broker.spend()
+            today = await ledger.spend()
             assert today["keys"]["team"]["nusd"] == 95 and today["keys"]["team"]["reserved"] == 0, today
 
     asyncio.run(scenario())
@@ -412,11 +421,37 @@ def test_concurrent_reservations_never_hold_more_than_the_budget(make_broker):
         async with connected(make_broker) as one, connected(make_broker) as two:
             limits = Limits(daily_nusd=100)
             shared = one.shared
-            brokers = [one, two] if shared else [one]  # two memory brokers share nothing
+            # two memory brokers share nothing: each process keeps its own ledger
+            ledgers = [Ledger(one), Ledger(two)] if shared else [Ledger(one)]
             results = await asyncio.gather(
-                *(brokers[i % len(brokers)].reserve("team", "m", limits, 1, 30) for i in range(20))
+                *(ledgers[i % len(ledgers)].reserve("team", "m", limits, 1, 30) for i in range(20))
             )
             admitted = [r for r in results if isinstance(r, Reservation)]
             assert len(admitted) == 3, results
+
+    asyncio.run(scenario())
+
+
+def test_the_ledger_is_one_for_every_instance_sharing_the_broker(make_broker):
+    """A shared backend keeps the ledger's counters (its ledger primitive), so what one instance
+    settles, another reads; a process-local one keeps each process's own."""
+
+    async def scenario():
+        async with connected(make_broker) as one, connected(make_broker) as two:
+            ledger = Ledger(one)
+            res = await ledger.reserve("team", "gpt", Limits(daily_nusd=100), 10, 50)
+            assert isinstance(res, Reservation), res
+            await ledger.settle(res, 3, 2, 20)
+            seen = (await Ledger(two).spend())["keys"].get("team")
+            if one.shared:
+                assert seen == {
+                    "requests": 1,
+                    "prompt_tokens": 3,
+                    "completion_tokens": 2,
+                    "nusd": 20,
+                    "reserved": 0,
+                }, seen
+            else:
+                assert seen is None, seen
 
     asyncio.run(scenario())

@@ -49,14 +49,19 @@ def test_the_view_example_is_the_json_view_as_shipped():
     assert block("javascript") == (VIEWS_DIR / "json.js").read_text()
 
 
-def register(tmp_path, module: str, group: str) -> None:
-    """Install the example `module` from the doc as a package would: its file and its entry point."""
-    (tmp_path / f"{module}.py").write_text(block("python", f"# {module}.py"))
+def install(tmp_path, module: str, source: str, group: str, entry: str) -> None:
+    """Install `module` as a package would: its file, and `entry` ("name = module:attr") in `group`."""
+    (tmp_path / f"{module}.py").write_text(source)
     dist = tmp_path / f"{module}-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
-    entry = block("toml", f'[project.entry-points."{group}"]').splitlines()[1].replace('"', "")
     (dist / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+
+
+def register(tmp_path, module: str, group: str) -> None:
+    """Install the example `module` from the doc as a package would: its file and its entry point."""
+    entry = block("toml", f'[project.entry-points."{group}"]').splitlines()[1].replace('"', "")
+    install(tmp_path, module, block("python", f"# {module}.py"), group, entry)
 
 
 def test_the_broker_example_is_chosen_by_its_scheme_once_registered(tmp_path, monkeypatch):
@@ -96,6 +101,47 @@ def test_the_broker_example_passes_the_contract_suite_as_the_doc_runs_it(tmp_pat
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", run.stdout).group(1))
     assert passed >= 10, run.stdout[-2000:]  # `-k counting` selects only the example's runs
+
+
+HALF_SHARED = '''
+from dashboard.broker.memory import MemoryBroker
+
+
+class HalfSharedBroker(MemoryBroker):
+    """Says its events reach every process, but keeps leases, claims and the ledger in one."""
+
+    shared = True
+'''
+
+
+def test_a_shared_backend_lacking_part_of_the_contract_stops_the_server_at_start(tmp_path):
+    """A shared backend that would let each process lead, claim and count api keys' limits on its
+    own is refused before anything runs, with what it lacks named."""
+    install(
+        tmp_path, "half_shared", HALF_SHARED, "dashboard.brokers", "halfshared = half_shared:HalfSharedBroker"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text('broker: {url: "halfshared://"}\ntopics: {a: {feed: demo}}\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    for command in (["serve", "--port", "0"], ["check"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "dashboard", *command, "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode != 0 and "serving on" not in output, output
+        assert "halfshared://" in output and "is shared" in output, output
+        for lacking in (
+            "leases (acquire_lease(), release_lease())",
+            "claims (claim(), unclaim())",
+            "presence (share_presence(), presence_updates())",
+            "the ledger primitive (ledger_reserve(), ledger_settle(), ledger_day())",
+        ):
+            assert lacking in output, output
 
 
 def test_the_dialect_example_serves_a_provider_of_its_type(serve, upstream, tmp_path):

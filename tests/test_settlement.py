@@ -79,7 +79,7 @@ async def _relay_once(monkeypatch, step: str, stream: bool) -> int:
     account = keys.by_token("tok-settle-0123456789")
     assert isinstance(account, Account)
     ticket = await keys.admit(account, {**BODY, "stream": stream})
-    assert (await broker.spend())["keys"]["k"]["reserved"] > 0, "the request holds part of the budget"
+    assert (await keys.ledger.spend())["keys"]["k"]["reserved"] > 0, "the request holds part of the budget"
 
     def boom(*args, **kwargs):
         raise Boom(step)
@@ -115,7 +115,7 @@ async def _relay_once(monkeypatch, step: str, stream: bool) -> int:
     with pytest.raises((Boom, OSError, asyncio.CancelledError)) if step != "none" else _nothing():
         await task
     await relay.aclose()
-    return (await broker.spend())["keys"]["k"]["reserved"]
+    return (await keys.ledger.spend())["keys"]["k"]["reserved"]
 
 
 class _nothing:

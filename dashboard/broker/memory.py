@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dashboard.broker import Broker, check_requested_id
+from dashboard.broker.contract import Broker, check_requested_id
 from dashboard.events import Event, Message, encode_data, event_type
 
 

@@ -1,8 +1,8 @@
 """Named api keys: who a completion is charged to, and the limits and budget it is admitted under.
 
-`admit()` reserves a request's estimated tokens and cost in the broker, atomically and shared by
-every instance, or refuses it (403: a model the key may not use; 429: a limit, with Retry-After);
-`settle()` replaces the reservation with what the request used (the provider's usage, else an
+`admit()` reserves a request's estimated tokens and cost in the ledger (ledger.py), atomically and
+shared by every instance, or refuses it (403: a model the key may not use; 429: a limit, with
+Retry-After); `settle()` replaces the reservation with what the request used (the provider's usage, else an
 estimate from the text relayed), counts it in the metrics and publishes the day's spend to the
 `spend` feeds. Plain `auth.api_tokens` and an open relay are charged to an account with no limits.
 """
@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from dashboard.broker import DAY, NANO, Broker, Limits, Refusal, Reservation
+from dashboard.broker import Broker
 from dashboard.errors import BrokerUnavailable, HTTPError
 from dashboard.events import Event
+from dashboard.relay.ledger import DAY, NANO, Ledger, Limits, Refusal, Reservation
 from dashboard.relay.metrics import Measure
 from dashboard.security import token_in
 from dashboard.tasks import finish_shielded
@@ -86,7 +87,7 @@ class Keys:
     """The configured keys of one server and the accounting of their requests."""
 
     def __init__(self, config: Config, broker: Broker, relay: Relay) -> None:
-        self.broker = broker
+        self.ledger = Ledger(broker)
         self.relay = relay
         self.keys = {key.name: key for key in config.auth.api_keys}
         self._tokens = [(key.token.get_secret_value(), key.name) for key in config.auth.api_keys]
@@ -128,7 +129,7 @@ class Keys:
             return Ticket(Reservation(account.name, label, 0, 0, second, second // DAY), prompt)
         nusd = math.ceil(cost * NANO)
         try:
-            result = await self.broker.reserve(account.name, label, account.limits, prompt + completion, nusd)
+            result = await self.ledger.reserve(account.name, label, account.limits, prompt + completion, nusd)
         except BrokerUnavailable as exc:
             raise HTTPError(
                 503,
@@ -158,7 +159,7 @@ class Keys:
         cancelled: asyncio.CancelledError | None = None
         try:
             # Shielded: a request cancelled now (its client left, the server stops) still settles.
-            spend = await finish_shielded(self.broker.settle(res, prompt, completion, round(cost * NANO)))
+            spend = await finish_shielded(self.ledger.settle(res, prompt, completion, round(cost * NANO)))
         except asyncio.CancelledError as exc:
             if exc.__cause__ is not None:
                 log.warning("key %r: cannot settle a request's spend: %s", res.account, exc.__cause__)
@@ -189,7 +190,7 @@ class Keys:
 
     async def today(self) -> dict[str, Any]:
         """The day's spend as the spend feed publishes it."""
-        return spend_report(await self.broker.spend(), None, None)
+        return spend_report(await self.ledger.spend(), None, None)
 
 
 def estimate_tokens(text: str | int) -> int:

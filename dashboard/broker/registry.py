@@ -1,0 +1,61 @@
+"""Which backend serves a broker URL: by its scheme, among the built-in ones and those packages
+register under the entry-point group `dashboard.brokers`."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from urllib.parse import urlsplit
+
+from dashboard.broker.contract import Broker, missing_parts
+from dashboard.errors import BrokerConfigError
+
+ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
+BUILT_IN = {
+    "memory": "dashboard.broker.memory:MemoryBroker",
+    "redis": "dashboard.broker.redis:RedisBroker",
+    "rediss": "dashboard.broker.redis:RedisBroker",
+}
+
+
+def backends() -> dict[str, str]:
+    """Every installed backend, as URL scheme -> "module:Class": the built-in ones and those that
+    packages register under the entry-point group `dashboard.brokers` (named by their scheme)."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILT_IN}
+
+
+def backend(scheme: str) -> type[Broker]:
+    """The broker class serving URLs of `scheme`; BrokerConfigError when none is installed, or when
+    the one installed lacks part of the contract (so the server does not start with it)."""
+    target = backends().get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in backends())
+        named = f"scheme {scheme}://" if scheme else "URL without a scheme"
+        raise BrokerConfigError(f"no broker serves the {named}: use {known}")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Broker)):
+        raise BrokerConfigError(f"broker {scheme!r}: {target} is not a dashboard.broker.Broker subclass")
+    missing = missing_parts(cls)
+    if missing:
+        shared = "is shared (shared = True) but " if cls.shared else ""
+        raise BrokerConfigError(
+            f"broker {scheme}:// ({target}) {shared}does not implement {'; '.join(missing)} "
+            "(see the contract in dashboard/broker/contract.py)"
+        )
+    return cls
+
+
+def is_shared(url: str) -> bool:
+    """Whether processes using `url` share events, leases and the ledger (its backend's `shared`)."""
+    return backend(urlsplit(url).scheme).shared
+
+
+def from_url(url: str, *, history: int = 1000, prefix: str = "dashboard", lease_ttl: float = 5.0) -> Broker:
+    """The broker for `url`, by its scheme: `memory://`, `redis://host:port/db` (`rediss://` for
+    TLS), or a backend a package registered under `dashboard.brokers`.
+
+    `prefix` and `lease_ttl` concern shared brokers: the first part of their key names, and how
+    long a feed's lease outlives an instance that stopped renewing it."""
+    return backend(urlsplit(url).scheme).from_url(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
