@@ -22,11 +22,9 @@ from dashboard.broker.contract import (
 )
 from dashboard.broker.fanout import RATE_WINDOW, Fanout, Sink, Subscription, TopicState
 from dashboard.broker.leases import Lease, fence
-from dashboard.broker.registry import BUILT_IN, ENTRY_POINT_GROUP, backend, backends, from_url, is_shared
+from dashboard.broker.registry import backend, backends, from_url, is_shared
 
 __all__ = [
-    "BUILT_IN",
-    "ENTRY_POINT_GROUP",
     "MAX_CLAIMS",
     "RATE_WINDOW",
     "SHARED_PARTS",

@@ -3,26 +3,17 @@ register under the entry-point group `dashboard.brokers`."""
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
 from dashboard.broker.contract import Broker, missing_parts
 from dashboard.errors import BrokerConfigError
-
-ENTRY_POINT_GROUP = "dashboard.brokers"  # where packages register more backends, by URL scheme
-BUILT_IN = {
-    "memory": "dashboard.broker.memory:MemoryBroker",
-    "redis": "dashboard.broker.redis:RedisBroker",
-    "rediss": "dashboard.broker.redis:RedisBroker",
-}
+from dashboard.plugins import BROKERS
 
 
 def backends() -> dict[str, str]:
     """Every installed backend, as URL scheme -> "module:Class": the built-in ones and those that
     packages register under the entry-point group `dashboard.brokers` (named by their scheme)."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return {**found, **BUILT_IN}
+    return {name: plugin.target for name, plugin in BROKERS.plugins().items()}
 
 
 def backend(scheme: str) -> type[Broker]:
@@ -33,10 +24,10 @@ def backend(scheme: str) -> type[Broker]:
         known = ", ".join(f"{s}://" for s in backends())
         named = f"scheme {scheme}://" if scheme else "URL without a scheme"
         raise BrokerConfigError(f"no broker serves the {named}: use {known}")
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Broker)):
-        raise BrokerConfigError(f"broker {scheme!r}: {target} is not a dashboard.broker.Broker subclass")
+    try:
+        cls = BROKERS.load_target(target)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise BrokerConfigError(f"broker {scheme!r}: {target} does not load: {exc}") from None
     missing = missing_parts(cls)
     if missing:
         shared = "is shared (shared = True) but " if cls.shared else ""
