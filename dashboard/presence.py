@@ -29,7 +29,7 @@ class Presence:
         self.instance = uuid.uuid4().hex
         self.remote: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (expires, counts)
         self.changed = asyncio.Event()
-        broker.on_watchers_changed = self.changed.set
+        broker.when_watchers_change(self.changed.set)
 
     def local(self) -> dict[str, int]:
         topics = self.broker.topics.items()

@@ -157,7 +157,7 @@ class Fanout:
         self.default_history = history
         self.topics: dict[str, TopicState] = {}
         #: called when a topic gains or loses a local subscriber (presence counts them)
-        self.on_watchers_changed: Callable[[], None] = lambda: None
+        self._on_watchers_changed: list[Callable[[], None]] = []  # see when_watchers_change()
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         raise NotImplementedError  # the backend's: see Broker.read_history
@@ -198,6 +198,10 @@ class Fanout:
         for listener in state.listeners:
             listener(message)
 
+    def when_watchers_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever a topic gains or loses a local subscriber (presence counts them)."""
+        self._on_watchers_changed.append(callback)
+
     def listen(self, topic: str, listener: Callable[[Message], None]) -> None:
         """Call `listener` with every message of `topic` this process delivers (alert rules)."""
         self.topic(topic).listeners.append(listener)
@@ -225,7 +229,8 @@ class Fanout:
         # subscription holds live messages until the backlog is queued, and drops duplicates by id.
         for state in states:
             state.subscribers.add(sub)
-        self.on_watchers_changed()
+        for callback in self._on_watchers_changed:
+            callback()
         backlog: list[Message] = []
         floors: dict[str, int] = {}  # per topic: the newest id left out of a limited replay
         gaps: list[Message] = []
@@ -285,7 +290,8 @@ class Fanout:
             state = self.topics.get(name)
             if state is not None:
                 state.subscribers.discard(sub)
-        self.on_watchers_changed()
+        for callback in self._on_watchers_changed:
+            callback()
 
     def close_subscriptions(self) -> None:
         """End every open stream (server shutdown)."""
