@@ -2,6 +2,7 @@
 
 from dashboard.relay import Chunk, Measure, Relay, RelayError, UpstreamStream
 from dashboard.relay.keys import NO_KEY, PAGE, Account, Keys, Ticket
+from dashboard.relay.metrics import ttft_totals
 from dashboard.relay.routing import serving
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "Ticket",
     "UpstreamStream",
     "serving",
+    "ttft_totals",
 ]

@@ -1,7 +1,7 @@
 """The server watching itself: subscribers, event rates, drops, feed restarts and AI time to first token.
 
-Reads the running server through `self.context.topics()` (each topic's counters in this process);
-rates are the change of those counters over the last interval.
+Reads the running server through `self.context.topics()` (each topic's counters in this process)
+and `dashboard.ai.ttft_totals()`; rates are the change of those counters over the last interval.
 """
 
 from __future__ import annotations
@@ -11,23 +11,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from prometheus_client import REGISTRY
 from pydantic import Field
 
 from dashboard import Event, Feed
-
-TTFT_HISTOGRAM = "dashboard_ai_time_to_first_token_seconds"
-
-
-def ttft_totals() -> tuple[float, float] | None:
-    """(sum of seconds, count) of the AI time-to-first-token histogram over all its labels, or None
-    when nothing in this process registered it."""
-    for family in REGISTRY.collect():
-        if family.name == TTFT_HISTOGRAM:
-            total = sum(s.value for s in family.samples if s.name == f"{TTFT_HISTOGRAM}_sum")
-            count = sum(s.value for s in family.samples if s.name == f"{TTFT_HISTOGRAM}_count")
-            return total, count
-    return None
+from dashboard.ai import ttft_totals
 
 
 class Server(Feed):

@@ -14,6 +14,21 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["provider", "model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+
+
+def ttft_totals() -> tuple[float, float]:
+    """(sum of seconds, count) of the time to first token over every model and provider in this
+    process."""
+    total = count = 0.0
+    for family in TIME_TO_FIRST_TOKEN.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+    return total, count
+
+
 RELAY_OVERHEAD = Histogram(
     "dashboard_ai_relay_overhead_seconds",
     "Latency the relay itself adds before the first token (not waiting on the provider).",
