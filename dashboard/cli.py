@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 
 from dashboard import __version__
 from dashboard import broker as brokers
+from dashboard.auth import Access
+from dashboard.auth.exposure import describe as describe_access
+from dashboard.auth.exposure import network_problems
+from dashboard.auth.ttl import parse_ttl
 from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
-from dashboard.web.access import Access, network_problems, parse_ttl
-from dashboard.web.access import describe as describe_access
 
 log = logging.getLogger("dashboard")
 
@@ -160,6 +162,7 @@ WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
 
 def banner(config: Config, bound: tuple, first: str) -> None:
     """The startup lines: the URL, the config, the topics, what is open to whom, and the limits."""
+    from dashboard.web.gate import allowed_hosts
     from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT
 
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -167,7 +170,7 @@ def banner(config: Config, bound: tuple, first: str) -> None:
     print(first, flush=True)
     for name, topic in config.topics.items():
         print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
-    for line in describe_access(config):
+    for line in describe_access(config, allowed_hosts(config)):
         print(f"  access: {line}", flush=True)
     server = config.server
     print(

@@ -11,12 +11,12 @@ from dashboard.events import Event, Message
 from dashboard.tasks import TaskGroup
 
 if TYPE_CHECKING:
+    from dashboard.auth import Access
     from dashboard.broker import Broker
     from dashboard.config import Config
     from dashboard.relay import Relay
     from dashboard.relay.keys import Keys
     from dashboard.supervisor import Supervisor
-    from dashboard.web.access import Access
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from starlette.requests import Request
 
+from dashboard.auth import Access
 from dashboard.config import parse_config
 from dashboard.errors import BrokerError
-from dashboard.web.access import Access
 from dashboard.web.app import Runtime
 from dashboard.web.sse import open_stream
 from tests.support import open_streams, raise_open_files_limit, read_events, run_async, sse_stream

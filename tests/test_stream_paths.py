@@ -11,10 +11,10 @@ from starlette.routing import Route
 from dashboard.broker.memory import MemoryBroker
 from dashboard.config import parse_config
 from dashboard.events import Event
-from dashboard.web.access import HostCheck
 from dashboard.web.app import DashboardApp, Runtime
 from dashboard.web.direct import direct_writer
 from dashboard.web.errors import EXCEPTION_HANDLERS
+from dashboard.web.gate import HostCheck
 from dashboard.web.sink import KEEPALIVE, StreamSink
 from dashboard.web.sse import Admission, EventStream, Heartbeat
 from dashboard.web.telemetry import Telemetry

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from dashboard.auth.credentials import bearer_token
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Dialect, Renderer
 from dashboard.relay.dialects.openai import dumps
@@ -20,9 +21,9 @@ from dashboard.relay.keys import NO_KEY, Account, Keys, Ticket
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.upstream import Relay, UpstreamStream, list_models
 from dashboard.security import token_in
-from dashboard.web.access import cross_site
+from dashboard.web.cors import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, on_hangup
-from dashboard.web.errors import HTTPError, bearer_token, media_type, read_json
+from dashboard.web.errors import HTTPError, media_type, read_json
 from dashboard.web.sse import SSE_HEADERS
 
 log = logging.getLogger("dashboard.relay")

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from dashboard import broker as brokers
 from dashboard.alerts import Alerts
+from dashboard.auth import Access
 from dashboard.backoff import Backoff
 from dashboard.config import Config
 from dashboard.context import FeedContext
@@ -32,8 +33,10 @@ from dashboard.relay.keys import Keys
 from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, direct, pages, publish, sse
-from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
+from dashboard.web.cors import ReadsCORS
 from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
+from dashboard.web.gate import HostCheck, allowed_hosts
+from dashboard.web.logfilter import HIDE_TOKENS
 from dashboard.web.telemetry import UNMATCHED, RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")

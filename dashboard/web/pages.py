@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from dashboard.auth.prompts import SESSION_COOKIE, new_session
+from dashboard.auth.viewers import VIEWER_COOKIE, Viewer
 from dashboard.events import ALERT_EVENT, GAP_EVENT, STATUS_EVENT
 from dashboard.views import FALLBACK, VIEWS
-from dashboard.web.access import SESSION_COOKIE, VIEWER_COOKIE, Viewer, new_session
 from dashboard.web.errors import HTTPError
 
 

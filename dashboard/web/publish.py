@@ -9,9 +9,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from dashboard.auth.credentials import require_bearer
 from dashboard.errors import InvalidEvent, UnknownTopic
 from dashboard.events import encode_data, event_type
-from dashboard.web.errors import HTTPError, read_json, require_bearer, require_json_type
+from dashboard.web.errors import HTTPError, read_json, require_json_type
 
 
 def describe_invalid(exc: ValueError) -> str:
