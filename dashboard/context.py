@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from dashboard.config import Config
     from dashboard.relay import Relay
     from dashboard.relay.keys import Keys
+    from dashboard.relay.lifecycle import Completions
     from dashboard.supervisor import Supervisor
 
 
@@ -39,7 +40,9 @@ class FeedContext:
     - `claim(key, ttl)` / `unclaim(key)`: deduplicate across instances sharing the broker
     - `relay`: the AI relay (`dashboard.ai`): `await relay.open_stream(body, Measure(model=...))`
     - `access`: viewer access for the feed's routes: `access.require(request, [topic])`
-    - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `admit`/`settle` a completion, `today()`
+    - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `by_token`, `for_name`, `today()`
+    - `completions`: one completion's whole life (`dashboard.ai.Completions`): `admit(account, body,
+      measure)`, then `async with completion:` settles, measures and logs it however it ends
     - `tasks`: a task group for work the feed's routes start; cancelled when the server stops
     - `topics()`: every topic's counters in this process
     """
@@ -54,6 +57,7 @@ class FeedContext:
         relay: Relay,
         access: Access,
         keys: Keys,
+        completions: Completions,
         supervisor: Supervisor,
     ) -> None:
         self.topic = topic
@@ -62,6 +66,7 @@ class FeedContext:
         self.relay = relay
         self.access = access
         self.keys = keys
+        self.completions = completions
         self.tasks = TaskGroup()
         self._broker = broker
         self._supervisor = supervisor

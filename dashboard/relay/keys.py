@@ -153,8 +153,8 @@ class Keys:
             prompt, completion = ticket.prompt_tokens, estimate_tokens(text_chars)
         else:
             prompt = completion = 0
-        provider = next((p for p in self.relay.providers if p.name == measure.provider), None)
-        cost = (provider.price(prompt, completion) if provider is not None else None) or 0.0
+        price = self.relay.price(measure.provider)
+        cost = (price(prompt, completion) if price is not None else None) or 0.0
         cancelled: asyncio.CancelledError | None = None
         try:
             # Shielded: a request cancelled now (its client left, the server stops) still settles.

@@ -28,8 +28,8 @@ from dashboard.events import Message as EventMessage
 from dashboard.feed import Feed
 from dashboard.presence import Presence
 from dashboard.relay import Relay
-from dashboard.relay import routes as relay_routes
 from dashboard.relay.keys import Keys
+from dashboard.relay.lifecycle import Completions
 from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import api, direct, pages, publish, sse
@@ -37,6 +37,7 @@ from dashboard.web.cors import ReadsCORS
 from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
 from dashboard.web.gate import HostCheck, allowed_hosts
 from dashboard.web.logfilter import HIDE_TOKENS
+from dashboard.web.relay import RelayRoutes
 from dashboard.web.telemetry import UNMATCHED, RequestMetrics, Telemetry
 
 log = logging.getLogger("dashboard")
@@ -65,6 +66,7 @@ class Runtime:
         self.stopping = False
         self.relay = Relay(config.ai)
         self.keys = Keys(config, self.broker, self.relay)
+        self.completions = Completions(self.relay, self.keys)
         self.access = Access(config)
         self.boards = config.boards()
         for name, topic in config.topics.items():
@@ -85,6 +87,7 @@ class Runtime:
             relay=self.relay,
             access=self.access,
             keys=self.keys,
+            completions=self.completions,
             supervisor=self.supervisor,
         )
 
@@ -205,6 +208,7 @@ class DashboardApp(Starlette):
 def create_app(config: Config) -> Starlette:
     runtime = Runtime(config)
     telemetry = Telemetry(runtime)
+    relay = RelayRoutes(runtime.access, runtime.completions, config.server.max_body)
     routes: list[BaseRoute] = [
         Route("/", pages.index),
         Route("/d/{name}", pages.board),
@@ -216,9 +220,9 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", api.healthz),
         Route("/publish/{topic}", publish.publish, methods=["POST"]),
         Route("/metrics", telemetry.endpoint),
-        Route("/v1/chat/completions", relay_routes.chat_completions, methods=["POST"]),
-        Route("/v1/messages", relay_routes.messages, methods=["POST"]),
-        Route("/v1/models", relay_routes.models),
+        Route("/v1/chat/completions", relay.chat_completions, methods=["POST"]),
+        Route("/v1/messages", relay.messages, methods=["POST"]),
+        Route("/v1/models", relay.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime),
     ]

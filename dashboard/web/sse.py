@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
 from dashboard.events import encode_retry
-from dashboard.web.direct import direct_writer, on_hangup
+from dashboard.web.direct import direct_writer, watch_hangup
 from dashboard.web.errors import HTTPError, parse_count
 from dashboard.web.sink import StreamSink
 
@@ -147,7 +147,7 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sink = self.sink
-        watcher = None if on_hangup(scope, self.hang_up) else asyncio.create_task(self._watch(receive))
+        watcher = watch_hangup(scope, receive, self.hang_up)
         self.heartbeat.sinks.add(sink)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -183,11 +183,6 @@ class EventStream:
         if self.sink.writer is not None:
             self.sink.writer = None
             self.admission.direct -= 1
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.hang_up()
 
 
 def last_event_id(request: Request) -> int | None:
