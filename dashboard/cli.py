@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from dashboard import __version__
@@ -21,6 +22,9 @@ from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
+
+if TYPE_CHECKING:
+    from dashboard.runtime import Runtime
 
 log = logging.getLogger("dashboard")
 
@@ -196,7 +200,7 @@ def bounded_connections(config: Config) -> dict:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from dashboard.web.app import create_app
+    from dashboard.runtime import Runtime
 
     quiet_client_log()
     config = _load(args.config)
@@ -218,12 +222,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return serve_workers(args, config, host, port)
     try:
-        app = create_app(config)
+        runtime = Runtime(config)
     except DashboardError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     uv_config = uvicorn.Config(
-        app,
+        runtime.app,
         host=host,
         port=port,
         log_level=args.log_level,
@@ -239,7 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.05)
-        _close_streams_on_exit(app.state.runtime)
+        _close_streams_on_exit(runtime)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
         banner(config, bound, f"config: {config.source}")
 
@@ -296,16 +300,16 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
 
 def worker_app():
     """The app of one `serve --workers N` process (a factory uvicorn calls in each worker)."""
-    from dashboard.web.app import create_app
+    from dashboard.runtime import Runtime
 
     config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
     config.server.host = os.environ.get(WORKER_HOST_ENV) or config.server.host
-    app = create_app(config)
-    _close_streams_on_exit(app.state.runtime)
-    return app
+    runtime = Runtime(config)
+    _close_streams_on_exit(runtime)
+    return runtime.app
 
 
-def _close_streams_on_exit(runtime) -> None:
+def _close_streams_on_exit(runtime: Runtime) -> None:
     """End open streams as soon as the server is told to stop (one process or a worker): uvicorn
     would otherwise wait for them until its graceful-shutdown timeout. Called while uvicorn's own
     signal handlers are installed, which it restores when it stops."""

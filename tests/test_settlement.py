@@ -16,8 +16,8 @@ from dashboard.relay import Relay
 from dashboard.relay.keys import Account, Keys
 from dashboard.relay.lifecycle import Completion, Completions
 from dashboard.relay.metrics import Measure
+from dashboard.runtime import Runtime
 from dashboard.web import relay as relay_routes
-from dashboard.web.app import Runtime
 from feeds.ai import Job
 from tests.support import run_async
 from tests.test_keys import HI, KEY, TEAM, keys_config, openai_sdk, spend_when, used
