@@ -38,8 +38,8 @@ class FeedContext:
     - `config`: the whole server configuration (read-only: limits such as `config.server.max_body`)
     - `publish(event)`: store an event on the feed's topic (what `Feed.publish` calls)
     - `claim(key, ttl)` / `unclaim(key)`: deduplicate across instances sharing the broker
-    - `relay`: the AI relay (`dashboard.ai`): `await relay.open_stream(body, Measure(model=...))`
-    - `access`: viewer access for the feed's routes: `access.require(request, [topic])`
+    - `relay`: the AI relay's providers (`dashboard.ai.Relay`); completions go through `completions`
+    - `access`: viewer access and api tokens for the feed's routes: `access.require(request, [topic])`
     - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `by_token`, `for_name`, `today()`
     - `completions`: one completion's whole life (`dashboard.ai.Completions`): `admit(account, body,
       measure)`, then `async with completion:` settles, measures and logs it however it ends

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -17,26 +18,17 @@ if TYPE_CHECKING:
     from dashboard.web.sse import Admission
 
 
+@dataclass(frozen=True)
 class API:
     """The JSON endpoints, bound to the parts of the server they report on."""
 
-    def __init__(
-        self,
-        access: Access,
-        config: Config,
-        broker: Broker,
-        supervisor: Supervisor,
-        presence: Presence,
-        alerts: Alerts,
-        admission: Admission,
-    ) -> None:
-        self.access = access
-        self.config = config
-        self.broker = broker
-        self.supervisor = supervisor
-        self.presence = presence
-        self.alert_rules = alerts
-        self.admission = admission
+    access: Access
+    config: Config
+    broker: Broker
+    supervisor: Supervisor
+    presence: Presence
+    alert_rules: Alerts
+    admission: Admission
 
     async def topics(self, request: Request) -> JSONResponse:
         """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""

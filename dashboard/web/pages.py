@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -53,23 +54,16 @@ def _shown_state(state: str) -> str:
     return {"idle": "ready", "starting": "waiting", "standby": "running"}.get(state, state)
 
 
+@dataclass(frozen=True)
 class Pages:
     """The pages, bound to what they show: the boards, the feeds' states, the alert rules, and the
     access rules that decide who sees which panel."""
 
-    def __init__(
-        self,
-        access: Access,
-        config: Config,
-        boards: dict[str, DashboardConfig],
-        supervisor: Supervisor,
-        alerts: Alerts,
-    ) -> None:
-        self.access = access
-        self.config = config
-        self.boards = boards
-        self.supervisor = supervisor
-        self.alerts = alerts
+    access: Access
+    config: Config
+    boards: dict[str, DashboardConfig]
+    supervisor: Supervisor
+    alerts: Alerts
 
     async def index(self, request: Request) -> Response:
         """GET /: the first board (the only one without `dashboards:`)."""
