@@ -9,15 +9,21 @@ import os
 import signal
 import sys
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from dashboard import __version__
 from dashboard import broker as brokers
+from dashboard.auth import Access
+from dashboard.auth.exposure import describe as describe_access
+from dashboard.auth.exposure import network_problems
+from dashboard.auth.ttl import parse_ttl
 from dashboard.config import APIKey, Config, load_config
 from dashboard.errors import ConfigError, DashboardError
 from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
-from dashboard.web.access import Access, network_problems, parse_ttl
-from dashboard.web.access import describe as describe_access
+
+if TYPE_CHECKING:
+    from dashboard.runtime import Runtime
 
 log = logging.getLogger("dashboard")
 
@@ -161,6 +167,7 @@ WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
 
 def banner(config: Config, bound: tuple, first: str) -> None:
     """The startup lines: the URL, the config, the topics, what is open to whom, and the limits."""
+    from dashboard.web.gate import allowed_hosts
     from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT
 
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -168,7 +175,7 @@ def banner(config: Config, bound: tuple, first: str) -> None:
     print(first, flush=True)
     for name, topic in config.topics.items():
         print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
-    for line in describe_access(config):
+    for line in describe_access(config, allowed_hosts(config)):
         print(f"  access: {line}", flush=True)
     server = config.server
     print(
@@ -194,7 +201,7 @@ def bounded_connections(config: Config) -> dict:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from dashboard.web.app import create_app
+    from dashboard.runtime import Runtime
 
     quiet_client_log()
     config = _load(args.config)
@@ -216,12 +223,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return serve_workers(args, config, host, port)
     try:
-        app = create_app(config)
+        runtime = Runtime(config)
     except DashboardError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     uv_config = uvicorn.Config(
-        app,
+        runtime.app,
         host=host,
         port=port,
         log_level=args.log_level,
@@ -237,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.05)
-        _close_streams_on_exit(app.state.runtime)
+        _close_streams_on_exit(runtime)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
         banner(config, bound, f"config: {config.source}")
 
@@ -294,16 +301,16 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
 
 def worker_app():
     """The app of one `serve --workers N` process (a factory uvicorn calls in each worker)."""
-    from dashboard.web.app import create_app
+    from dashboard.runtime import Runtime
 
     config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
     config.server.host = os.environ.get(WORKER_HOST_ENV) or config.server.host
-    app = create_app(config)
-    _close_streams_on_exit(app.state.runtime)
-    return app
+    runtime = Runtime(config)
+    _close_streams_on_exit(runtime)
+    return runtime.app
 
 
-def _close_streams_on_exit(runtime) -> None:
+def _close_streams_on_exit(runtime: Runtime) -> None:
     """End open streams as soon as the server is told to stop (one process or a worker): uvicorn
     would otherwise wait for them until its graceful-shutdown timeout. Called while uvicorn's own
     signal handlers are installed, which it restores when it stops."""

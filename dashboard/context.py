@@ -11,12 +11,13 @@ from dashboard.events import Event, Message
 from dashboard.tasks import TaskGroup
 
 if TYPE_CHECKING:
+    from dashboard.auth import Access
     from dashboard.broker import Broker
     from dashboard.config import Config
     from dashboard.relay import Relay
     from dashboard.relay.keys import Keys
+    from dashboard.relay.lifecycle import Completions
     from dashboard.supervisor import Supervisor
-    from dashboard.web.access import Access
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,11 @@ class FeedContext:
     - `config`: the whole server configuration (read-only: limits such as `config.server.max_body`)
     - `publish(event)`: store an event on the feed's topic (what `Feed.publish` calls)
     - `claim(key, ttl)` / `unclaim(key)`: deduplicate across instances sharing the broker
-    - `relay`: the AI relay (`dashboard.ai`): `await relay.open_stream(body, Measure(model=...))`
-    - `access`: viewer access for the feed's routes: `access.require(request, [topic])`
-    - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `admit`/`settle` a completion, `today()`
+    - `relay`: the AI relay's providers (`dashboard.ai.Relay`); completions go through `completions`
+    - `access`: viewer access and api tokens for the feed's routes: `access.require(request, [topic])`
+    - `keys`: AI api keys and spend (`dashboard.ai.Keys`): `by_token`, `for_name`, `today()`
+    - `completions`: one completion's whole life (`dashboard.ai.Completions`): `admit(account, body,
+      measure)`, then `async with completion:` settles, measures and logs it however it ends
     - `tasks`: a task group for work the feed's routes start; cancelled when the server stops
     - `topics()`: every topic's counters in this process
     """
@@ -54,6 +57,7 @@ class FeedContext:
         relay: Relay,
         access: Access,
         keys: Keys,
+        completions: Completions,
         supervisor: Supervisor,
     ) -> None:
         self.topic = topic
@@ -62,6 +66,7 @@ class FeedContext:
         self.relay = relay
         self.access = access
         self.keys = keys
+        self.completions = completions
         self.tasks = TaskGroup()
         self._broker = broker
         self._supervisor = supervisor

@@ -2,17 +2,16 @@
 limit and its media type, Bearer tokens, cross-site checks, webhook signatures, and HTTPError
 (answered as `{"error": {"code", "message"}}`)."""
 
+from dashboard.auth.credentials import bearer_token, require_bearer
 from dashboard.errors import HTTPError
 from dashboard.security import token_in
-from dashboard.web.access import cross_site
+from dashboard.web.cors import cross_site
 from dashboard.web.errors import (
-    bearer_token,
     media_type,
     parse_count,
     parse_json,
     read_body,
     read_json,
-    require_bearer,
     require_json_type,
 )
 from dashboard.web.publish import describe_invalid

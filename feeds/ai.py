@@ -11,7 +11,6 @@ the server's relay: the same providers, keys, retries and timeouts as `/v1/chat/
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import uuid
@@ -24,8 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import Event, Feed
-from dashboard.ai import NO_KEY, PAGE, Account, Measure, RelayError, Ticket, serving
-from dashboard.http import HTTPError, bearer_token, cross_site, read_json, require_bearer, token_in
+from dashboard.ai import PAGE, Account, Completion, Measure, RelayError, serving
+from dashboard.http import HTTPError, cross_site, read_json
 
 log = logging.getLogger("dashboard.feeds.ai")
 
@@ -145,11 +144,9 @@ class AI(Feed):
         except asyncio.QueueFull:
             return None
         if self._worker is None or self._worker.done():
-            # A fresh context: a worker first started by a scheduled prompt must not carry the
-            # leader's fence, or a lost lease would refuse the events of every later prompt.
-            self._worker = self.context.tasks.start(
-                self._work(), name=f"ai:{self.topic}:worker", context=contextvars.Context()
-            )
+            # A task of its own: what it publishes is not fenced by the topic's lease (the server
+            # fences only the feed's own task), so a prompt this instance took is its to finish.
+            self._worker = self.context.tasks.start(self._work(), name=f"ai:{self.topic}:worker")
         return job
 
     def _request(self, prompt: str) -> dict[str, Any]:
@@ -165,11 +162,8 @@ class AI(Feed):
         return body
 
     async def _complete(self, job: Job) -> None:
-        relay, keys = self.context.relay, self.context.keys
         measure = Measure(model=self.options.model)
-        upstream = None
-        ticket: Ticket | None = None
-        text_chars = 0
+        completion: Completion | None = None
         try:
             prompt = {
                 "completion": job.id,
@@ -178,26 +172,29 @@ class AI(Feed):
                 "ts": time.time(),
             }
             await self.publish(Event(prompt, event="prompt"))
-            body = self._request(job.prompt)
             try:
-                ticket = await keys.admit(job.account, body)
+                completion = await self.context.completions.admit(
+                    job.account, self._request(job.prompt), measure
+                )
             except HTTPError as exc:
-                measure.outcome = "refused"
                 log.info("topic %r: completion %s refused: %s", self.topic, job.id, exc.message)
                 await self.publish(
                     Event({"completion": job.id, "code": exc.code, "message": exc.message}, "error")
                 )
                 return
-            upstream = await relay.open_stream(body, measure)
-            async for batch in upstream.batches():
-                text = "".join(chunk.text for chunk in batch)
-                text_chars += len(text)
-                if text:
-                    await self.publish(Event({"completion": job.id, "text": text}, event="token"))
-                    upstream.handed_on(batch)
-            measure.outcome = "ok"
+            async with completion:  # settled, measured and logged however this ends
+                try:
+                    upstream = await completion.open_stream()
+                    async for batch in upstream.batches():
+                        text = "".join(chunk.text for chunk in batch)
+                        if text:
+                            await self.publish(Event({"completion": job.id, "text": text}, event="token"))
+                            upstream.handed_on(batch)
+                except asyncio.CancelledError:
+                    if not job.stopping:
+                        raise
+                    completion.stopped()
         except RelayError as exc:
-            measure.outcome = "timeout" if exc.status == 504 else "error"
             log.warning("topic %r: completion %s failed: %s", self.topic, job.id, exc.message)
             # The panel shows `message` to whoever prompted; `detail` (providers, statuses) is for
             # operators reading the topic's events, as in the log line above.
@@ -206,20 +203,8 @@ class AI(Feed):
             return
         except asyncio.CancelledError:
             if not job.stopping:
-                measure.outcome = "cancelled"
                 raise
-            measure.outcome = "stopped"
-        finally:
-            measure.ended = measure.ended or time.perf_counter()
-            try:
-                if upstream is not None:
-                    await upstream.aclose()
-                measure.record()
-            finally:  # whatever failed above, the reservation is settled
-                if ticket is not None:
-                    await keys.settle(ticket, measure, text_chars)
-        price = next((p.price for p in relay.providers if p.name == measure.provider), None)
-        summary = measure.summary(price)
+        summary = completion.summary() if completion is not None else measure.summary()
         if job.stopping:
             summary["finish_reason"] = None
         await self.publish(Event({"completion": job.id, "stopped": job.stopping, **summary}, event="done"))
@@ -268,18 +253,17 @@ class AI(Feed):
         the topic and, with api tokens set, the request must carry the proof the server gave the
         page (bound to the page's session cookie), unless page_prompts is off. The account the
         prompt is charged to: the token's key, else the viewer's name, else the page key."""
-        access, keys = self.context.access, self.context.keys
+        access = self.context.access
         if cross_site(request):
             raise HTTPError(403, "prompts from another site's page are refused", "cross_origin")
-        tokens = access.api_tokens
-        token = bearer_token(request)
-        if token_in(token, tokens):
-            return keys.by_token(token) or Account(NO_KEY)
+        token = access.api_token(request)
+        if token is not None:
+            return self.context.completions.charged_to(token)
         viewer = access.require(request, [self.topic])
-        if tokens and not (self.options.page_prompts and access.has_prompt_proof(request)):
-            require_bearer(request, tokens, f"prompting topic {self.topic!r}")
+        if access.api_tokens and not (self.options.page_prompts and access.has_prompt_proof(request)):
+            access.require_api_token(request, f"prompting topic {self.topic!r}")
         if viewer.name:
-            return keys.for_name(viewer.name, self.options.page_key)
+            return self.context.keys.for_name(viewer.name, self.options.page_key)
         return self._page_account()
 
     def _page_account(self) -> Account:

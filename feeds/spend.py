@@ -19,7 +19,7 @@ class Spend(Feed):
 
     def attach(self, publish: Any, context: Any = None) -> None:
         super().attach(publish, context)
-        context.keys.listeners.append(self)
+        context.keys.add_listener(self)
 
     async def stream(self):
         yield Event(await self.context.keys.today())

@@ -9,17 +9,16 @@ import contextlib
 import re
 import time
 from collections import Counter
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from starlette.requests import Request
 
+from dashboard.auth import Access
 from dashboard.config import parse_config
 from dashboard.errors import BrokerError
-from dashboard.web.access import Access
-from dashboard.web.app import Runtime
-from dashboard.web.sse import open_stream
+from dashboard.runtime import Runtime
+from dashboard.web.sse import Streams
 from tests.support import open_streams, raise_open_files_limit, read_events, run_async, sse_stream
 from tests.test_scale_out import wait_for
 
@@ -270,9 +269,11 @@ def test_a_stream_whose_subscription_fails_gives_its_place_back():
         raise BrokerError("the broker is down")
 
     runtime.broker.subscribe = failing  # type: ignore[method-assign]
+    streams = Streams(
+        runtime.broker, runtime.access, runtime.admission, runtime.heartbeat, runtime.config.server
+    )
     scope = {
         "type": "http",
-        "app": SimpleNamespace(state=SimpleNamespace(runtime=runtime)),
         "method": "GET",
         "path": "/sse/t",
         "query_string": b"",
@@ -283,7 +284,7 @@ def test_a_stream_whose_subscription_fails_gives_its_place_back():
     async def attempts() -> None:
         for _ in range(3):  # the cap is 1: a leaked place would make the second a 429
             with pytest.raises(BrokerError):
-                await open_stream(Request(scope), ["t"], mux=False)
+                await streams.open(Request(scope), ["t"], mux=False)
 
     run_async(attempts())
     assert runtime.admission.open == 0 and runtime.admission.clients == {}

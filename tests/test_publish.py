@@ -290,7 +290,7 @@ def test_notifications_not_stored_are_taken_again():
     from concurrent.futures import ThreadPoolExecutor
 
     from dashboard.config import parse_config
-    from dashboard.web.app import Runtime
+    from dashboard.runtime import Runtime
 
     async def scenario():
         feed = Runtime(parse_config("topics: {inbox: {feed: notifications}}")).feeds["inbox"]

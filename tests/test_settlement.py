@@ -1,7 +1,8 @@
 """A reservation is always settled, whatever step of a completion fails: the provider (dead, an
 error status, an error or a reset mid-stream, silence), the client (leaving mid-stream), the
 server's own code (an exception in the relay, in its measurements, in writing to the client) or
-the server stopping. Through the real server for the first two, in process for the third."""
+the server stopping. Through the real server for the first two, in process for the third, for the
+/v1 routes and the `ai` feed alike (both run the relay's one completion lifecycle)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pytest
 from dashboard.broker.memory import MemoryBroker
 from dashboard.config import parse_config
 from dashboard.relay import Relay
-from dashboard.relay import routes as relay_routes
 from dashboard.relay.keys import Account, Keys
+from dashboard.relay.lifecycle import Completion, Completions
 from dashboard.relay.metrics import Measure
+from dashboard.runtime import Runtime
+from dashboard.web import relay as relay_routes
+from feeds.ai import Job
 from tests.support import run_async
 from tests.test_keys import HI, KEY, TEAM, keys_config, openai_sdk, spend_when, used
 
@@ -78,7 +82,8 @@ async def _relay_once(monkeypatch, step: str, stream: bool) -> int:
     keys = Keys(config, broker, relay)
     account = keys.by_token("tok-settle-0123456789")
     assert isinstance(account, Account)
-    ticket = await keys.admit(account, {**BODY, "stream": stream})
+    measure = Measure(model="simulated")
+    completion = await Completions(relay, keys).admit(account, {**BODY, "stream": stream}, measure)
     assert (await keys.ledger.spend())["keys"]["k"]["reserved"] > 0, "the request holds part of the budget"
 
     def boom(*args, **kwargs):
@@ -89,10 +94,9 @@ async def _relay_once(monkeypatch, step: str, stream: bool) -> int:
     elif step == "measure":
         monkeypatch.setattr(Measure, "record", boom)
     elif step == "log":
-        monkeypatch.setattr(relay_routes._Relayed, "finish", boom)
+        monkeypatch.setattr(Completion, "log", boom)
     kind = relay_routes.RelayedStream if stream else relay_routes.RelayedCompletion
-    measure = Measure(model="simulated")
-    response = kind(relay, {**BODY, "stream": stream}, measure, relay_routes.OPENAI, keys, ticket)
+    response = kind(completion, relay_routes.OPENAI)
     sent: list[dict] = []
 
     async def send(message: dict) -> None:
@@ -133,3 +137,68 @@ STEPS += [(step, False) for step in ("none", "open", "measure", "log", "send")] 
 @pytest.mark.parametrize(("step", "stream"), STEPS)
 def test_the_reservation_is_settled_whatever_step_of_the_relay_fails(monkeypatch, step, stream):
     assert run_async(_relay_once(monkeypatch, step, stream)) == 0
+
+
+async def _prompt_once(monkeypatch, step: str) -> int:
+    """Run one prompt of the `ai` feed with `step` broken; the nano-dollars still held after."""
+    topics = "topics: {chat: {feed: ai, options: {model: simulated, max_tokens: 20}}}\n"
+    runtime = Runtime(parse_config(CONFIG + topics))
+    feed = runtime.feeds["chat"]
+    account = runtime.keys.by_token("tok-settle-0123456789")
+    assert isinstance(account, Account)
+    job = Job(id="cmpl-settle", prompt="hi", account=account)
+    published: list[str] = []
+    publish = feed.publish
+
+    async def publish_or_break(event):
+        if step == "publish" and event.event == "token":
+            raise OSError("the broker's connection broke")
+        published.append(event.event)
+        return await publish(event)
+
+    def boom(*args, **kwargs):
+        raise Boom(step)
+
+    monkeypatch.setattr(feed, "publish", publish_or_break)
+    if step == "open":
+        monkeypatch.setattr(Relay, "open_stream", boom)
+    elif step == "measure":
+        monkeypatch.setattr(Measure, "record", boom)
+    elif step == "log":
+        monkeypatch.setattr(Completion, "log", boom)
+    held = 0
+
+    async def reserved() -> int:
+        return (await runtime.keys.ledger.spend())["keys"].get("k", {}).get("reserved", 0)
+
+    async def watch() -> None:  # the reservation is held while the completion runs
+        nonlocal held
+        while True:
+            held = max(held, await reserved())
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    task = asyncio.create_task(feed._complete(job))
+    if step in ("stop", "cancel"):  # stopped by its route, or the server stops mid-answer (twice)
+        while "token" not in published:
+            await asyncio.sleep(0.001)
+        job.stopping = step == "stop"
+        task.cancel()
+        await asyncio.sleep(0)
+        if step == "cancel":
+            task.cancel()
+    failures = (Boom, OSError, asyncio.CancelledError)
+    with pytest.raises(failures) if step not in ("none", "stop") else _nothing():
+        await task
+    watcher.cancel()
+    await runtime.relay.aclose()
+    if step != "open":  # (that one may settle before the watcher looks)
+        assert held > 0, "the prompt held part of the budget while it ran"
+    if step == "stop":
+        assert published[-1] == "done", published
+    return await reserved()
+
+
+@pytest.mark.parametrize("step", ["none", "open", "measure", "log", "publish", "stop", "cancel"])
+def test_the_ai_feed_settles_its_reservation_whatever_step_fails(monkeypatch, step):
+    assert run_async(_prompt_once(monkeypatch, step)) == 0

@@ -11,10 +11,11 @@ from starlette.routing import Route
 from dashboard.broker.memory import MemoryBroker
 from dashboard.config import parse_config
 from dashboard.events import Event
-from dashboard.web.access import HostCheck
-from dashboard.web.app import DashboardApp, Runtime
+from dashboard.runtime import Runtime
+from dashboard.web.app import DashboardApp
 from dashboard.web.direct import direct_writer
 from dashboard.web.errors import EXCEPTION_HANDLERS
+from dashboard.web.gate import HostCheck
 from dashboard.web.sink import KEEPALIVE, StreamSink
 from dashboard.web.sse import Admission, EventStream, Heartbeat
 from dashboard.web.telemetry import Telemetry
@@ -172,7 +173,8 @@ def test_an_error_before_a_hot_route_answers_is_a_counted_json_500():
         return Broken()
 
     route = Route("/v1/broken", endpoint, methods=["POST"])
-    telemetry = Telemetry(Runtime(parse_config("topics: {}\n")))
+    runtime = Runtime(parse_config("topics: {}\n"))
+    telemetry = Telemetry(runtime.broker, runtime.supervisor, runtime.admission)
     app = DashboardApp(
         hosts=HostCheck(["*"]),
         telemetry=telemetry,

@@ -93,6 +93,10 @@ class Keys:
         self._tokens = [(key.token.get_secret_value(), key.name) for key in config.auth.api_keys]
         self.listeners: list[Any] = []  # spend feeds: each gets the day's spend as requests settle
 
+    def add_listener(self, feed: Any) -> None:
+        """Have `feed` (a spend feed) publish the day's spend each time a request settles."""
+        self.listeners.append(feed)
+
     # -- who pays ------------------------------------------------------------------------------
     def by_token(self, token: str | None) -> Account | None:
         """The key a token belongs to (compared in constant time against every key), or None."""
@@ -154,8 +158,8 @@ class Keys:
             prompt, completion = ticket.prompt_tokens, estimate_tokens(text_chars)
         else:
             prompt = completion = 0
-        provider = next((p for p in self.relay.providers if p.name == measure.provider), None)
-        cost = (provider.price(prompt, completion) if provider is not None else None) or 0.0
+        price = self.relay.price(measure.provider)
+        cost = (price(prompt, completion) if price is not None else None) or 0.0
         cancelled: asyncio.CancelledError | None = None
         try:
             # Shielded: a request cancelled now (its client left, the server stops) still settles.

@@ -1,7 +1,8 @@
 """The relay's core: routes a request to providers, retries and falls back until the first event,
 then reads the chosen provider's stream under the idle and total timeouts.
 
-Both `POST /v1/chat/completions` and the `ai` feed go through `Relay.open_stream` / `Relay.complete`.
+Both `POST /v1/chat/completions` and the `ai` feed reach `Relay.open_stream` / `Relay.complete` through
+the completion lifecycle (lifecycle.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dashboard.relay.transport import Body
 log = logging.getLogger("dashboard.relay")
 
 T = TypeVar("T")
+Price = Callable[[int, int], float | None]  # prompt and completion tokens -> USD, None without prices
 OPENAI = dialects.get("openai")
 _DONE = "[DONE]"
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -91,6 +93,11 @@ class Relay:
         if model in provider.config.models:
             return model
         return next((p for p in provider.config.models if fnmatchcase(model, p)), "other")
+
+    def price(self, provider: str) -> Price | None:
+        """The price (USD for prompt and completion tokens) of the provider named `provider`; None
+        when no provider has that name (a completion no provider answered)."""
+        return next((p.price for p in self.providers if p.name == provider), None)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers), return_exceptions=True)
@@ -432,11 +439,13 @@ class UpstreamStream:
     def _chunks(self, events: list[SSEEvent]) -> tuple[list[Chunk], RelayError | None]:
         """The data events as chunks, up to [DONE] or the first bad event (returned as the error)."""
         out: list[Chunk] = []
+        error = None
         try:
             self._convert(events, out)
         except RelayError as exc:
-            return out, exc
-        return out, None
+            error = exc
+        self.measure.text_chars += sum(len(chunk.text) for chunk in out)
+        return out, error
 
     def _convert(self, events: list[SSEEvent], out: list[Chunk]) -> None:
         measure = self.measure

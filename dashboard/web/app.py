@@ -1,13 +1,10 @@
-"""The application: every route in one list, and the lifespan that runs the broker and the feeds."""
+"""The application: every route in one list, each endpoint bound to the parts of the runtime it
+uses, and the gate every request passes first."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,111 +14,28 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from dashboard import broker as brokers
-from dashboard.alerts import Alerts
-from dashboard.backoff import Backoff
-from dashboard.config import Config
-from dashboard.context import FeedContext
-from dashboard.events import Event
-from dashboard.events import Message as EventMessage
-from dashboard.feed import Feed
-from dashboard.presence import Presence
-from dashboard.relay import Relay
-from dashboard.relay import routes as relay_routes
-from dashboard.relay.keys import Keys
-from dashboard.supervisor import Supervisor
-from dashboard.tasks import cancel_and_wait
-from dashboard.web import api, direct, pages, publish, sse
-from dashboard.web.access import HIDE_TOKENS, Access, HostCheck, ReadsCORS, allowed_hosts
-from dashboard.web.boards import boards
+from dashboard.web import direct
+from dashboard.web.api import API
+from dashboard.web.cors import ReadsCORS
 from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
-from dashboard.web.telemetry import UNMATCHED, RequestMetrics, Telemetry
+from dashboard.web.gate import HostCheck, allowed_hosts
+from dashboard.web.pages import Pages
+from dashboard.web.publish import Publish
+from dashboard.web.relay import RelayRoutes
+from dashboard.web.sse import Streams
+from dashboard.web.telemetry import UNMATCHED, Metrics, RequestMetrics, Telemetry
 
-log = logging.getLogger("dashboard")
+if TYPE_CHECKING:
+    from dashboard.feed import Feed
+    from dashboard.runtime import Runtime
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
-class Runtime:
-    """What the running server is made of: config, broker, feeds and their supervisor."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.broker = brokers.from_url(
-            config.broker.url,
-            history=config.broker.history,
-            prefix=config.broker.prefix,
-            lease_ttl=config.broker.lease_ttl,
-        )
-        backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
-        self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
-        self.heartbeat = sse.Heartbeat(config.server.keepalive)
-        self.admission = sse.Admission(
-            sse.open_files_limit() - sse.FD_HEADROOM, config.server.max_streams_per_client
-        )
-        self.feeds: dict[str, Feed] = {}
-        self.stopping = False
-        self.relay = Relay(config.ai)
-        self.keys = Keys(config, self.broker, self.relay)
-        self.access = Access(config)
-        self.boards = boards(config)
-        for name, topic in config.topics.items():
-            self.broker.add_topic(name, topic.history)
-            feed = topic.make_feed(name)
-            feed.attach(self.publish, self.feed_context(feed))
-            self.feeds[name] = feed
-            self.supervisor.add(name, feed)
-        self.alerts = Alerts(config.alerts, self.broker)
-        self.presence = Presence(self.broker, config.broker.lease_ttl)
-
-    def feed_context(self, feed: Feed) -> FeedContext:
-        return FeedContext(
-            feed.topic,
-            feed.options,
-            config=self.config,
-            broker=self.broker,
-            relay=self.relay,
-            access=self.access,
-            keys=self.keys,
-            supervisor=self.supervisor,
-        )
-
-    async def publish(self, topic: str, event: Event) -> EventMessage:
-        return await self.broker.publish(topic, event)
-
-    def close_streams(self) -> None:
-        """Shutdown begins: end every open stream so that connections close promptly."""
-        self.stopping = True
-        self.broker.close_subscriptions()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
-        direct.log_fast_path()
-        await self.broker.connect()
-        self.supervisor.start()
-        self.alerts.start()
-        heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
-        presence = asyncio.create_task(self.presence.run(), name="presence")
-        try:
-            yield
-        finally:
-            self.close_streams()
-            heartbeat.cancel()
-            await cancel_and_wait([presence])
-            await self.presence.leave()
-            await self.alerts.stop()
-            await self.supervisor.stop()
-            await asyncio.gather(*(feed.aclose() for feed in self.feeds.values()), return_exceptions=True)
-            await asyncio.gather(*(feed.context.tasks.aclose() for feed in self.feeds.values()))
-            await self.relay.aclose()
-            await self.broker.disconnect()
-
-
-def feed_routes(runtime: Runtime) -> list[BaseRoute]:
+def feed_routes(feeds: dict[str, Feed]) -> list[BaseRoute]:
     """Each feed's own routes, mounted under /feeds/{topic}/."""
     mounts: list[BaseRoute] = []
-    for topic, feed in runtime.feeds.items():
+    for topic, feed in feeds.items():
         routes = feed.routes()
         if routes:
             mounts.append(Mount(f"/feeds/{topic}", routes=routes))
@@ -200,25 +114,41 @@ class DashboardApp(Starlette):
         return None
 
 
-def create_app(config: Config) -> Starlette:
-    runtime = Runtime(config)
-    telemetry = Telemetry(runtime)
+def create_app(runtime: Runtime) -> DashboardApp:
+    """The app serving `runtime`: every route in one list, each endpoint bound to the parts it uses."""
+    config = runtime.config
+    access = runtime.access
+    telemetry = Telemetry(runtime.broker, runtime.supervisor, runtime.admission)
+    metrics = Metrics(telemetry, access, runtime.keys, list(config.topics))
+    pages = Pages(access, config, runtime.boards, runtime.supervisor, runtime.alerts)
+    streams = Streams(runtime.broker, access, runtime.admission, runtime.heartbeat, config.server)
+    api = API(
+        access,
+        config,
+        runtime.broker,
+        runtime.supervisor,
+        runtime.presence,
+        runtime.alerts,
+        runtime.admission,
+    )
+    publish = Publish(runtime.feeds, config, runtime.broker)
+    relay = RelayRoutes(access, runtime.completions, config.server.max_body)
     routes: list[BaseRoute] = [
         Route("/", pages.index),
         Route("/d/{name}", pages.board),
         Route("/embed/{dashboard}/{n}", pages.embed),
-        Route("/sse", sse.multiplexed_stream),
-        Route("/sse/{topic}", sse.topic_stream),
+        Route("/sse", streams.multiplexed_stream),
+        Route("/sse/{topic}", streams.topic_stream),
         Route("/api/topics", api.topics),
         Route("/api/alerts", api.alerts),
         Route("/healthz", api.healthz),
-        Route("/publish/{topic}", publish.publish, methods=["POST"]),
-        Route("/metrics", telemetry.endpoint),
-        Route("/v1/chat/completions", relay_routes.chat_completions, methods=["POST"]),
-        Route("/v1/messages", relay_routes.messages, methods=["POST"]),
-        Route("/v1/models", relay_routes.models),
+        Route("/publish/{topic}", publish.endpoint, methods=["POST"]),
+        Route("/metrics", metrics.endpoint),
+        Route("/v1/chat/completions", relay.chat_completions, methods=["POST"]),
+        Route("/v1/messages", relay.messages, methods=["POST"]),
+        Route("/v1/models", relay.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-        *feed_routes(runtime),
+        *feed_routes(runtime.feeds),
     ]
     middleware = []
     if config.server.cors_origins:
@@ -229,7 +159,7 @@ def create_app(config: Config) -> Starlette:
     hot = {"/v1/chat/completions", "/v1/messages"}
     if not config.server.cors_origins:
         hot |= {"/sse", "/sse/{topic}"}
-    app = DashboardApp(
+    return DashboardApp(
         hosts=HostCheck(allowed_hosts(config)),
         telemetry=telemetry,
         hot=[route for route in routes if isinstance(route, Route) and route.path in hot],
@@ -238,5 +168,3 @@ def create_app(config: Config) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=runtime.lifespan,
     )
-    app.state.runtime = runtime
-    return app

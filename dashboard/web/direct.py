@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 log = logging.getLogger("dashboard.sse")
 
@@ -97,6 +97,21 @@ def on_hangup(scope: Scope, callback: Callable[[], None]) -> bool:
         cycle.message_event = _Hangup(cycle, callback)
         cycle.flow.resume_reading()  # as `receive` would: a large body may have paused reading
     return True
+
+
+def watch_hangup(scope: Scope, receive: Receive, callback: Callable[[], None]) -> asyncio.Task[None] | None:
+    """Have `callback` called once the client leaves: told by the server (`on_hangup`) when it
+    allows it, else by a task waiting on `receive` for `http.disconnect`, returned for the caller
+    to cancel once the response is over. Call it once the request body is read."""
+    if on_hangup(scope, callback):
+        return None
+    return asyncio.create_task(_disconnected(receive, callback))
+
+
+async def _disconnected(receive: Receive, callback: Callable[[], None]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    callback()
 
 
 class _Hangup:

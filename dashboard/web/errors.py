@@ -16,7 +16,6 @@ from starlette.types import Scope
 
 from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
 from dashboard.events import json_problem
-from dashboard.security import token_in
 
 log = logging.getLogger("dashboard")
 
@@ -204,19 +203,3 @@ def header_refusal(scope: Scope) -> Response | None:
         message = f"the request's headers are {total} bytes, over the limit of {MAX_HEADER_BYTES}"
         return error_response(431, message, "headers_too_large")
     return None
-
-
-def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def require_bearer(request: Request, tokens: list[str], what: str) -> None:
-    """401 unless the request carries one of `tokens` as a Bearer token (compared in constant time)."""
-    token = bearer_token(request)
-    if token is None:
-        raise HTTPError(
-            401, f"{what} requires 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
-        )
-    if not token_in(token, tokens):
-        raise HTTPError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from dashboard.broker import Broker, Subscription
 from dashboard.events import encode_retry
-from dashboard.web.direct import direct_writer, on_hangup
+from dashboard.web.direct import direct_writer, watch_hangup
 from dashboard.web.errors import HTTPError, parse_count
 from dashboard.web.sink import StreamSink
+
+if TYPE_CHECKING:
+    from dashboard.auth import Access
+    from dashboard.config import ServerConfig
 
 log = logging.getLogger("dashboard.sse")
 
@@ -44,7 +49,7 @@ class Admission:
     """Sheds new streams (503 + Retry-After) while this process is saturated: its streams hold
     all the sockets it may open, less a headroom. Says so in the log once per episode. Refuses
     (429 + Retry-After) a client's stream past `per_client` open ones, so that one client cannot
-    take every place."""
+    take every place. Once the server stops (`stopping`), no new stream is opened."""
 
     def __init__(self, limit: int, per_client: int = 100) -> None:
         self.limit = max(1, limit)
@@ -53,6 +58,7 @@ class Admission:
         self.clients: dict[str, int] = {}  # client address -> its open streams (only those with some)
         self.direct = 0  # of them, streams written straight to their sockets (the fast path)
         self.shedding = False
+        self.stopping = False  # the server is shutting down
 
     def admit(self, client: str) -> None:
         """Count a new stream of `client` in, or raise the refusal; `release` it once it ends."""
@@ -147,7 +153,7 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sink = self.sink
-        watcher = None if on_hangup(scope, self.hang_up) else asyncio.create_task(self._watch(receive))
+        watcher = watch_hangup(scope, receive, self.hang_up)
         self.heartbeat.sinks.add(sink)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -184,11 +190,6 @@ class EventStream:
             self.sink.writer = None
             self.admission.direct -= 1
 
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.hang_up()
-
 
 def last_event_id(request: Request) -> int | None:
     """Where to resume: the Last-Event-ID header (sent by EventSource itself) or `?last_event_id=`."""
@@ -205,43 +206,47 @@ def replay_count(request: Request) -> int | None:
     return None if raw is None else parse_count(raw, "replay")
 
 
-async def open_stream(request: Request, topics: list[str], *, mux: bool) -> EventStream:
-    runtime = request.app.state.runtime
-    broker: Broker = runtime.broker
-    if runtime.stopping:
-        raise HTTPError(503, "the server is shutting down")
-    runtime.access.require(request, topics)  # 401 / 403, first: who may not read learns no names
-    for name in topics:
-        broker.topic(name)  # UnknownTopic -> 404
-    last_id, replay = last_event_id(request), replay_count(request)
-    client = runtime.access.client_address(request.scope)
-    runtime.admission.admit(client)  # 429 past this client's streams, 503 while saturated
-    try:
-        sink = StreamSink(mux=mux, max_backlog=runtime.config.server.max_backlog)
-        sub = await broker.subscribe(topics, last_id, sink=sink, replay=replay)
-    except BaseException:
-        runtime.admission.release(client)
-        raise
-    if request.query_params.get("presence") == "1":
-        sub.presence = {}  # told how many watch each topic, now and when it changes
-    return EventStream(
-        broker,
-        sub,
-        runtime.heartbeat,
-        runtime.admission,
-        client=client,
-        retry_ms=runtime.config.server.retry_ms,
-    )
+class Streams:
+    """GET /sse and /sse/{topic}, bound to the broker, the access rules, the admission of streams,
+    the heartbeat and the server's stream settings."""
 
+    def __init__(
+        self, broker: Broker, access: Access, admission: Admission, heartbeat: Heartbeat, server: ServerConfig
+    ) -> None:
+        self.broker = broker
+        self.access = access
+        self.admission = admission
+        self.heartbeat = heartbeat
+        self.max_backlog = server.max_backlog
+        self.retry_ms = server.retry_ms
 
-async def topic_stream(request: Request) -> EventStream:
-    """GET /sse/{topic}"""
-    return await open_stream(request, [request.path_params["topic"]], mux=False)
+    async def open(self, request: Request, topics: list[str], *, mux: bool) -> EventStream:
+        broker, admission = self.broker, self.admission
+        if admission.stopping:
+            raise HTTPError(503, "the server is shutting down")
+        self.access.require(request, topics)  # 401 / 403, first: who may not read learns no names
+        for name in topics:
+            broker.topic(name)  # UnknownTopic -> 404
+        last_id, replay = last_event_id(request), replay_count(request)
+        client = self.access.client_address(request.scope)
+        admission.admit(client)  # 429 past this client's streams, 503 while saturated
+        try:
+            sink = StreamSink(mux=mux, max_backlog=self.max_backlog)
+            sub = await broker.subscribe(topics, last_id, sink=sink, replay=replay)
+        except BaseException:
+            admission.release(client)
+            raise
+        if request.query_params.get("presence") == "1":
+            sub.presence = {}  # told how many watch each topic, now and when it changes
+        return EventStream(broker, sub, self.heartbeat, admission, client=client, retry_ms=self.retry_ms)
 
+    async def topic_stream(self, request: Request) -> EventStream:
+        """GET /sse/{topic}"""
+        return await self.open(request, [request.path_params["topic"]], mux=False)
 
-async def multiplexed_stream(request: Request) -> EventStream:
-    """GET /sse?topic=a&topic=b: `event:` is the topic, or `topic:type` for a typed event."""
-    topics = request.query_params.getlist("topic")
-    if not topics:
-        raise HTTPError(400, "name at least one topic: /sse?topic=a&topic=b")
-    return await open_stream(request, topics, mux=True)
+    async def multiplexed_stream(self, request: Request) -> EventStream:
+        """GET /sse?topic=a&topic=b: `event:` is the topic, or `topic:type` for a typed event."""
+        topics = request.query_params.getlist("topic")
+        if not topics:
+            raise HTTPError(400, "name at least one topic: /sse?topic=a&topic=b")
+        return await self.open(request, topics, mux=True)

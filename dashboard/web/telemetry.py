@@ -22,7 +22,11 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from dashboard.web.app import Runtime
+    from dashboard.auth import Access
+    from dashboard.broker import Broker
+    from dashboard.relay.keys import Keys
+    from dashboard.supervisor import Supervisor
+    from dashboard.web.sse import Admission
 
 UNMATCHED = "<unmatched>"
 KEY_SERIES = "dashboard_ai_key_"  # per api key (by name): requests, tokens, spend, refusals
@@ -32,8 +36,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 class RuntimeCollector(Collector):
     """Per-topic broker counters and feed restarts, read from the running server at scrape time."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, broker: Broker, supervisor: Supervisor, admission: Admission) -> None:
+        self.broker = broker
+        self.supervisor = supervisor
+        self.admission = admission
 
     def collect(self) -> Iterator[Metric]:
         subscribers = GaugeMetricFamily(
@@ -68,10 +74,10 @@ class RuntimeCollector(Collector):
         direct = GaugeMetricFamily(
             "dashboard_streams_direct",
             "Open SSE streams written straight to their sockets (the fast path; see the startup log)",
-            value=self.runtime.admission.direct,
+            value=self.admission.direct,
         )
-        runners = self.runtime.supervisor.runners
-        for name, state in list(self.runtime.broker.topics.items()):
+        runners = self.supervisor.runners
+        for name, state in list(self.broker.topics.items()):
             subscribers.add_metric([name], len(state.subscribers))
             published.add_metric([name], state.published)
             delivered.add_metric([name], state.delivered)
@@ -97,9 +103,9 @@ class DefaultRegistry(Collector):
 class Telemetry:
     """One app's metrics: its own registry (so several apps in one process never clash)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, broker: Broker, supervisor: Supervisor, admission: Admission) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(RuntimeCollector(runtime))
+        self.registry.register(RuntimeCollector(broker, supervisor, admission))
         self.registry.register(DefaultRegistry())
         self.http_requests = Counter(
             "dashboard_http_requests",
@@ -113,17 +119,25 @@ class Telemetry:
         method = method if method in METHODS else "other"  # bounded label values
         self.http_requests.labels(method, route, str(status)).inc()
 
+
+class Metrics:
+    """GET /metrics, bound to the app's telemetry and to who may read which series."""
+
+    def __init__(self, telemetry: Telemetry, access: Access, keys: Keys, topics: list[str]) -> None:
+        self.registry = telemetry.registry
+        self.access = access
+        self.keys = keys
+        self.topics = topics
+
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics: with viewers configured, only the series of topics the caller may read;
         with viewers or api tokens, the per-key series only for an api token or a reader of the
         spend topic (see `Access.metrics_reader`)."""
         encoder, content_type = choose_encoder(request.headers.get("accept"))
-        runtime = request.app.state.runtime
-        access = runtime.access
-        spend = [feed.topic for feed in runtime.keys.listeners]
+        access = self.access
+        spend = [feed.topic for feed in self.keys.listeners]
         viewer, sees_keys = access.metrics_reader(request, spend)
-        topics = list(runtime.config.topics)
-        hidden = set(topics) - set(access.readable(viewer, topics))
+        hidden = set(self.topics) - set(access.readable(viewer, self.topics))
         registry = self.registry
         if hidden or not sees_keys:
             registry = Hiding(self.registry, hidden, hide_keys=not sees_keys)
