@@ -5,6 +5,7 @@ settlement, measurement, logging). No HTTP server code: the /v1 routes are in da
 from dashboard.relay.dialects import Chunk
 from dashboard.relay.errors import RelayError
 from dashboard.relay.metrics import Measure
-from dashboard.relay.upstream import Relay, UpstreamStream
+from dashboard.relay.stream import UpstreamStream
+from dashboard.relay.upstream import Relay
 
 __all__ = ["Chunk", "Measure", "Relay", "RelayError", "UpstreamStream"]

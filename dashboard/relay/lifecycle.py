@@ -25,7 +25,8 @@ from dashboard.relay.metrics import Measure, now
 if TYPE_CHECKING:
     from dashboard.relay.dialects import Completion as Answer
     from dashboard.relay.dialects import Dialect
-    from dashboard.relay.upstream import Relay, UpstreamStream
+    from dashboard.relay.stream import UpstreamStream
+    from dashboard.relay.upstream import Relay
 
 log = logging.getLogger("dashboard.relay")
 
