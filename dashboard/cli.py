@@ -213,7 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
-    config.server.host = host  # what the bind opens depends on it (allowed hosts, refusals)
+    config = config.bound_to(host)  # what the bind opens depends on it (allowed hosts, refusals)
     if not is_loopback(host):
         problems = network_problems(config)
         for problem in problems:
@@ -222,6 +222,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     if args.workers > 1:
         return serve_workers(args, config, host, port)
+    from dashboard.web.sse import raise_open_files_limit
+
+    raise_open_files_limit()
     try:
         runtime = Runtime(config)
     except DashboardError as exc:
@@ -304,7 +307,10 @@ def worker_app():
     from dashboard.runtime import Runtime
 
     config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
-    config.server.host = os.environ.get(WORKER_HOST_ENV) or config.server.host
+    config = config.bound_to(os.environ.get(WORKER_HOST_ENV) or config.server.host)
+    from dashboard.web.sse import raise_open_files_limit
+
+    raise_open_files_limit()
     runtime = Runtime(config)
     _close_streams_on_exit(runtime)
     return runtime.app

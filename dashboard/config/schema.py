@@ -375,6 +375,11 @@ class Config(Strict):
 
     source: str = Field("<default>", exclude=True, description="where the config was read from")
 
+    def bound_to(self, host: str) -> Config:
+        """This config as served on `host` (`serve --host`): what a bind opens depends on it."""
+        server = self.server.model_copy(update={"host": host})
+        return self.model_copy(update={"server": server})
+
     def warnings(self) -> list[str]:
         """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
         budgets = [key.name for key in self.auth.api_keys if key.daily_usd is not None]

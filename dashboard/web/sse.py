@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 from typing import TYPE_CHECKING
@@ -33,16 +34,18 @@ CLIENT_RETRY_AFTER = 5  # ... when its client holds server.max_streams_per_clien
 
 
 def open_files_limit() -> int:
-    """How many files this process may open, after raising its soft limit to the hard one: each
-    stream holds a socket, and the soft default (often 1,024) is far below what a process carries."""
+    """How many files this process may open (its soft limit): each stream holds a socket."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard one (the soft default, often 1,024,
+    is far below what a server of streams carries). Done where a server process starts (cli)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class Admission:
