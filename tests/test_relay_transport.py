@@ -9,7 +9,7 @@ import re
 import httpx
 
 from dashboard.relay.transport import RelayTransport
-from dashboard.relay.upstream import body_reader
+from dashboard.relay.stream import body_reader
 from tests.support import run_async
 
 EVENT = b'data: {"choices":[]}\n\n'
