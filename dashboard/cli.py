@@ -1,4 +1,4 @@
-"""The `dashboard` command: serve, check, token, feeds."""
+"""The `dashboard` command: serve, check, feeds, token, keys."""
 
 from __future__ import annotations
 
@@ -203,7 +203,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dashboard.runtime import Runtime
 
-    quiet_client_log()
     config = _load(args.config)
     if config is None:
         print("refusing to start: fix the configuration (see `dashboard check`)", file=sys.stderr)
@@ -222,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     if args.workers > 1:
         return serve_workers(args, config, host, port)
-    from dashboard.web.sse import raise_open_files_limit
+    from dashboard.web.admission import raise_open_files_limit
 
     raise_open_files_limit()
     try:
@@ -306,9 +305,10 @@ def worker_app():
     """The app of one `serve --workers N` process (a factory uvicorn calls in each worker)."""
     from dashboard.runtime import Runtime
 
+    quiet_client_log()
     config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
     config = config.bound_to(os.environ.get(WORKER_HOST_ENV) or config.server.host)
-    from dashboard.web.sse import raise_open_files_limit
+    from dashboard.web.admission import raise_open_files_limit
 
     raise_open_files_limit()
     runtime = Runtime(config)

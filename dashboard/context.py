@@ -72,7 +72,8 @@ class FeedContext:
         self._supervisor = supervisor
 
     async def publish(self, event: Event) -> Message:
-        return await self._broker.publish(self.topic, event)
+        """As `Feed.publish`: through the supervisor, so the feed's own task publishes under its lease."""
+        return await self._supervisor.publish(self.topic, event)
 
     async def claim(self, key: str, ttl: float) -> bool:
         """True the first time `key` is claimed on this topic within `ttl` seconds, on any instance."""

@@ -1,7 +1,8 @@
 """Where plugins come from, one mechanism for every kind: built-ins named here, and what installed
 packages register under an entry-point group (`dashboard.feeds`, `dashboard.brokers`,
 `dashboard.dialects`). A registry names targets (`module:attr`) and imports one only when it is
-loaded, so checking a name (config validation) imports nothing, and this module sits at the bottom.
+loaded (listing names imports nothing), so this module sits at the bottom; loading is the one way
+a lower layer reaches a plugin above it, at run time and by name.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from dashboard.relay.lifecycle import Completions
 from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import direct, sse
+from dashboard.web.admission import FD_HEADROOM, Admission, open_files_limit
 from dashboard.web.app import create_app
 from dashboard.web.boards import boards
 from dashboard.web.logfilter import HIDE_TOKENS
@@ -46,9 +47,7 @@ class Runtime:
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
-        self.admission = sse.Admission(
-            sse.open_files_limit() - sse.FD_HEADROOM, config.server.max_streams_per_client
-        )
+        self.admission = Admission(open_files_limit() - FD_HEADROOM, config.server.max_streams_per_client)
         self.feeds: dict[str, Feed] = {}
         self.relay = Relay(config.ai)
         self.keys = Keys(config, self.broker, self.relay)

@@ -8,8 +8,8 @@ import re
 
 import httpx
 
-from dashboard.relay.transport import RelayTransport
 from dashboard.relay.stream import body_reader
+from dashboard.relay.transport import RelayTransport
 from tests.support import run_async
 
 EVENT = b'data: {"choices":[]}\n\n'

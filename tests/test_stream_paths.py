@@ -12,12 +12,13 @@ from dashboard.broker.memory import MemoryBroker
 from dashboard.config import parse_config
 from dashboard.events import Event
 from dashboard.runtime import Runtime
+from dashboard.web.admission import Admission
 from dashboard.web.app import DashboardApp
 from dashboard.web.direct import direct_writer
 from dashboard.web.errors import EXCEPTION_HANDLERS
 from dashboard.web.gate import HostCheck
 from dashboard.web.sink import KEEPALIVE, StreamSink
-from dashboard.web.sse import Admission, EventStream, Heartbeat
+from dashboard.web.sse import EventStream, Heartbeat
 from dashboard.web.telemetry import Telemetry
 from tests.support import free_port, sse_stream
 from tests.upstream import relay_config

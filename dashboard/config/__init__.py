@@ -3,8 +3,9 @@
 `schema` holds the models (the one source of truth), `source` reads YAML with the line of every
 value, `validate` turns both into a `Config` or a ConfigError listing every problem. Nothing here
 imports the layers above: boards are laid out by `dashboard.web.boards`, models routed by
-`dashboard.relay.routing`. (A provider's `type` is checked against the dialects installed, which
-the relay's dialect registry knows.)
+`dashboard.relay.routing`. Validation does load the plugins a config names (feed types, a
+provider's dialect, through `dashboard.plugins`), so that one that does not load is reported with
+its line.
 """
 
 from dashboard.config.schema import (

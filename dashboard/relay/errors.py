@@ -13,7 +13,7 @@ class RelayError(DashboardError):
     code = "upstream_error"
     type = "server_error"
     summary = "The AI provider failed to answer. Try again in a moment."
-    # Set where a provider's failure is raised (upstream.py), read when choosing what to do next:
+    # Set where a provider's failure is classified (failures.mark), read when choosing what to do next:
     retry = False  # another attempt at the same provider may succeed
     fallback = False  # the next provider may succeed
     retry_after: float | None = None  # seconds the provider asked to wait before retrying

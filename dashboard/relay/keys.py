@@ -1,10 +1,11 @@
 """Named api keys: who a completion is charged to, and the limits and budget it is admitted under.
 
-`admit()` reserves a request's estimated tokens and cost in the ledger (ledger.py), atomically and
-shared by every instance, or refuses it (403: a model the key may not use; 429: a limit, with
-Retry-After); `settle()` replaces the reservation with what the request used (the provider's usage, else an
-estimate from the text relayed), counts it in the metrics and publishes the day's spend to the
-`spend` feeds. Plain `auth.api_tokens` and an open relay are charged to an account with no limits.
+`admit()` reserves a request's estimated tokens and cost in the ledger (ledger.py), atomically (and
+shared by every instance when the broker is shared), or refuses it (403: a model the key may not
+use; 429: a limit, with Retry-After); `settle()` replaces the reservation with what the request
+used (the provider's usage, else an estimate from the text relayed), counts it in the metrics and
+publishes the day's spend to the `spend` feeds. Plain `auth.api_tokens` and an open relay are
+charged to an account with no limits.
 """
 
 from __future__ import annotations
@@ -116,18 +117,18 @@ class Keys:
         return Account(name)
 
     # -- admission and settlement --------------------------------------------------------------
-    async def admit(self, account: Account, body: dict[str, Any]) -> Ticket:
-        """Reserve the request's estimate against the account, or raise HTTPError 403 / 429."""
+    async def admit(self, account: Account, body: dict[str, Any], providers: list[Any], label: str) -> Ticket:
+        """Reserve the request's estimate against the account, or raise HTTPError 403 / 429.
+        `providers`: those that serve the model (the estimate is the dearest's); `label`: the
+        model's metrics label."""
         model = str(body["model"])
         if not account.allows(model):
             REFUSED.labels(account.name, "model").inc()
             raise HTTPError(403, f"api key {account.name!r} may not use model {model!r}", "model_not_allowed")
-        providers = self.relay.route(model)
         prompt = estimate_tokens(json.dumps([body.get("system"), body.get("messages")], ensure_ascii=False))
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         completion = limit if type(limit) is int and limit > 0 else account.default_max_tokens
         cost = max((p.price(prompt, completion) or 0.0 for p in providers), default=0.0)
-        label = self.relay.model_label(providers[0], model)
         if account.limits == NO_LIMITS:  # nothing to hold: no trip to the broker before answering
             second = int(time.time())
             return Ticket(Reservation(account.name, label, 0, 0, second, second // DAY), prompt)

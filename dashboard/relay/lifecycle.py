@@ -52,7 +52,7 @@ class Completions:
         model = str(body["model"])
         providers = self.relay.route(model)
         measure.label = self.relay.model_label(providers[0], model)
-        ticket = await self.keys.admit(account, body)
+        ticket = await self.keys.admit(account, body, providers, measure.label)
         return Completion(self.relay, self.keys, body, measure, ticket)
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from dashboard.config import Config
     from dashboard.presence import Presence
     from dashboard.supervisor import Supervisor
-    from dashboard.web.sse import Admission
+    from dashboard.web.admission import Admission
 
 
 @dataclass(frozen=True)

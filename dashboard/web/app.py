@@ -17,8 +17,8 @@ from starlette.types import Message, Receive, Scope, Send
 from dashboard.web import direct
 from dashboard.web.api import API
 from dashboard.web.cors import ReadsCORS
-from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response, header_refusal
-from dashboard.web.gate import HostCheck, allowed_hosts
+from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response
+from dashboard.web.gate import HostCheck, allowed_hosts, header_refusal
 from dashboard.web.pages import Pages
 from dashboard.web.publish import Publish
 from dashboard.web.relay import RelayRoutes

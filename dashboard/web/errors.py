@@ -12,7 +12,6 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Scope
 
 from dashboard.errors import HTTP_CODES, BrokerError, DashboardError, HTTPError
 from dashboard.events import json_problem
@@ -177,29 +176,3 @@ def parse_count(raw: str, what: str) -> int:
 def shown(value: str, limit: int = 40) -> str:
     """A client's value quoted in an error message, cut short so that the answer stays small."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
-
-
-MAX_HEADER = 8192  # bytes in one request header value; nginx's default buffer holds 8 KiB too
-MAX_HEADERS = 100  # headers in one request
-MAX_HEADER_BYTES = 32 * 1024  # all of them together (nginx's default: 4 buffers of 8 KiB)
-
-
-def header_refusal(scope: Scope) -> Response | None:
-    """400 for a request with a header value over MAX_HEADER bytes, 431 for one with too many
-    headers or too many bytes of them, before any route reads them (uvicorn's httptools parser
-    bounds neither one value nor all of them)."""
-    headers = scope["headers"]
-    if len(headers) > MAX_HEADERS:
-        message = f"the request has {len(headers)} headers, over the limit of {MAX_HEADERS}"
-        return error_response(431, message, "headers_too_large")
-    total = 0
-    for name, value in headers:
-        if len(value) > MAX_HEADER:
-            header = name.decode("latin-1")
-            message = f"the {header} header is {len(value)} bytes, over the limit of {MAX_HEADER}"
-            return error_response(400, message, "header_too_large")
-        total += len(name) + len(value)
-    if total > MAX_HEADER_BYTES:
-        message = f"the request's headers are {total} bytes, over the limit of {MAX_HEADER_BYTES}"
-        return error_response(431, message, "headers_too_large")
-    return None

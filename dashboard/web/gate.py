@@ -1,6 +1,6 @@
-"""The Host gate: a request whose Host is not a name this server answers for is refused (421), so
+"""The gate every request passes first: a Host this server does not answer for is refused (421), so
 that a page on another site that points a name of its own at this address (DNS rebinding) reaches
-nothing."""
+nothing; and request headers are bounded (400, 431), which uvicorn's parser does not do."""
 
 from __future__ import annotations
 
@@ -47,3 +47,29 @@ class HostCheck:
         shown = host[:100] or "none"
         message = f"this server does not answer for host {shown!r} (server.allowed_hosts)"
         return error_response(421, message, "bad_host")
+
+
+MAX_HEADER = 8192  # bytes in one request header value; nginx's default buffer holds 8 KiB too
+MAX_HEADERS = 100  # headers in one request
+MAX_HEADER_BYTES = 32 * 1024  # all of them together (nginx's default: 4 buffers of 8 KiB)
+
+
+def header_refusal(scope: Scope) -> Response | None:
+    """400 for a request with a header value over MAX_HEADER bytes, 431 for one with too many
+    headers or too many bytes of them, before any route reads them (uvicorn's httptools parser
+    bounds neither one value nor all of them)."""
+    headers = scope["headers"]
+    if len(headers) > MAX_HEADERS:
+        message = f"the request has {len(headers)} headers, over the limit of {MAX_HEADERS}"
+        return error_response(431, message, "headers_too_large")
+    total = 0
+    for name, value in headers:
+        if len(value) > MAX_HEADER:
+            header = name.decode("latin-1")
+            message = f"the {header} header is {len(value)} bytes, over the limit of {MAX_HEADER}"
+            return error_response(400, message, "header_too_large")
+        total += len(name) + len(value)
+    if total > MAX_HEADER_BYTES:
+        message = f"the request's headers are {total} bytes, over the limit of {MAX_HEADER_BYTES}"
+        return error_response(431, message, "headers_too_large")
+    return None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dashboard.broker import Broker
     from dashboard.relay.keys import Keys
     from dashboard.supervisor import Supervisor
-    from dashboard.web.sse import Admission
+    from dashboard.web.admission import Admission
 
 UNMATCHED = "<unmatched>"
 KEY_SERIES = "dashboard_ai_key_"  # per api key (by name): requests, tokens, spend, refusals
