@@ -1,19 +1,22 @@
 """Where plugins come from, one mechanism for every kind: built-ins named here, and what installed
 packages register under an entry-point group (`dashboard.feeds`, `dashboard.brokers`,
-`dashboard.dialects`). A registry names targets (`module:attr`) and imports one only when it is
-loaded (listing names imports nothing), so this module sits at the bottom; loading is the one way
-a lower layer reaches a plugin above it, at run time and by name.
+`dashboard.dialects`, `dashboard.views`). A registry names targets (`module:attr`, or a view's
+`package:path.js`) and imports one only when it is loaded (listing names imports nothing), so this
+module sits at the bottom; loading is the one way a lower layer reaches a plugin above it, at run
+time and by name.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import importlib.util
 import inspect
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from importlib.resources.abc import Traversable
 from typing import Any
 
 
@@ -32,7 +35,13 @@ class Registry:
     an instance of it (`instance=True`, dialects) or a subclass (feeds, brokers)."""
 
     def __init__(
-        self, kind: str, group: str, built_in: Callable[[], dict[str, str]], base: str, *, instance: bool
+        self,
+        kind: str,
+        group: str,
+        built_in: Callable[[], dict[str, str]],
+        base: str,
+        *,
+        instance: bool = False,
     ) -> None:
         self.kind = kind  # for messages: "feed type", "broker", "dialect"
         self.group = group
@@ -58,9 +67,12 @@ class Registry:
         return self.load_target(plugin.target)
 
     def load_target(self, target: str) -> Any:
-        """What `target` names, checked against `base`; a bare module (no `:attr`) stands for the
+        """What `target` names, checked against `base` (a file of a package when `base` is a suffix
+        such as ".js": the target is then "package:path/in/it.js"); a bare module (no `:attr`) stands for the
         one `base` subclass it defines. ImportError, AttributeError or TypeError saying what is
         wrong."""
+        if self.base.startswith("."):
+            return package_file(target, self.base)
         found = import_target(target)
         base = import_target(self.base)
         if inspect.ismodule(found) and not self.instance:
@@ -96,6 +108,27 @@ def import_target(target: str) -> Any:
         raise AttributeError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
+def package_file(target: str, suffix: str) -> Traversable:
+    """The file a "package:path" target names inside an installed package; FileNotFoundError or
+    TypeError saying what is wrong."""
+    package, _, path = target.partition(":")
+    if not path.endswith(suffix):
+        raise TypeError(f"{target!r} is not a {suffix} file")
+    found = importlib.resources.files(package).joinpath(path)
+    if not found.is_file():
+        raise FileNotFoundError(f"{target!r}: package {package!r} has no file {path!r}")
+    return found
+
+
+def _view_scripts() -> dict[str, str]:
+    folder = importlib.resources.files("dashboard").joinpath("static/views")
+    return {
+        item.name.removesuffix(".js"): f"dashboard:static/views/{item.name}"
+        for item in folder.iterdir()
+        if item.name.endswith(".js")
+    }
+
+
 def _modules(package: str, attr: str = "") -> dict[str, str]:
     """A package's public modules (not `_private` ones) as name -> target, without importing them."""
     spec = importlib.util.find_spec(package)
@@ -128,4 +161,10 @@ DIALECTS = Registry(
     lambda: _modules("dashboard.relay.dialects", "dialect"),
     "dashboard.relay.dialects:Dialect",
     instance=True,
+)
+VIEWS = Registry(
+    "view",
+    "dashboard.views",  # named as panels' `view:`, valued "package:path/to/name.js"
+    _view_scripts,
+    ".js",
 )

@@ -13,7 +13,7 @@ import openai
 from dashboard.broker import from_url
 from dashboard.config import parse_config
 from dashboard.events import Event
-from dashboard.views import VIEWS, VIEWS_DIR
+from dashboard.views import VIEWS, scripts
 from tests.support import ROOT, read_events
 from tests.upstream import answer_text
 
@@ -46,7 +46,7 @@ def test_the_feed_example_streams_and_serves_its_route(serve, tmp_path):
 
 def test_the_view_example_is_the_json_view_as_shipped():
     assert "json" in VIEWS
-    assert block("javascript") == (VIEWS_DIR / "json.js").read_text()
+    assert block("javascript") == scripts()["json"].decode()
 
 
 def install(tmp_path, module: str, source: str, group: str, entry: str) -> None:
@@ -160,3 +160,51 @@ def test_the_dialect_example_serves_a_provider_of_its_type(serve, upstream, tmp_
     seen = upstream.requests("az-echo")[-1]
     assert seen.path == "/azure/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
     assert seen.headers["api-key"] == "azure-test-key" and "authorization" not in seen.headers
+
+
+GAUGE_VIEW = """// gauge view: the latest number as a bar.
+window.Dashboard.views.gauge = function (panel) {
+  const bar = window.Dashboard.util.el("progress", { attrs: { max: "100" } });
+  panel.body.append(bar);
+  return { event(type, data) { if (typeof data.n === "number") bar.value = data.n % 100; } };
+};
+"""
+
+
+def test_a_view_a_package_registers_is_checked_served_and_loaded_by_the_page(tmp_path, serve):
+    """A view from a package (entry point `dashboard.views`, valued "package:path.js") is one the
+    config may name, its script is served at /views/<name>.js and the page loads it; a registered
+    view whose file is missing is a config error naming it."""
+    package = tmp_path / "gauges"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "gauge.js").write_text(GAUGE_VIEW)
+    dist = tmp_path / "gauges-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gauges\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[dashboard.views]\ngauge = gauges:gauge.js\nbroken = gauges:missing.js\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    server = serve("topics: {count: {feed: demo}}\npanels: [{topic: count, view: gauge}]\n", env=env)
+    with server.client() as client:
+        script = client.get("/views/gauge.js")
+        assert script.status_code == 200 and script.text == GAUGE_VIEW
+        assert script.headers["content-type"].startswith("text/javascript")
+        again = client.get("/views/gauge.js", headers={"if-none-match": script.headers["etag"]})
+        assert again.status_code == 304
+        assert '<script src="views/gauge.js" defer>' in client.get("/").text
+        assert client.get("/views/json.js").status_code == 200  # the built-in ones come the same way
+        assert client.get("/views/nosuch.js").status_code == 404
+    config = tmp_path / "broken.yaml"
+    config.write_text("topics: {count: {feed: demo}}\npanels: [{topic: count, view: broken}]\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "the script of view 'broken' does not load" in run.stdout + run.stderr, run.stdout + run.stderr

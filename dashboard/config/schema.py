@@ -13,6 +13,7 @@ from dashboard.broker import backend
 from dashboard.errors import BrokerConfigError
 from dashboard.feed import Feed
 from dashboard.plugins import DIALECTS
+from dashboard.plugins import VIEWS as VIEW_REGISTRY
 from dashboard.views import VIEWS
 from dashboard.webhooks import SECRET_PREFIX, hmac_key
 
@@ -296,7 +297,7 @@ class PanelConfig(Strict):
     topic: str
     id: str | None = Field(None, pattern=NAME_PATTERN, description="names the panel in /embed/{board}/{id}")
     title: str | None = None
-    view: str | None = Field(None, description="a view of dashboard/static/views/ (default: the feed's)")
+    view: str | None = Field(None, description="a built-in or installed view (default: the feed's)")
     size: Literal["s", "m", "l", "xl"] = "m"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -305,6 +306,11 @@ class PanelConfig(Strict):
     def _known_view(cls, view: str | None) -> str | None:
         if view is not None and view not in VIEWS:
             raise ValueError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+        if view is not None:
+            try:
+                VIEW_REGISTRY.load(view)  # an installed view whose script is missing is reported here
+            except (OSError, TypeError, ImportError) as exc:
+                raise ValueError(f"the script of view {view!r} does not load: {exc}") from None
         return view
 
 

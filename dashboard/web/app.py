@@ -14,12 +14,13 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from dashboard import views
 from dashboard.web import direct
 from dashboard.web.api import API
 from dashboard.web.cors import ReadsCORS
 from dashboard.web.errors import EXCEPTION_HANDLERS, exception_response
 from dashboard.web.gate import HostCheck, allowed_hosts, header_refusal
-from dashboard.web.pages import Pages
+from dashboard.web.pages import Pages, ViewScripts
 from dashboard.web.publish import Publish
 from dashboard.web.relay import RelayRoutes
 from dashboard.web.sse import Streams
@@ -137,6 +138,7 @@ def create_app(runtime: Runtime) -> DashboardApp:
         Route("/", pages.index),
         Route("/d/{name}", pages.board),
         Route("/embed/{dashboard}/{n}", pages.embed),
+        Route("/views/{name}.js", ViewScripts(views.scripts()).script),
         Route("/sse", streams.multiplexed_stream),
         Route("/sse/{topic}", streams.topic_stream),
         Route("/api/topics", api.topics),

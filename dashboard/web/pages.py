@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -232,3 +233,23 @@ def _not_shown(viewer: Viewer) -> HTTPError:
             headers={"WWW-Authenticate": "Bearer"},
         )
     return HTTPError(403, "this viewer may not see this panel", "forbidden_panel")
+
+
+class ViewScripts:
+    """GET /views/{name}.js: the script of a view, built in or from a package (dashboard.views),
+    read once at start; the browser keeps it until it changes (ETag)."""
+
+    def __init__(self, scripts: dict[str, bytes]) -> None:
+        self.scripts = {
+            name: (body, f'"{hashlib.sha256(body).hexdigest()[:20]}"') for name, body in scripts.items()
+        }
+
+    async def script(self, request: Request) -> Response:
+        found = self.scripts.get(request.path_params["name"])
+        if found is None:
+            raise HTTPError(404, "no such view", "not_found")
+        body, etag = found
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="text/javascript", headers=headers)
