@@ -152,7 +152,7 @@ request_bodies = st.one_of(
     st.fixed_dictionaries(
         {"prompt": st.text(min_size=1, max_size=40), "title": st.text(min_size=1, max_size=40)},
         optional={"level": st.sampled_from(["info", "error", "nope"]), "extra": json_like},
-    ).map(lambda v: json.dumps(v, default=repr).encode()),
+    ).map(lambda v: as_json(v, escaped=True)),
     st.fixed_dictionaries(
         {
             "model": st.sampled_from(["t-echo", "simulated", "m-echo"]),
@@ -172,6 +172,7 @@ request_bodies = st.one_of(
 @settings(
     max_examples=60,
     deadline=None,
+    derandomize=True,  # the same 60 bodies each run: a server test that fails, fails again
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_every_route_answers_generated_bodies_below_500(server, body):  # noqa: F811
@@ -183,8 +184,9 @@ def test_every_route_answers_generated_bodies_below_500(server, body):  # noqa: 
 
 
 def test_the_topics_stay_readable_after_the_fuzzing(server):  # noqa: F811
+    """Every stream of the fuzzed topics opens (200), is UTF-8 and holds only JSON events (readable()
+    fails otherwise), and the fuzzing reached them: the prompts that were taken left events."""
     with server.client() as http:
-        for topic in (TOPIC, "notes", "odd"):
-            for event in readable(http, topic):
-                assert isinstance(event, dict | list | str | int | float | type(None))
+        histories = {topic: readable(http, topic) for topic in (TOPIC, "notes", "odd")}
+    assert histories[TOPIC], "no fuzzed prompt was taken: the routes were not exercised"
     assert "Traceback" not in server.output(), server.output()[-3000:]
