@@ -37,6 +37,12 @@ class MemoryBroker(Broker):
         self.deliver(message)
         return message
 
+    def set_history(self, name: str, history: int) -> int:
+        evicted = super().set_history(name, history)
+        if evicted:
+            self._evicted[name] = evicted
+        return evicted
+
     async def evicted_id(self, topic: str, after: int) -> int:
         evicted = self._evicted.get(topic, 0)
         return evicted if evicted > after else 0

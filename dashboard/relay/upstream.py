@@ -46,7 +46,20 @@ class Relay:
     """The configured providers, and how one request finds one that answers."""
 
     def __init__(self, config: AIConfig) -> None:
-        self.providers = [Provider(p) for p in config.providers]
+        self.providers: list[Provider] = []
+        self.retired: list[Provider] = []  # let go by a reload: closed when the relay closes
+        self.configure(config)
+
+    def configure(self, config: AIConfig) -> None:
+        """Serve `config`'s providers to new requests from now on (a reload). A provider whose
+        settings did not change keeps its pooled connections; requests in flight finish on the
+        provider they started with."""
+        before = {provider.name: provider for provider in self.providers}
+        self.providers = [
+            before.pop(p.name) if p.name in before and before[p.name].config == p else Provider(p)
+            for p in config.providers
+        ]
+        self.retired += before.values()
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     def route(self, model: str) -> list[Provider]:
@@ -69,7 +82,7 @@ class Relay:
         return next((p.price for p in self.providers if p.name == provider), None)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(p.aclose() for p in self.providers), return_exceptions=True)
+        await asyncio.gather(*(p.aclose() for p in (*self.providers, *self.retired)), return_exceptions=True)
 
     # -- streams ---------------------------------------------------------------------------------
     async def open_stream(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,6 +30,7 @@ class API:
     presence: Presence
     alert_rules: Alerts
     admission: Admission
+    config_status: Callable[[], dict[str, Any]]  # the config's generation and the last reload's error
 
     async def topics(self, request: Request) -> JSONResponse:
         """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""
@@ -79,5 +81,6 @@ class API:
             "leading": sorted(name for name, runner in runners.items() if runner.leader),
             # open, the most this process holds, the most one client may hold, shedding
             "streams": self.admission.as_json(),
+            "config": self.config_status(),
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
