@@ -268,3 +268,26 @@ def worker_pids(server) -> list[int]:
         for child in psutil.Process(server.proc.pid).children()
         if "spawn" in " ".join(child.cmdline())
     )
+
+
+def test_alert_rules_and_dashboards_follow_a_reload(serve):
+    rules = "alerts:\n  - {name: n-high, topic: steady, field: n, above: 3, notify: inbox}\n"
+    inbox = "  inbox: {feed: notifications}\n"
+    server = serve(BEFORE + inbox)
+    with server.client() as client:
+        assert client.get("/api/alerts").json()["alerts"] == {}
+        server.config.write_text(BEFORE + inbox + rules + "dashboards:\n  ops: {panels: [{topic: steady}]}\n")
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+
+        # the new rule follows the topic's events from now on, and fires (n passes 3 at once)
+        def rule_state() -> str | None:
+            return client.get("/api/alerts").json()["alerts"].get("n-high", {}).get("state")
+
+        wait_for(lambda: rule_state() == "firing", what="the new rule to fire")
+        assert client.get("/d/ops").status_code == 200
+        server.config.write_text(BEFORE + inbox)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_for(lambda: status(server)["generation"] == 3, what="the second reload")
+        assert client.get("/api/alerts").json()["alerts"] == {}
+        assert client.get("/d/ops").status_code == 404
