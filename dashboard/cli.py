@@ -37,6 +37,8 @@ def _load(path: str | None) -> Config | None:
         print(f"{len(exc.issues)} error(s) in the configuration:", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
+            for line in issue.excerpt.splitlines():
+                print(f"      {line}", file=sys.stderr)
         return None
 
 
