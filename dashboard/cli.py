@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
@@ -20,7 +22,7 @@ from dashboard.auth.exposure import describe as describe_access
 from dashboard.auth.exposure import network_problems
 from dashboard.auth.ttl import parse_ttl
 from dashboard.config import APIKey, Config, load_config
-from dashboard.errors import ConfigError, DashboardError
+from dashboard.errors import ConfigError, DashboardError, SetupError
 from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
 
@@ -295,8 +297,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"refusing to serve on {host}: {problem}", file=sys.stderr)
         if problems:
             return 2
+    try:
+        sock = listen_on(host, port)  # before anything starts: a port in use is said at once
+    except SetupError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     if args.workers > 1:
-        return serve_workers(args, config, host, port)
+        return serve_workers(args, config, sock)
     from dashboard.web.admission import raise_open_files_limit
 
     raise_open_files_limit()
@@ -330,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         announcer = asyncio.create_task(announce())
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             announcer.cancel()
 
@@ -343,7 +350,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int) -> int:
+def listen_on(host: str, port: int) -> socket.socket:
+    """The server's socket, bound to `host`:`port`; SetupError saying what to do when it cannot be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fixes = {
+            errno.EADDRINUSE: f"port {port} on {host} is in use (another server listens there): stop it, "
+            "or serve on another port with --port N (--port 0 picks a free one)",
+            errno.EACCES: f"port {port} needs privileges here: serve on a port above 1023 with --port N",
+            errno.EADDRNOTAVAIL: f"{host} is not an address of this machine: use --host 127.0.0.1, or "
+            "one of its own addresses",
+        }
+        raise SetupError(fixes.get(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}")) from None
+    sock.set_inheritable(True)  # workers take it over
+    return sock
+
+
+def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket) -> int:
     """`serve --workers N`: N processes accept on one socket; they share events through Redis."""
     import uvicorn
 
@@ -358,13 +385,14 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         )
         return 2
     os.environ[WORKER_CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
-    os.environ[WORKER_HOST_ENV] = host
+    host = sock.getsockname()[0]
+    os.environ[WORKER_HOST_ENV] = config.server.host
     os.environ[WORKER_WATCH_ENV] = "1" if args.watch else ""
     uv_config = uvicorn.Config(
         "dashboard.cli:worker_app",
         factory=True,
         host=host,
-        port=port,
+        port=sock.getsockname()[1],
         workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
@@ -372,7 +400,6 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         proxy_headers=False,  # as in a single process: the peer is who connected
         **bounded_connections(config),
     )
-    sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
     banner(config, sock.getsockname(), f"config: {config.source}; {args.workers} worker processes")
     ReloadingWorkers(uv_config, sockets=[sock]).run()
