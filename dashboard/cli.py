@@ -332,7 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _close_streams_on_exit(runtime)
         runtime.listen_for_reload(WATCH_EVERY if args.watch else None)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-        banner(config, bound, f"config: {config.source}")
+        banner(config, bound, f"config: {config.source}; instance {runtime.instance}")
 
     async def run() -> None:
         announcer = asyncio.create_task(announce())

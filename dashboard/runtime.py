@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,6 +89,7 @@ class Runtime:
 
     def __init__(self, config: Config, path: str | None = None) -> None:
         self.config = config
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"  # which process answers (/healthz)
         self.path = path  # what a reload reads: as `serve --config` (None: ./config.yaml, else the default)
         self.generation = 1  # one more at each reload that was applied
         self.loaded_at = time.time()
@@ -269,6 +272,7 @@ class Runtime:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
         direct.log_fast_path()
+        log.info("instance %s: config %s, generation %d", self.instance, self.config.source, self.generation)
         await self.broker.connect()
         self.supervisor.start()
         self.alerts.start()

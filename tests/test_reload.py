@@ -90,6 +90,7 @@ def test_reload_adds_removes_and_changes_topics_while_unchanged_streams_go_on(se
     server.config.write_text(AFTER)
     os.kill(server.proc.pid, signal.SIGHUP)
     wait_for(lambda: status(server)["generation"] == 2, what="generation 2")
+    assert httpx.get(f"{server.url}/healthz").json()["instance"].endswith(f":{server.proc.pid}")
     time.sleep(1.0)  # the unchanged topic keeps flowing on the same connections
     steady.stop.set()
     mux.stop.set()
@@ -245,16 +246,20 @@ def test_a_reload_reaches_every_worker(redis_prefix, serve):
     os.kill(server.proc.pid, signal.SIGHUP)
     pids = worker_pids(server)
 
+    instances = set()
+
     def all_reloaded() -> bool:
         seen = {}
-        for _ in range(20):  # each request reaches one worker or the other
+        for _ in range(20):  # each request reaches one worker or the other (it says which)
             with httpx.Client(timeout=5) as client:
-                body = client.get(f"{server.url}/api/topics").json()["topics"]
-            seen[tuple(sorted(body))] = True
-        return list(seen) == [("changes", "fresh", "steady")]
+                body = client.get(f"{server.url}/api/topics").json()
+            seen[tuple(sorted(body["topics"]))] = True
+            instances.add(body["instance"])
+        return list(seen) == [("changes", "fresh", "steady")] and len(instances) == 2
 
     wait_for(all_reloaded, what="every worker on the new config")
     assert worker_pids(server) == pids  # reloaded in place, not restarted
+    assert {int(instance.rsplit(":", 1)[1]) for instance in instances} == set(pids)
     with httpx.Client(timeout=10) as client, connect_sse(client, "GET", f"{server.url}/sse/fresh") as source:
         assert source.response.status_code == 200
         assert any(sse.id for sse in source.iter_sse())

@@ -31,6 +31,7 @@ class API:
     alert_rules: Alerts
     admission: Admission
     config_status: Callable[[], dict[str, Any]]  # the config's generation and the last reload's error
+    instance: str  # which process answers: host:pid (one of several behind `serve --workers N`)
 
     async def topics(self, request: Request) -> JSONResponse:
         """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""
@@ -53,7 +54,7 @@ class API:
                 "dropped": state.dropped,
                 "status": runner.as_json(),
             }
-        return JSONResponse({"topics": body})
+        return JSONResponse({"instance": self.instance, "topics": body})
 
     async def alerts(self, request: Request) -> JSONResponse:
         """GET /api/alerts: each rule on a topic the viewer may read, with its state, last value and
@@ -75,6 +76,7 @@ class API:
             status = "overloaded"
         body = {
             "status": status,
+            "instance": self.instance,
             "broker": {"url_scheme": self.config.broker.url.split(":", 1)[0], "ok": broker_ok},
             "feeds": {name: runner.state for name, runner in runners.items()},
             # the topics whose feed runs on this instance (with a shared broker, one instance each)

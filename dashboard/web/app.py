@@ -132,6 +132,7 @@ def create_app(runtime: Runtime) -> DashboardApp:
         runtime.alerts,
         runtime.admission,
         runtime.config_status,
+        runtime.instance,
     )
     publish = Publish(runtime.feeds, config, runtime.broker)
     relay = RelayRoutes(access, runtime.completions, config.server.max_body)
