@@ -198,7 +198,7 @@ class Runtime:
                     raise ConfigError([ConfigIssue(new.source, None, f"on {host}: {p}") for p in problems])
                 feeds = {n: t.make_feed(n) for n, t in new.topics.items() if self._needs_feed(n, t)}
             except ConfigError as exc:
-                error = f"{len(exc.issues)} error(s) in {exc.issues[0].file}; see the server log"
+                error = f"{len(exc.issues)} error(s) in the config; see the server log"
                 self.last_reload = {"at": time.time(), "ok": False, "error": error}
                 log.error("reload (%s) refused, still serving config generation %d:", reason, self.generation)
                 for issue in exc.issues:

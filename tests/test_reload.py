@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -296,3 +297,49 @@ def test_alert_rules_and_dashboards_follow_a_reload(serve):
         wait_for(lambda: status(server)["generation"] == 3, what="the second reload")
         assert client.get("/api/alerts").json()["alerts"] == {}
         assert client.get("/d/ops").status_code == 404
+
+
+def test_a_reload_switches_providers_for_new_requests(upstream, serve):
+    def config(model: str) -> str:
+        return f"""
+        ai:
+          providers:
+            - {{name: up, type: openai, base_url: "{upstream.url}/v1", models: ["{model}"]}}
+        topics:
+          steady: {{feed: "{COUNTER}", options: {{interval: 0.05}}}}
+        """
+
+    server = serve(config("t-echo"))
+    body = {"model": "t-echo", "messages": [{"role": "user", "content": "hi"}]}
+    with server.client() as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        server.config.write_text(textwrap.dedent(config("t-other")))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+        refused = client.post("/v1/chat/completions", json=body)
+        assert refused.status_code in (400, 404) and "t-echo" in refused.text
+
+
+def test_a_provider_that_did_not_change_keeps_its_connections_and_one_let_go_is_closed():
+    import asyncio
+
+    from dashboard.config import parse_config
+    from dashboard.relay import Relay
+
+    def ai(second: str):
+        return parse_config(
+            "ai:\n  providers:\n"
+            "    - {name: a, type: simulated, models: [x]}\n"
+            f"    - {{name: b, type: simulated, models: [{second}]}}\n"
+        ).ai
+
+    async def scenario() -> None:
+        relay = Relay(ai("y"))
+        a, b = relay.providers
+        relay.configure(ai("z"))
+        assert relay.providers[0] is a and relay.providers[1] is not b  # b changed: a new one
+        assert len(relay._retiring) == 1  # the old b closes once its requests may be over
+        await relay.aclose()
+        assert not relay._retiring
+
+    asyncio.run(scenario())
