@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -212,3 +213,28 @@ class Poison(Feed):
             if bad is not None:
                 yield bad
         await asyncio.Event().wait()
+
+
+class Gauges(Feed):
+    """Fixed readings with a time field: a rate in bytes per second, a percentage past its
+    thresholds, and a timestamp that no panel should pick as a measurement."""
+
+    class Options(Feed.Options):
+        interval: float = 0.2
+
+    async def stream(self):
+        while True:
+            yield Event(data={"ts": time.time(), "rate": 2268, "cpu": 95.0})
+            await asyncio.sleep(self.options.interval)
+
+
+class Words(Feed):
+    """Events with no number at all: a numeric panel on them says which fields it saw."""
+
+    class Options(Feed.Options):
+        interval: float = 0.2
+
+    async def stream(self):
+        while True:
+            yield Event(data={"status": "ok", "host": "a"})
+            await asyncio.sleep(self.options.interval)
