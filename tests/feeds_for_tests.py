@@ -238,3 +238,21 @@ class Words(Feed):
         while True:
             yield Event(data={"status": "ok", "host": "a"})
             await asyncio.sleep(self.options.interval)
+
+
+class Ledger(Feed):
+    """A spend report's shape: totals, then rows per key and per model."""
+
+    async def stream(self):
+        yield Event(
+            data={
+                "day": "2026-12-04",
+                "cost_usd": 0.0042,
+                "keys": {
+                    "team-a": {"requests": 3, "cost_usd": 0.004},
+                    "team-b": {"requests": 1, "cost_usd": 0.0002},
+                },
+                "models": {"gpt-x": {"requests": 4, "completion_tokens": 1200}},
+            }
+        )
+        await asyncio.Event().wait()

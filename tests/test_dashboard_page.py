@@ -534,3 +534,43 @@ def test_fields_read_at_a_glance_labels_units_thresholds_and_an_empty_state_that
     assert panel(page, "Count stat").locator(".stat-value").text_content().isdigit()
     opened.screenshot("fields-at-a-glance.png")
     assert csp_errors(opened) == []
+
+
+def test_the_table_view_shows_rows_per_key_and_per_model_as_text(serve, open_page):
+    server = serve(
+        f"""
+        topics:
+          spend: {{feed: "{TESTS}:Ledger"}}
+          hostile: {{feed: "{TESTS}:Hostile", options: {{interval: 0.2}}}}
+        panels:
+          - {{topic: spend, title: Spend, view: table}}
+          - topic: spend
+            title: Keys
+            view: table
+            options: {{rows: keys, columns: {{cost_usd: {{label: Cost}}}}}}
+          - {{topic: hostile, title: Hostile, view: table}}
+        """
+    )
+    opened = open_page(server.url)
+    page = opened.page
+    spend = panel(page, "Spend")
+    spend.locator("table caption:text-is('models')").wait_for()
+    rows = spend.locator("table").evaluate_all(
+        "tables => tables.map(t => [...t.rows].map(r => [...r.cells].map(c => c.textContent)))"
+    )
+    assert rows[0] == [["name", "day", "cost_usd"], ["", "2026-12-04", "$0.0042"]]
+    assert rows[1] == [
+        ["name", "requests", "cost_usd"],
+        ["team-a", "3", "$0.0040"],
+        ["team-b", "1", "$0.0002"],
+    ]
+    assert rows[2] == [["name", "requests", "completion_tokens"], ["gpt-x", "4", "1,200"]]
+    keys = panel(page, "Keys").locator("table")
+    assert keys.evaluate("t => [...t.rows].map(r => [...r.cells].map(c => c.textContent))") == [
+        ["name", "Cost"],
+        ["team-a", "$0.0040"],
+        ["team-b", "$0.0002"],
+    ]
+    page.wait_for_timeout(600)  # hostile text arrives: shown as text, nothing runs
+    assert page.evaluate("() => window.__pwned") is None
+    assert csp_errors(opened) == []
