@@ -27,6 +27,7 @@ from dashboard.relay.errors import (
     NoProvider,
     RelayError,
     TotalTimeout,
+    Untranslatable,
     UpstreamProtocolError,
 )
 from dashboard.relay.failures import first_token_expired, mark, status_error, transport_error
@@ -69,6 +70,20 @@ class Relay:
             served = ", ".join(sorted({m for p in self.providers for m in p.config.models})) or "none"
             raise NoProvider(f"no provider serves model {model!r} (configured models: {served})")
         return providers
+
+    def check_translation(self, body: dict[str, Any], client: Dialect, providers: list[Provider]) -> None:
+        """Refuses, before anything is reserved or sent, a request in the `client` dialect that a
+        provider of another dialect among `providers` (those that may answer it) could only be
+        sent with something left out: Untranslatable (400) naming the parameter and the provider."""
+        for provider in providers:
+            if provider.dialect is client:
+                continue
+            try:
+                provider.dialect.upstream_body(body, client, stream=False, usage=False)
+            except Untranslatable as exc:
+                exc.message = f"{exc.message}; provider {provider.name!r} is of type {provider.dialect.name}"
+                exc.args = (exc.message,)
+                raise
 
     def model_label(self, provider: Provider, model: str) -> str:
         """The metrics label for `model`: itself when listed, else the pattern it matched (bounded)."""

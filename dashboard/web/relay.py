@@ -92,7 +92,7 @@ class RelayRoutes:
             _validate(body, client)
             _stream_flag(request, body)
             measure.model = body["model"]
-            completion = await self.completions.admit(account, body, measure)
+            completion = await self.completions.admit(account, body, measure, client)
         except (HTTPError, RelayError) as exc:
             return sdk_error(client, exc)
         kind = RelayedStream if body.get("stream") else RelayedCompletion

@@ -1,0 +1,269 @@
+"""Tool calls across dialects, through the real server: the openai SDK (chat completions) and the
+anthropic SDK, each against an OpenAI-type and an Anthropic-type provider, streamed and not. Two
+parallel tool calls come back with their ids, names and arguments; their results go round and come
+back quoted; finish reasons and cached prompt tokens are translated; what cannot be translated is
+a 400 naming the parameter and the provider."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+
+from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
+from dashboard.relay.errors import Untranslatable
+from tests.support import ServerFactory
+from tests.upstream import TOOL_CALLS, TOOL_PREAMBLE, relay_config, tool_call_id
+
+PROVIDERS = {"openai": "t-tool", "anthropic": "m-tool"}  # the `tool` scenario at a provider of each type
+QUESTION = "What is the weather in Paris, and the time in CET?"
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+TIME = {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}
+RESULTS = ["18C", "unknown zone"]  # the second is a failed call's (is_error, where the client can say so)
+
+
+@pytest.fixture(scope="module")
+def server(upstream, tmp_path_factory):
+    factory = ServerFactory(tmp_path_factory.mktemp("tools"))
+    yield factory(relay_config(upstream.url, 9, extra="topics: {}"), env={"RELAY_TEST_KEY": "k"})
+    factory.close()
+
+
+def expected_calls(provider: str) -> list[tuple[str, str, dict]]:
+    return [
+        (tool_call_id(provider, n), name, json.loads(arguments))
+        for n, (name, arguments, _) in enumerate(TOOL_CALLS, 1)
+    ]
+
+
+# -- the openai SDK ------------------------------------------------------------------------------
+def gpt(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=20)
+
+
+def openai_turn(client: openai.OpenAI, model: str, messages: list, stream: bool) -> dict:
+    """One chat completion with the tools: its text, tool calls, finish reason and usage."""
+    tools = [{"type": "function", "function": WEATHER}, {"type": "function", "function": TIME}]
+    kwargs = {"model": model, "messages": messages, "tools": tools, "tool_choice": "auto"}
+    if not stream:
+        completion = client.chat.completions.create(**kwargs)
+        message = completion.choices[0].message
+        calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+        return {
+            "text": message.content or "",
+            "calls": calls,
+            "finish": completion.choices[0].finish_reason,
+            "usage": completion.usage,
+        }
+    out: dict = {"text": "", "calls": [], "finish": None, "usage": None}
+    chunks = client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    for c in chunks:
+        out["usage"] = c.usage or out["usage"]
+        if not c.choices:
+            continue
+        delta = c.choices[0].delta
+        out["text"] += delta.content or ""
+        for call in delta.tool_calls or []:
+            if call.index == len(out["calls"]):
+                out["calls"].append([call.id, call.function.name, ""])
+            out["calls"][call.index][2] += call.function.arguments or ""
+        out["finish"] = c.choices[0].finish_reason or out["finish"]
+    out["calls"] = [tuple(c) for c in out["calls"]]
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_openai_sdk_tool_calls_round_trip(server, upstream, provider, stream):
+    client, model = gpt(server), PROVIDERS[provider]
+    messages: list = [{"role": "user", "content": QUESTION}]
+    first = openai_turn(client, model, messages, stream)
+    calls = [(id_, name, json.loads(arguments)) for id_, name, arguments in first["calls"]]
+    assert calls == expected_calls(provider), first
+    assert first["text"] == TOOL_PREAMBLE and first["finish"] == "tool_calls"
+    assert first["usage"].prompt_tokens == 11 and first["usage"].prompt_tokens_details.cached_tokens == 4
+    sent = upstream.requests(model)[-1].body
+    if provider == "anthropic":
+        assert sent["tools"][0] == {
+            "name": "get_weather",
+            "input_schema": WEATHER["parameters"],
+            "description": WEATHER["description"],
+        }
+        assert sent["tool_choice"] == {"type": "auto"}
+    calls_sent = [
+        {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for id_, name, arguments in first["calls"]
+    ]
+    messages.append({"role": "assistant", "content": first["text"], "tool_calls": calls_sent})
+    messages += [
+        {"role": "tool", "tool_call_id": id_, "content": result}
+        for (id_, _, _), result in zip(first["calls"], RESULTS, strict=True)
+    ]
+    second = openai_turn(client, model, messages, stream)
+    ids = [c[0] for c in first["calls"]]
+    assert second["text"] == f"results: {ids[0]}=18C; {ids[1]}=unknown zone", second
+    assert second["finish"] == "stop" and not second["calls"]
+
+
+# -- the anthropic SDK ---------------------------------------------------------------------------
+def claude(server) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=20)
+
+
+def anthropic_turn(client: anthropic.Anthropic, model: str, messages: list, stream: bool):
+    tools = [
+        {"name": t["name"], "description": t.get("description", ""), "input_schema": t["parameters"]}
+        for t in (WEATHER, TIME)
+    ]
+    kwargs = {"model": model, "max_tokens": 200, "messages": messages, "tools": tools}
+    if not stream:
+        return client.messages.create(**kwargs, tool_choice={"type": "auto"})
+    with client.messages.stream(**kwargs, tool_choice={"type": "auto"}) as events:
+        return events.get_final_message()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_anthropic_sdk_tool_calls_round_trip(server, upstream, provider, stream):
+    client, model = claude(server), PROVIDERS[provider]
+    messages: list = [{"role": "user", "content": QUESTION}]
+    first = anthropic_turn(client, model, messages, stream)
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert [(b.id, b.name, b.input) for b in uses] == expected_calls(provider), first
+    assert first.content[0].type == "text" and first.content[0].text == TOOL_PREAMBLE
+    assert first.stop_reason == "tool_use"
+    assert (first.usage.input_tokens, first.usage.cache_read_input_tokens) == (7, 4), first.usage
+    sent = upstream.requests(model)[-1].body
+    if provider == "openai":
+        assert sent["tools"][0] == {"type": "function", "function": WEATHER}
+        assert sent["tool_choice"] == "auto"
+    messages.append(
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]}
+    )
+    results = [
+        {"type": "tool_result", "tool_use_id": b.id, "content": result, "is_error": result == RESULTS[1]}
+        for b, result in zip(uses, RESULTS, strict=True)
+    ]
+    messages.append({"role": "user", "content": results})
+    second = anthropic_turn(client, model, messages, stream)
+    # An OpenAI-type provider has no error flag: the failure is said in the result's text.
+    failed = "unknown zone (error)" if provider == "anthropic" else "Error: unknown zone"
+    assert second.content[0].text == f"results: {uses[0].id}=18C; {uses[1].id}={failed}"
+    assert second.stop_reason == "end_turn"
+
+
+# -- what maps to what, and what is refused ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("openai_choice", "anthropic_choice"),
+    [
+        ("auto", {"type": "auto"}),
+        ("none", {"type": "none"}),
+        ("required", {"type": "any"}),
+        ({"type": "function", "function": {"name": "get_time"}}, {"type": "tool", "name": "get_time"}),
+    ],
+)
+def test_tool_choice_maps_both_ways(openai_choice, anthropic_choice):
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": TIME}],
+    }
+    messages = to_messages({**chat, "tool_choice": openai_choice})
+    assert messages["tool_choice"] == anthropic_choice
+    assert to_chat({**messages, "tool_choice": anthropic_choice})["tool_choice"] == openai_choice
+
+
+def test_parallel_tool_calls_off_is_disable_parallel_tool_use():
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": TIME}],
+    }
+    messages = to_messages({**chat, "parallel_tool_calls": False})
+    assert messages["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    back = to_chat(messages)
+    assert back["parallel_tool_calls"] is False and back["tool_choice"] == "auto"
+
+
+def test_sampling_user_and_system_map_both_ways():
+    chat = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "max_tokens": 9,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["END"],
+        "user": "u-1",
+    }
+    messages = to_messages(chat)
+    assert messages == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 9,
+        "system": "be brief",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "u-1"},
+    }
+    assert to_chat(messages) == chat
+
+
+@pytest.mark.parametrize(
+    ("param", "extra"),
+    [
+        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+        ("n", {"n": 2}),
+        ("logprobs", {"logprobs": True}),
+        ("top_logprobs", {"top_logprobs": 2}),
+        ("seed", {"seed": 7}),
+        ("presence_penalty", {"presence_penalty": 0.5}),
+        ("logit_bias", {"logit_bias": {"1": 2}}),
+    ],
+)
+def test_openai_sdk_is_refused_what_an_anthropic_provider_cannot_take(server, upstream, param, extra):
+    before = len(upstream.requests("m-echo"))
+    with pytest.raises(openai.BadRequestError) as info:
+        gpt(server).chat.completions.create(
+            model="m-echo", messages=[{"role": "user", "content": "hi"}], **extra
+        )
+    assert info.value.status_code == 400 and info.value.code == "unsupported_parameter"
+    assert f"'{param}'" in info.value.message and "provider 'am'" in info.value.message, info.value.message
+    assert len(upstream.requests("m-echo")) == before, "nothing reaches the provider"
+
+
+@pytest.mark.parametrize(
+    ("param", "extra"),
+    [
+        ("top_k", {"top_k": 5}),
+        ("thinking", {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        ("metadata.foo", {"metadata": {"foo": "bar"}}),
+    ],
+)
+def test_anthropic_sdk_is_refused_what_an_openai_provider_cannot_take(server, param, extra):
+    kwargs = {"model": "t-echo", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]}
+    kwargs["extra_body"] = extra
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude(server).messages.create(**kwargs)
+    assert info.value.body["error"]["type"] == "invalid_request_error"
+    message = info.value.body["error"]["message"]
+    assert f"'{param}'" in message and "provider 'a'" in message, message
+
+
+def test_a_refused_parameter_is_not_refused_for_a_provider_of_the_same_dialect(server):
+    completion = gpt(server).chat.completions.create(
+        model="t-echo", messages=[{"role": "user", "content": "hi"}], seed=7, n=1
+    )
+    assert completion.choices[0].message.content
+
+
+def test_untranslatable_names_the_parameter():
+    with pytest.raises(Untranslatable) as info:
+        to_chat({"model": "m", "messages": [], "max_tokens": 1, "top_k": 3})
+    assert info.value.param == "top_k"
