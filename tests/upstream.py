@@ -218,6 +218,21 @@ def tool_message(*, anthropic: bool) -> dict:
     return {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice], "usage": tool_usage()}
 
 
+def images_seen(body: dict, *, anthropic: bool) -> list[str]:
+    content = (body.get("messages") or [{}])[-1].get("content")
+    out = []
+    for part in content if isinstance(content, list) else []:
+        if anthropic and part.get("type") == "image":
+            source = part["source"]
+            seen = f"base64 {source['media_type']} {source['data']}" if source["type"] == "base64" else ""
+            out.append(seen or f"url {source['url']}")
+        elif not anthropic and part.get("type") == "image_url":
+            url = part["image_url"]["url"]
+            head, _, data = url.partition(",")
+            out.append(f"base64 {head[5:].split(';')[0]} {data}" if url.startswith("data:") else f"url {url}")
+    return out
+
+
 class Upstream:
     """Start with `Upstream()`, read `url`, stop with `close()`."""
 
@@ -429,6 +444,11 @@ class Scenario:
         for event in tool_events(self.body, anthropic=self.anthropic):
             await self.send(frame(event))
         await self.end()
+
+    async def s_image(self, n: int) -> None:
+        """Says which images the last message holds, in its own dialect's terms: `base64 <media
+        type> <data>` or `url <url>`, whatever dialect the client used."""
+        await self.s_said("saw: " + "; ".join(images_seen(self.body, anthropic=self.anthropic)))
 
     async def s_said(self, text: str) -> None:
         """`text` as a whole answer, streamed or not, in the request's dialect."""
