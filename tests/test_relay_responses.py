@@ -6,6 +6,7 @@ usage, errors as `error` and `response.failed`, and the stateful parts refused w
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -133,3 +134,45 @@ def test_a_model_no_provider_serves_is_a_404_in_openai_shape(server):
         assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
         response = http.post("/v1/responses", json={"model": "t-echo"})
         assert response.status_code == 400 and "'input'" in response.json()["error"]["message"]
+
+
+def test_the_same_lifecycle_as_the_other_routes(upstream, serve):
+    """Api tokens and a key's rpm, fallback, retries, timeouts and the metrics, on /v1/responses."""
+    keys = "api_keys: [{name: team, token: team-token, rpm: 2}]"
+    extra = f"auth:\n  api_tokens: [plain-token]\n  {keys}\ntopics: {{}}"
+    server = serve(relay_config(upstream.url, 9, extra=extra), env={"RELAY_TEST_KEY": "k"})
+    plain = openai.OpenAI(base_url=f"{server.url}/v1", api_key="plain-token", max_retries=0, timeout=20)
+    assert respond(plain, True, model="t-fail-a", input="hi").output_text == answer_text("b")
+    assert respond(plain, True, model="m-ratelimit-once", input="hi").output_text == answer_text("a")
+    with pytest.raises(openai.APIStatusError) as info:
+        plain.responses.create(model="h-no-first-token", input="hi", stream=True)
+    assert info.value.status_code == 504 and info.value.code == "first_token_timeout"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).responses.create(
+            model="t-echo", input="hi"
+        )
+    team = openai.OpenAI(base_url=f"{server.url}/v1", api_key="team-token", max_retries=0, timeout=20)
+    for _ in range(2):
+        team.responses.create(model="t-echo", input="hi")
+    with pytest.raises(openai.RateLimitError) as limited:
+        team.responses.create(model="t-echo", input="hi")
+    assert limited.value.code == "rate_limited" and "team" in limited.value.message
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        metrics = http.get("/metrics").text
+    assert 'dashboard_ai_completions_total{outcome="ok",provider="b"} 1.0' in metrics, metrics[:2000]
+    assert 'dashboard_ai_completions_total{outcome="timeout",provider="hang"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_client_that_leaves_stops_the_upstream(server, upstream, provider):
+    model = {"openai": "z-slow", "anthropic": "zm-slow"}[provider]
+    with gpt(server).responses.stream(model=model, input="go on") as events:
+        deltas = 0
+        for event in events:
+            deltas += event.type == "response.output_text.delta"
+            if deltas == 3:
+                break
+    left = time.monotonic()
+    seen = upstream.requests(model)[-1]
+    upstream.wait_for(lambda: seen.closed is not None, timeout=5)
+    assert seen.closed - left < 1.0, f"upstream closed {seen.closed - left:.2f}s after the client left"
