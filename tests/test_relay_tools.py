@@ -7,6 +7,7 @@ a 400 naming the parameter and the provider."""
 from __future__ import annotations
 
 import json
+import re
 
 import anthropic
 import openai
@@ -14,7 +15,7 @@ import pytest
 
 from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
 from dashboard.relay.errors import Untranslatable
-from tests.support import ServerFactory
+from tests.support import ROOT, ServerFactory
 from tests.upstream import TOOL_CALLS, TOOL_PREAMBLE, relay_config, tool_call_id
 
 PROVIDERS = {"openai": "t-tool", "anthropic": "m-tool"}  # the `tool` scenario at a provider of each type
@@ -267,3 +268,30 @@ def test_untranslatable_names_the_parameter():
     with pytest.raises(Untranslatable) as info:
         to_chat({"model": "m", "messages": [], "max_tokens": 1, "top_k": 3})
     assert info.value.param == "top_k"
+
+
+def test_the_readme_agent_loop_runs_against_the_simulated_provider(server, capsys):
+    """The README's agent loop, as it is (but for the server's address): the simulated provider
+    calls the tool, then answers with its result."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    loop = next(b for b in blocks if "def get_weather" in b)
+    exec(loop.replace("http://127.0.0.1:8000", server.url), {})
+    assert capsys.readouterr().out == "The tool answered: 18C and sunny in Paris.\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_simulated_provider_calls_a_tool_for_the_anthropic_sdk(server, stream):
+    tool = {"name": "get_time", "input_schema": TIME["parameters"]}
+    messages = [{"role": "user", "content": "call get_time for CET"}]
+    first = anthropic_turn(claude(server), "simulated", messages, stream)
+    use = first.content[-1]
+    assert first.stop_reason == "tool_use" and (use.name, use.input) == ("get_time", {"tz": "CET"}), first
+    messages += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "12:00"}]},
+    ]
+    second = claude(server).messages.create(
+        model="simulated", max_tokens=100, messages=messages, tools=[tool]
+    )
+    assert second.content[0].text == "The tool answered: 12:00."

@@ -126,7 +126,8 @@ def _chat_part(block: dict[str, Any]) -> dict[str, Any]:
 def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") not in (None, "custom"):
         raise Untranslatable("tools", f"holds a {tool['type']!r} tool (server tools exist only at Anthropic)")
-    _only(tool, {"name", "description", "input_schema", "type"}, "has no equivalent", within="tools")
+    allowed = {"name", "description", "input_schema", "type", "cache_control"}  # caching: a hint
+    _only(tool, allowed, "has no equivalent at an OpenAI-type provider", within="tools")
     function = {"name": tool.get("name"), "parameters": tool.get("input_schema") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
