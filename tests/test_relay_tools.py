@@ -10,6 +10,7 @@ import json
 import re
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -295,3 +296,92 @@ def test_the_simulated_provider_calls_a_tool_for_the_anthropic_sdk(server, strea
         model="simulated", max_tokens=100, messages=messages, tools=[tool]
     )
     assert second.content[0].text == "The tool answered: 12:00."
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"model": "t-echo", "max_tokens": 5, "messages": HI, "tools": ["x"]}),
+        ("/v1/messages", {"model": "t-echo", "max_tokens": 5, "messages": HI, "tool_choice": "auto"}),
+        ("/v1/messages", {"model": "t-echo", "max_tokens": 5, "messages": HI, "metadata": "x"}),
+        ("/v1/chat/completions", {"model": "m-echo", "messages": HI, "tools": [1]}),
+        ("/v1/chat/completions", {"model": "m-echo", "messages": [{"role": "assistant", "tool_calls": "x"}]}),
+        ("/v1/responses", {"model": "t-echo", "input": "hi", "text": "x"}),
+        ("/v1/responses", {"model": "m-echo", "input": [{"type": "function_call", "arguments": 5}]}),
+    ],
+)
+def test_fields_of_the_wrong_shape_are_400s(server, path, body):
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        response = http.post(path, json=body)
+    assert response.status_code == 400, response.text
+
+
+CHAT = {"model": "m", "messages": HI}
+MESSAGES = {"model": "m", "max_tokens": 5, "messages": HI}
+
+
+@pytest.mark.parametrize(
+    ("param", "extra"),
+    [
+        ("frequency_penalty", {"frequency_penalty": 1}),
+        ("store", {"store": True}),
+        ("metadata", {"metadata": {"a": "b"}}),
+        ("reasoning_effort", {"reasoning_effort": "low"}),
+        ("tools", {"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
+        ("tools[].function.strict", {"tools": [{"type": "function", "function": {**TIME, "strict": True}}]}),
+        ("tool_choice", {"tool_choice": {"type": "allowed_tools"}}),
+        ("messages[].name", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}),
+        ("messages", {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+        (
+            "image_url",
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x,y"}}]}
+                ]
+            },
+        ),
+    ],
+)
+def test_every_chat_parameter_messages_cannot_carry_is_refused(param, extra):
+    with pytest.raises(Untranslatable) as info:
+        to_messages({**CHAT, **extra})
+    assert info.value.param == param, info.value.message
+
+
+@pytest.mark.parametrize(
+    ("param", "extra"),
+    [
+        ("service_tier", {"service_tier": "auto"}),
+        ("tools", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        ("tool_choice", {"tool_choice": {"type": "other"}}),
+        ("user content", {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
+        ("assistant content", {"messages": [{"role": "assistant", "content": [{"type": "thinking"}]}]}),
+        (
+            "image",
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]},
+        ),
+    ],
+)
+def test_every_messages_parameter_chat_cannot_carry_is_refused(param, extra):
+    with pytest.raises(Untranslatable) as info:
+        to_chat({**MESSAGES, **extra})
+    assert info.value.param == param, info.value.message
+
+
+def test_a_failed_tool_result_is_said_in_words_in_chat_completions():
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "content": [{"type": "text", "text": "boom"}],
+        "is_error": True,
+    }
+    chat = to_chat(
+        {**MESSAGES, "messages": [{"role": "user", "content": [result, {"type": "text", "text": "and?"}]}]}
+    )
+    assert chat["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "Error: boom"},
+        {"role": "user", "content": "and?"},
+    ]

@@ -83,7 +83,7 @@ class Completion:
         """The answer in one piece (see `Relay.complete`), taken as handed on when it arrives."""
         data, answer, dialect = await self.relay.complete(self.body, self.measure, client)
         self.measure.first_event_out = self.measure.ended = now()
-        self.measure.text_chars = len(answer.text)
+        self.measure.text_chars = len(answer.text) + sum(len(call.arguments) for call in answer.tool_calls)
         return data, answer, dialect
 
     def failed(self, error: RelayError) -> None:

@@ -19,6 +19,7 @@ import httpx
 
 from dashboard.backoff import Backoff
 from dashboard.config import AIConfig
+from dashboard.errors import HTTPError
 from dashboard.events import json_text
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Completion, Dialect
@@ -84,6 +85,9 @@ class Relay:
                 exc.message = f"{exc.message}; provider {provider.name!r} is of type {provider.dialect.name}"
                 exc.args = (exc.message,)
                 raise
+            except (AttributeError, KeyError, TypeError, ValueError):
+                # A field of the wrong shape, which the provider of the client's own dialect would refuse.
+                raise malformed(provider.dialect.name) from None
 
     def model_label(self, provider: Provider, model: str) -> str:
         """The metrics label for `model`: itself when listed, else the pattern it matched (bounded)."""
@@ -185,6 +189,12 @@ class Relay:
             error.message += f" ({measure.attempts} attempts{history})"
             error.args = (error.message,)
         raise error
+
+
+def malformed(dialect: str) -> HTTPError:
+    """A request whose fields are not of the shapes its dialect gives them."""
+    message = f"the request has a field of the wrong shape, and cannot be translated to {dialect}"
+    return HTTPError(400, message, "invalid_request")
 
 
 async def _complete_once(

@@ -23,7 +23,7 @@ from dashboard.relay.keys import Account
 from dashboard.relay.lifecycle import Completion, Completions
 from dashboard.relay.metrics import Measure
 from dashboard.relay.responses import Responses
-from dashboard.relay.upstream import list_models
+from dashboard.relay.upstream import list_models, malformed
 from dashboard.web.cors import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, watch_hangup
 from dashboard.web.errors import media_type, read_json
@@ -102,7 +102,10 @@ class RelayRoutes:
                 if not isinstance(body, dict):
                     raise HTTPError(400, "the body must be a JSON object", "invalid_request")
                 client = Responses(body)
-                body = client.to_common(body)
+                try:
+                    body = client.to_common(body)
+                except (AttributeError, KeyError, TypeError, ValueError):
+                    raise malformed("chat completions") from None
             _validate(body, asks)
             _stream_flag(request, body)
             measure.model = body["model"]
