@@ -156,10 +156,10 @@ class _Relayed:
     """An ASGI response that relays one admitted completion and stops the upstream when the
     client leaves; the completion's lifecycle settles, measures and logs it however it ends."""
 
-    def __init__(self, completion: Completion, client: Dialect, asks: Dialect) -> None:
+    def __init__(self, completion: Completion, client: Dialect, asks: Dialect | None = None) -> None:
         self.completion = completion
         self.client = client  # how the answer is written
-        self.asks = asks  # the dialect of the completion's request (the client's own, but Responses')
+        self.asks = asks or client  # the dialect of the completion's request (Responses': chat completions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
