@@ -113,6 +113,8 @@ def test_an_error_mid_stream_is_error_then_response_failed(server, provider):
         ("store", {"store": True}),
         ("reasoning", {"reasoning": {"effort": "high"}}),
         ("background", {"background": True}),
+        ("text.verbosity", {"text": {"verbosity": "low"}}),
+        ("service_tier", {"service_tier": "flex"}),
     ],
 )
 def test_what_the_relay_cannot_do_is_a_400_naming_it(server, param, extra):

@@ -169,6 +169,11 @@ def _check(request: dict[str, Any]) -> None:
     for key, allowed in _DEFAULTS.items():
         if key in request and request[key] not in allowed:
             raise Untranslatable(key, f"is {request[key]!r}, which the relay's Responses API cannot do")
+    text = request.get("text")
+    if isinstance(text, dict) and set(text) - {"format"}:
+        raise Untranslatable(
+            f"text.{min(set(text) - {'format'})}", "is not supported by the relay's Responses API"
+        )
     if "stream" in request and not isinstance(request["stream"], bool):
         raise HTTPError(400, "'stream' must be true or false", "invalid_request")
 

@@ -64,7 +64,7 @@ def _tool_call(body: dict[str, Any]) -> dict[str, str] | None:
     ):
         return None
     text, choice = _last_user_text(body), body.get("tool_choice")
-    named = choice["function"].get("name") if isinstance(choice, dict) else None
+    named = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
     mentioned = [f for f in functions if f.get("name") and (f["name"] == named or f["name"] in text)]
     if not mentioned and choice == "required":
         mentioned = functions[:1]
@@ -74,7 +74,9 @@ def _tool_call(body: dict[str, Any]) -> dict[str, str] | None:
     words = text.replace("?", " ").replace(".", " ").replace("!", " ").split()
     values = {"string": words[-1] if words else "", "integer": 1, "number": 1, "boolean": True}
     properties = (function.get("parameters") or {}).get("properties") or {}
-    arguments = {k: values[p["type"]] for k, p in properties.items() if p.get("type") in values}
+    arguments = {
+        k: values[p["type"]] for k, p in properties.items() if isinstance(p, dict) and p.get("type") in values
+    }
     return {
         "id": f"call_sim_{uuid.uuid4().hex[:12]}",
         "name": function["name"],

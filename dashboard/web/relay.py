@@ -1,7 +1,7 @@
 """The relay's routes: POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic) and
 POST /v1/responses (OpenAI's Responses API), each streamed or not and served by providers of either
-dialect, and GET /v1/models. Each completion
-runs through the relay's one lifecycle (dashboard.relay.lifecycle); this module speaks HTTP."""
+dialect, and GET /v1/models. Each completion runs through the relay's one lifecycle
+(dashboard.relay.lifecycle); this module speaks HTTP."""
 
 from __future__ import annotations
 
