@@ -56,11 +56,13 @@ class Responses(Dialect):
         out: dict[str, Any] = {"model": body["model"], "messages": messages}
         if body.get("max_output_tokens") is not None:
             out["max_completion_tokens"] = body["max_output_tokens"]
-        for key in ("temperature", "top_p", "parallel_tool_calls", "user", "stream"):
+        for key in ("temperature", "top_p", "user", "stream"):
             if body.get(key) is not None:
                 out[key] = body[key]
         if body.get("tools"):
             out["tools"] = [_chat_tool(tool) for tool in body["tools"]]
+            if body.get("parallel_tool_calls") is not None:  # chat completions takes it with tools only
+                out["parallel_tool_calls"] = body["parallel_tool_calls"]
         if body.get("tool_choice") is not None:
             out["tool_choice"] = _chat_tool_choice(body["tool_choice"])
         response_format = _response_format((body.get("text") or {}).get("format"))
