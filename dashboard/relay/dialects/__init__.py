@@ -141,9 +141,12 @@ class Dialect:
         raise NotImplementedError
 
     def to_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A client's request as chat completions; Untranslatable (a 400 naming the parameter) for
+        what chat completions cannot carry faithfully: nothing is dropped without a word."""
         raise NotImplementedError
 
     def from_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A chat completions request as this dialect's provider takes it; Untranslatable as above."""
         raise NotImplementedError
 
     def renderer(self, source: Dialect, *, usage: bool) -> Renderer:
