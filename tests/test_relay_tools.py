@@ -14,8 +14,11 @@ import httpx
 import openai
 import pytest
 
+from dashboard.relay.dialects import Chunk, ToolDelta, get
 from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
-from dashboard.relay.errors import Untranslatable
+from dashboard.relay.dialects.anthropic import ToAnthropic
+from dashboard.relay.dialects.openai import ToOpenAI
+from dashboard.relay.errors import Untranslatable, UpstreamProtocolError
 from tests.support import ROOT, ServerFactory
 from tests.upstream import TOOL_CALLS, TOOL_PREAMBLE, relay_config, tool_call_id
 
@@ -385,3 +388,46 @@ def test_a_failed_tool_result_is_said_in_words_in_chat_completions():
         {"role": "tool", "tool_call_id": "t1", "content": "Error: boom"},
         {"role": "user", "content": "and?"},
     ]
+
+
+def frames_data(raw: bytes) -> list[dict]:
+    lines = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def test_a_call_streamed_without_arguments_reaches_openai_clients_as_empty_json():
+    renderer = ToOpenAI(usage=False)
+    raw = renderer.frames(
+        [
+            Chunk("", start=True),
+            Chunk("", tools=[ToolDelta(1, "toolu_1", "now")]),
+            Chunk("", finish_reason="tool_calls"),
+        ]
+    )
+    calls = [d["choices"][0]["delta"].get("tool_calls") for d in frames_data(raw)]
+    arguments = "".join(c[0]["function"].get("arguments", "") for c in calls if c)
+    assert arguments == "{}" and calls[1][0]["id"] == "toolu_1" and calls[1][0]["index"] == 0
+
+
+def test_interleaved_parallel_calls_end_a_messages_stream_with_an_error_not_a_wrong_answer():
+    renderer = ToAnthropic()
+    renderer.frames([Chunk("", tools=[ToolDelta(0, "a", "f"), ToolDelta(1, "b", "g")])])
+    with pytest.raises(UpstreamProtocolError):
+        renderer.frames([Chunk("", tools=[ToolDelta(0, arguments="{}")])])
+
+
+def test_cache_writes_and_reads_are_prompt_tokens_in_openai_words():
+    message = {"type": "message", "content": [], "stop_reason": "end_turn"}
+    counts = {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 3,
+        "cache_read_input_tokens": 2,
+        "output_tokens": 1,
+    }
+    usage = get("anthropic").parse_completion({**message, "usage": counts}).usage
+    assert usage == {
+        "prompt_tokens": 10,
+        "completion_tokens": 1,
+        "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
