@@ -663,6 +663,7 @@ ai:
       retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
       timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
       prices: {{input: 1.0, output: 2.0}}
+      cooldown: 0  # its scenarios fail on purpose, test after test: never passed over
     - name: b
       base_url: {upstream_url}/b/v1
       api_key: ${{RELAY_TEST_KEY}}
@@ -692,6 +693,7 @@ ai:
       retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
       timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
       prices: {{input: 1.0, output: 2.0}}
+      cooldown: 0  # its scenarios fail on purpose, test after test: never passed over
     - name: bm
       type: anthropic
       base_url: {upstream_url}/b/v1
