@@ -239,6 +239,8 @@ class Upstream:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self.counts: dict[str, int] = {}
+        self.active: dict[str, int] = {}  # `busy` requests each provider (path) holds now
+        self.peak: dict[str, int] = {}  # ... and the most it held at once
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream", daemon=True)
@@ -607,6 +609,17 @@ class Scenario:
         for f in frames[len(opening) :]:
             await self.send(f)
         await self.end()
+
+    async def s_busy(self, n: int) -> None:
+        """An answer after 0.2 s, counting how many requests each provider holds at once."""
+        up, name = self.up, self.provider
+        up.active[name] = up.active.get(name, 0) + 1
+        up.peak[name] = max(up.peak.get(name, 0), up.active[name])
+        try:
+            await asyncio.sleep(0.2)
+            await self.answer()
+        finally:
+            up.active[name] -= 1
 
     def key(self) -> str:
         if self.anthropic:
