@@ -48,6 +48,8 @@ def limited(upstream, tmp_path_factory):
             provider(upstream, "rpm1", "rpm-*", "rpm: 2"),
             provider(upstream, "rpm2", "rpm-*"),
             provider(upstream, "solo", "solo-*", "rpm: 1\n      timeouts: {first_token: 0.5}"),
+            provider(upstream, "tok1", "tok-*", "tpm: 100"),
+            provider(upstream, "tok2", "tok-*"),
         )
     )
     factory.close()
@@ -146,6 +148,20 @@ def test_rpm_moves_requests_to_the_next_provider_or_waits(limited, upstream):
         ask(limited, "solo-echo", "again")
     assert expired.value.status_code == 504, "the next request waits for the minute, past first_token"
     assert len(upstream.requests("solo-echo")) == 1, "solo was sent one request in the minute (rpm 1)"
+
+
+def test_tpm_counts_max_tokens_until_the_usage_is_known(limited, upstream):
+    def ask_for(n: int) -> str:
+        stream = sdk(limited).chat.completions.create(
+            model="tok-busy", messages=[{"role": "user", "content": f"n{n}"}], max_tokens=60, stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(ask_for, range(2)))
+    assert sorted(providers_seen(upstream, "tok-busy")) == ["tok1", "tok2"], "60 + 60 > tpm 100"
+    ask_for(2)
+    assert providers_seen(upstream, "tok-busy")[-1] == "tok1", "the first counts its usage now, not 60"
 
 
 def test_round_robin_alternates_between_providers(serve, upstream):

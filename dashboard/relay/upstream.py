@@ -34,7 +34,7 @@ from dashboard.relay.errors import (
     UpstreamProtocolError,
 )
 from dashboard.relay.failures import first_token_expired, mark, status_error, transport_error
-from dashboard.relay.keys import estimate_tokens
+from dashboard.relay.keys import prompt_tokens
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.stream import UpstreamStream
@@ -189,7 +189,7 @@ class Relay:
         attempt: Callable[[Provider, float, Slot], Awaitable[T]],
     ) -> T:
         remaining = self.in_order(self.route(str(body.get("model"))))
-        tokens = _tokens(body)
+        tokens = _tokens(body) if any(p.capacity.limits.tpm for p in remaining) else 0
         measure.first_attempt = now()
         loop = asyncio.get_running_loop()
         start = loop.time() - (measure.first_attempt - measure.started)
@@ -335,10 +335,9 @@ async def _room(providers: list[Provider], tokens: int, start: float) -> tuple[P
 
 def _tokens(body: dict[str, Any]) -> int:
     """A request's tokens as a provider's tpm counts them until its usage is known: the prompt's
-    estimate and the answer's max_tokens."""
-    prompt = estimate_tokens(json.dumps([body.get("system"), body.get("messages"), body.get("input")]))
-    limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
-    return prompt + (limit if type(limit) is int and limit > 0 else 0)
+    estimate (as api keys count it) and the answer's max_tokens."""
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    return prompt_tokens(body) + (limit if type(limit) is int and limit > 0 else 0)
 
 
 def _json_bytes(obj: Any) -> bytes:
