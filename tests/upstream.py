@@ -239,6 +239,8 @@ class Upstream:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self.counts: dict[str, int] = {}
+        self.active: dict[str, int] = {}  # `busy` requests each provider (path) holds now
+        self.peak: dict[str, int] = {}  # ... and the most it held at once
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream", daemon=True)
@@ -608,6 +610,17 @@ class Scenario:
             await self.send(f)
         await self.end()
 
+    async def s_busy(self, n: int) -> None:
+        """An answer after 0.2 s, counting how many requests each provider holds at once."""
+        up, name = self.up, self.provider
+        up.active[name] = up.active.get(name, 0) + 1
+        up.peak[name] = max(up.peak.get(name, 0), up.active[name])
+        try:
+            await asyncio.sleep(0.2)
+            await self.answer()
+        finally:
+            up.active[name] -= 1
+
     def key(self) -> str:
         if self.anthropic:
             return self.seen.headers.get("x-api-key", "")
@@ -663,6 +676,7 @@ ai:
       retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
       timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
       prices: {{input: 1.0, output: 2.0}}
+      cooldown: 0  # its scenarios fail on purpose, test after test: never passed over
     - name: b
       base_url: {upstream_url}/b/v1
       api_key: ${{RELAY_TEST_KEY}}
@@ -692,6 +706,7 @@ ai:
       retries: {{attempts: 2, backoff: 0.05, max_backoff: 0.1, max_retry_after: 5}}
       timeouts: {{connect: 2, first_token: 5, idle: 5, total: 20}}
       prices: {{input: 1.0, output: 2.0}}
+      cooldown: 0  # its scenarios fail on purpose, test after test: never passed over
     - name: bm
       type: anthropic
       base_url: {upstream_url}/b/v1

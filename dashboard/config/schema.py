@@ -234,6 +234,19 @@ class AIProvider(Strict):
         True, description="ask streams for a usage chunk (stream_options.include_usage) to measure tokens"
     )
     simulation: AISimulation = Field(default_factory=AISimulation)
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests in flight to this provider at most, per server process"
+    )
+    rpm: int | None = Field(None, ge=1, description="requests per minute sent to this provider, per process")
+    tpm: int | None = Field(
+        None, ge=1, description="tokens per minute (prompt estimate plus max_tokens, then usage), per process"
+    )
+    max_queue: int = Field(
+        100, ge=0, description="requests waiting for room at this provider; one more is refused with 429"
+    )
+    cooldown: float = Field(
+        30.0, ge=0, description="seconds a provider that failed 3 times in a row is passed over (0: never)"
+    )
 
     @field_validator("type")
     @classmethod
@@ -261,9 +274,15 @@ def _simulated_only() -> list[AIProvider]:
 
 
 class AIConfig(Strict):
-    """OpenAI-compatible providers behind /v1 and the `ai` feed; the first whose models match is used."""
+    """OpenAI-compatible providers behind /v1 and the `ai` feed; those whose models match are tried in
+    the `routing` order."""
 
     providers: list[AIProvider] = Field(default_factory=_simulated_only)
+    routing: Literal["fallback", "round_robin", "least_busy"] = Field(
+        "fallback",
+        description="the order providers serving one model are tried in: as configured, taking turns, "
+        "or the one with the fewest requests in flight first",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> AIConfig:

@@ -48,6 +48,15 @@ class Untranslatable(RelayError):
         self.why = why
 
 
+class QueueFull(RelayError):
+    """Every provider serving the model is at its limits and the queue of the first is full."""
+
+    status = 429
+    code = "provider_queue_full"
+    type = "rate_limit_error"
+    summary = "The AI providers are busy. Try again in a moment."
+
+
 # -- timeouts --------------------------------------------------------------------------------
 class RelayTimeout(RelayError):
     """One of the four timeouts expired; `which` names it."""

@@ -133,7 +133,7 @@ class Keys:
         if not account.allows(model):
             REFUSED.labels(account.name, "model").inc()
             raise HTTPError(403, f"api key {account.name!r} may not use model {model!r}", "model_not_allowed")
-        prompt = estimate_tokens(json.dumps([body.get("system"), body.get("messages")], ensure_ascii=False))
+        prompt = prompt_tokens(body)
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         completion = limit if type(limit) is int and limit > 0 else account.default_max_tokens
         cost = max((p.price(prompt, completion) or 0.0 for p in providers), default=0.0)
@@ -204,6 +204,11 @@ class Keys:
     async def today(self) -> dict[str, Any]:
         """The day's spend as the spend feed publishes it."""
         return spend_report(await self.ledger.spend(), None, None)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """A completion request's prompt in tokens, estimated from its text (its usage is not known yet)."""
+    return estimate_tokens(json.dumps([body.get("system"), body.get("messages")], ensure_ascii=False))
 
 
 def estimate_tokens(text: str | int) -> int:

@@ -41,6 +41,18 @@ COMPLETIONS = Counter(
     ["provider", "outcome"],
 )
 
+QUEUE_WAIT = Histogram(
+    "dashboard_ai_provider_queue_wait_seconds",
+    "Time a request waited for room at a provider at its limits (max_concurrency, rpm, tpm).",
+    ["provider"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+QUEUE_REFUSALS = Counter(
+    "dashboard_ai_provider_queue_refusals",  # exposed as dashboard_ai_provider_queue_refusals_total
+    "Requests refused while waiting for room at a provider: its queue full, or the first_token timeout.",
+    ["provider", "reason"],
+)
+
 
 def now() -> float:
     return time.perf_counter()

@@ -9,6 +9,7 @@ import httpx
 from dashboard.config import AIProvider
 from dashboard.events import valid_text
 from dashboard.relay import dialects, routing
+from dashboard.relay.capacity import Capacity
 from dashboard.relay.transport import RelayTransport
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
@@ -59,6 +60,7 @@ class Provider:
         self.dialect = dialects.get("openai" if self.simulated else config.type)
         self.timeouts = config.timeouts
         self.retries = config.retries
+        self.capacity = Capacity(config)  # its limits, queue and cool-down in this process
         key = config.api_key.get_secret_value() if config.api_key else ""
         self.headers = {"content-type": "application/json", "accept": "text/event-stream, application/json"}
         if key:

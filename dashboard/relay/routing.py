@@ -1,5 +1,6 @@
 """Which providers serve a model: each provider's `models` are fnmatch patterns of model names, and
-a request goes to the providers whose patterns match, in the configured order."""
+a request goes to the providers whose patterns match, in the configured order (which `ai.routing`
+may change per request: Relay.in_order)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from dashboard.events import valid_text
+from dashboard.relay.capacity import Slot
 from dashboard.relay.dialects import Chunk
 from dashboard.relay.errors import (
     IdleTimeout,
@@ -35,8 +36,11 @@ class UpstreamStream:
     is in hand (or raises a relay error that may be retried); iterating yields batches of chunks
     and raises a relay error if the stream fails, times out or breaks off."""
 
-    def __init__(self, provider: Provider, measure: Measure, deadline: float, *, lean: bool = False) -> None:
+    def __init__(
+        self, provider: Provider, measure: Measure, deadline: float, slot: Slot, *, lean: bool = False
+    ) -> None:
         self.provider = provider
+        self.slot = slot  # the room taken at the provider, held until the stream is closed
         self.lean = lean  # plain tokens are recognised without decoding their JSON (no text)
         self.measure = measure
         self.deadline = deadline
@@ -221,9 +225,11 @@ class UpstreamStream:
                 measure.first_token_out = t
 
     async def aclose(self) -> None:
-        """Close the upstream request (and its connection, when unfinished)."""
+        """Close the upstream request (and its connection, when unfinished), and give back its room
+        at the provider."""
         response, self.response = self.response, None
         if response is None:
+            await self.slot.release(self.measure)
             return
         try:
             if self.finished and self._read is not None:
@@ -234,6 +240,7 @@ class UpstreamStream:
                     while await self._read(until) is not None:
                         pass
         finally:
+            await self.slot.release(self.measure)  # never suspends: a cancellation cannot skip it
             await response.aclose()
 
 

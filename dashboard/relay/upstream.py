@@ -22,8 +22,10 @@ from dashboard.config import AIConfig
 from dashboard.errors import HTTPError
 from dashboard.events import json_text
 from dashboard.relay import dialects
+from dashboard.relay.capacity import Slot
 from dashboard.relay.dialects import Completion, Dialect
 from dashboard.relay.errors import (
+    FirstTokenTimeout,
     IdleTimeout,
     NoProvider,
     RelayError,
@@ -32,6 +34,7 @@ from dashboard.relay.errors import (
     UpstreamProtocolError,
 )
 from dashboard.relay.failures import first_token_expired, mark, status_error, transport_error
+from dashboard.relay.keys import prompt_tokens
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.stream import UpstreamStream
@@ -51,6 +54,7 @@ class Relay:
     def __init__(self, config: AIConfig) -> None:
         self.providers: list[Provider] = []
         self._retiring: set[asyncio.Task[None]] = set()  # providers a reload let go, closing
+        self._turns: dict[tuple[str, ...], int] = {}  # round_robin: requests so far per set of providers
         self.configure(config)
 
     def configure(self, config: AIConfig) -> None:
@@ -69,6 +73,7 @@ class Relay:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self.routing = config.routing
 
     @staticmethod
     async def _retire(provider: Provider) -> None:
@@ -77,6 +82,20 @@ class Relay:
             await asyncio.sleep(provider.timeouts.total)
         finally:
             await provider.aclose()
+
+    def in_order(self, providers: list[Provider]) -> list[Provider]:
+        """`providers` (those serving one model) in the order to try them, by the configured
+        `routing`: as configured (fallback), taking turns (round_robin), or the one with the fewest
+        requests in flight or waiting first (least_busy); those cooling down after failures last."""
+        if self.routing == "round_robin" and len(providers) > 1:
+            key = tuple(p.name for p in providers)
+            turn = self._turns.get(key, 0)
+            self._turns[key] = turn + 1
+            first = turn % len(providers)
+            providers = providers[first:] + providers[:first]
+        elif self.routing == "least_busy":
+            providers = sorted(providers, key=lambda p: p.capacity.busy())  # ties: as configured
+        return sorted(providers, key=lambda p: p.capacity.cooling())
 
     def route(self, model: str) -> list[Provider]:
         """The providers that serve `model`, in the configured order (the first is tried first)."""
@@ -128,14 +147,15 @@ class Relay:
         the provider's own dialect, sent its events as they are, needs none)."""
         payloads: dict[tuple[str, bool], bytes] = {}
 
-        async def attempt(provider: Provider, deadline: float) -> UpstreamStream:
+        async def attempt(provider: Provider, deadline: float, slot: Slot) -> UpstreamStream:
             key = (provider.dialect.name, provider.config.include_usage)
             if key not in payloads:
                 out = provider.dialect.upstream_body(body, client, stream=True, usage=key[1])
                 payloads[key] = _json_bytes(out)
-            stream = UpstreamStream(provider, measure, deadline, lean=not text and provider.dialect is client)
+            lean = not text and provider.dialect is client
+            stream = UpstreamStream(provider, measure, deadline, slot, lean=lean)
             await stream.open(payloads[key])
-            return stream
+            return stream  # it holds the slot until it is closed
 
         return await self._first_answer(body, measure, attempt)
 
@@ -146,13 +166,18 @@ class Relay:
         the dialect it is written in."""
         payloads: dict[str, bytes] = {}
 
-        async def attempt(provider: Provider, deadline: float) -> tuple[bytes, Completion, Dialect]:
+        async def attempt(
+            provider: Provider, deadline: float, slot: Slot
+        ) -> tuple[bytes, Completion, Dialect]:
             dialect = provider.dialect
             if dialect.name not in payloads:
                 payloads[dialect.name] = _json_bytes(
                     dialect.upstream_body(body, client, stream=False, usage=False)
                 )
-            data, completion = await _complete_once(provider, payloads[dialect.name], measure, deadline)
+            try:
+                data, completion = await _complete_once(provider, payloads[dialect.name], measure, deadline)
+            finally:
+                await slot.release(measure)
             return data, completion, dialect
 
         return await self._first_answer(body, measure, attempt)
@@ -161,27 +186,40 @@ class Relay:
         self,
         body: dict[str, Any],
         measure: Measure,
-        attempt: Callable[[Provider, float], Awaitable[T]],
+        attempt: Callable[[Provider, float, Slot], Awaitable[T]],
     ) -> T:
-        providers = self.route(str(body.get("model")))
+        remaining = self.in_order(self.route(str(body.get("model"))))
+        tokens = _tokens(body) if any(p.capacity.limits.tpm for p in remaining) else 0
         measure.first_attempt = now()
         loop = asyncio.get_running_loop()
         start = loop.time() - (measure.first_attempt - measure.started)
         earlier: list[str] = []  # what failed before the last error, each distinct failure once
         error: RelayError | None = None
-        for provider in providers:
+        while remaining:
+            provider, slot = await _room(remaining, tokens, start)
+            remaining.remove(provider)
             deadline = start + provider.timeouts.total
             retries = provider.retries
             backoff = Backoff(retries.backoff, retries.max_backoff)
             measure.provider, measure.simulated = provider.name, provider.simulated
             for n in range(1, retries.attempts + 1):
+                if n > 1:
+                    provider, slot = await _room([provider], tokens, start)
                 measure.attempts += 1
                 try:
-                    return await attempt(provider, deadline)
-                except RelayError as exc:
+                    answer = await attempt(provider, deadline, slot)
+                except BaseException as exc:
+                    await slot.release(measure)  # the attempt's own closing gives it back too: once
+                    if not isinstance(exc, RelayError):
+                        raise
                     if error is not None and error.message not in earlier:
                         earlier.append(error.message)
                     error = exc
+                    if exc.fallback:  # the provider's failure, not the request's
+                        provider.capacity.failed()
+                else:
+                    provider.capacity.succeeded()
+                    return answer
                 if not error.retry or n == retries.attempts:
                     break
                 wait = error.retry_after
@@ -195,7 +233,7 @@ class Relay:
                 await asyncio.sleep(wait)
             if not error.fallback:
                 break
-            if provider is not providers[-1]:
+            if remaining:
                 log.warning("provider %r failed (%s); falling back", provider.name, error.message)
         assert error is not None
         if measure.attempts > 1:
@@ -269,6 +307,37 @@ async def _complete_once(
     finally:
         if response is not None:
             await response.aclose()
+
+
+async def _room(providers: list[Provider], tokens: int, start: float) -> tuple[Provider, Slot]:
+    """The first of `providers` with room for the request now (those cooling down only when all
+    are), else the first, once the request's turn in its queue comes: QueueFull (429) when the
+    queue is full, a first_token (or total) timeout (504) when it does not come in time. `start`:
+    when the request arrived (the event loop's time)."""
+    cool = [p for p in providers if not p.capacity.cooling()] or providers
+    for provider in cool:
+        slot = await provider.capacity.take_now(tokens)
+        if slot is not None:
+            return provider, slot
+    first = providers[0]
+    loop = asyncio.get_running_loop()
+    deadline = start + first.timeouts.total
+    until = min(deadline, loop.time() + first.timeouts.first_token)
+    try:
+        return first, await first.capacity.wait_for_room(tokens, until)
+    except TimeoutError:
+        pass
+    waited = f"waiting for room at provider {first.name!r} (at its max_concurrency, rpm or tpm)"
+    if until == deadline:
+        raise TotalTimeout(f"total timeout ({first.timeouts.total:g}s) expired {waited}")
+    raise FirstTokenTimeout(f"first token timeout ({first.timeouts.first_token:g}s) expired {waited}")
+
+
+def _tokens(body: dict[str, Any]) -> int:
+    """A request's tokens as a provider's tpm counts them until its usage is known: the prompt's
+    estimate (as api keys count it) and the answer's max_tokens."""
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    return prompt_tokens(body) + (limit if type(limit) is int and limit > 0 else 0)
 
 
 def _json_bytes(obj: Any) -> bytes:
