@@ -112,6 +112,10 @@ class Broker(Fanout, ABC):
     def healthy(self) -> bool:
         return True
 
+    def describe(self) -> str:
+        """Where its events are kept, for the startup banner."""
+        return "in this process's memory (nothing is kept across a restart)"
+
     # -- what instances must agree on: kept in this process unless the backend is shared -------
     async def claim(self, key: str, ttl: float) -> bool:
         """True the first time `key` is claimed within `ttl` seconds, by any instance sharing this
