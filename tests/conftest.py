@@ -6,6 +6,13 @@ from tests.browser import browser, open_page  # noqa: F401  (real Chromium fixtu
 from tests.support import ServerFactory
 
 
+@pytest.fixture(autouse=True)
+def in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Each test runs in a folder of its own: a runtime built with the default broker writes its
+    file (dashboard.db) there, never in the repository, and no two tests share one."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def serve(tmp_path):
     """Start `dashboard serve` with a config given as YAML text: `server = serve(yaml)`."""
