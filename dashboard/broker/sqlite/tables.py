@@ -76,7 +76,8 @@ def load(db: sqlite3.Connection, topics: dict[str, int]) -> Saved:
         load_histories(db, topics, saved)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     for account, buckets in db.execute("SELECT account, buckets FROM windows"):
         saved.windows[account] = {int(second): counts for second, counts in json.loads(buckets).items()}
