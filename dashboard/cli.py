@@ -276,11 +276,11 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
 
     if not brokers.is_shared(config.broker.url):
         print(
-            f"refusing to start {args.workers} workers with broker.url {config.broker.url}: "
-            "memory:// and sqlite:// keep events in one process (a sqlite file serves one process at "
-            "a time), so a browser would see only the events of the process it happened to reach, and "
-            "could not resume on another one. Share them through Redis: set broker.url to "
-            "redis://HOST:6379/0 (see 'Scale out' in the README).",
+            f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
+            "would keep its own events (and a sqlite:// file serves one process at a time), so a "
+            "browser would see only the events of the process it happened to reach, and could not "
+            "resume on another one. Share them through Redis: set broker.url to redis://HOST:6379/0 "
+            "(see 'Scale out' in the README).",
             file=sys.stderr,
         )
         return 2

@@ -6,6 +6,7 @@ file that cannot be used stops the server with one line naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ import httpx
 import openai
 import pytest
 
+from dashboard.broker import from_url
+from dashboard.relay.ledger import Ledger, Limits, Reservation
 from tests.support import ROOT, read_events, sse_stream
 from tests.test_alerts import HOOK_SECRET, Receiver, receiving
 from tests.test_keys import BUDGET_USD, HI, KEY, TEAM, keys_config, openai_sdk
@@ -187,6 +190,24 @@ def test_the_file_keeps_each_topic_within_its_history(serve):
         rows = db.execute("SELECT count(*) FROM events WHERE topic = 't'").fetchone()[0]
     assert rows == 5, f"{rows} rows kept of topic t (history: 5)"
     assert database.stat().st_size < 100_000, database.stat().st_size
+
+
+def test_what_requests_in_flight_held_when_the_process_stopped_is_counted_as_spent(tmp_path):
+    async def scenario() -> dict:
+        url = f"sqlite:///{tmp_path}/ledger.db"
+        broker = from_url(url)
+        await broker.connect()
+        held = await Ledger(broker).reserve("team", "m", Limits(daily_nusd=100), 10, 40)
+        assert isinstance(held, Reservation), held
+        await broker.disconnect()  # never settled: as if the process died mid-request
+        again = from_url(url)
+        await again.connect()
+        try:
+            return (await Ledger(again).spend())["keys"]["team"]
+        finally:
+            await again.disconnect()
+
+    assert asyncio.run(scenario()) == {"nusd": 40, "reserved": 0}
 
 
 def start_refused(home, config: str = "topics: {a: {feed: demo}}\n") -> str:
