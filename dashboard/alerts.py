@@ -169,22 +169,47 @@ class Alerts:
 
     def __init__(self, rules: list[AlertRule], broker: Broker) -> None:
         self.broker = broker
-        self.rules = {rule.name: Rule(rule, self) for rule in rules}
+        self.rules: dict[str, Rule] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._leading: list[asyncio.Task[None]] = []
+        self._leading: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
-        for rule in self.rules.values():
-            broker.listen(rule.config.topic, rule.observe)
+        self._started = False
+        for rule in rules:
+            self._add(rule)
+
+    def _add(self, config: AlertRule) -> None:
+        rule = self.rules[config.name] = Rule(config, self)
+        self.broker.listen(config.topic, rule.observe)
+        if self._started:  # a reload added or changed it: it starts again from `ok`
+            self.broker.keep(f"alert:{config.name}", rule.kept())
+            self._leading[config.name] = asyncio.create_task(self._lead(rule), name=f"alert:{config.name}")
+
+    async def _remove(self, name: str) -> None:
+        rule = self.rules.pop(name)
+        rule._cancel_timer()
+        self.broker.unlisten(rule.config.topic, rule.observe)
+        await cancel_and_wait([self._leading.pop(name)] if name in self._leading else [])
+
+    async def configure(self, rules: list[AlertRule]) -> None:
+        """Follow `rules` from now on (a reload): a rule that did not change keeps its state; one
+        that changed starts again from `ok`; deliveries under way finish."""
+        wanted = {rule.name: rule for rule in rules}
+        for name, rule in list(self.rules.items()):
+            if wanted.get(name) != rule.config:
+                await self._remove(name)
+        for name, config in wanted.items():
+            if name not in self.rules:
+                self._add(config)
 
     def start(self) -> None:
         """Take up the rules' kept states and lead them; called once the broker is connected,
         before any event is delivered."""
-        if not self.rules:
-            return
+        self._started = True
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        self._leading = [
-            asyncio.create_task(self._lead(rule), name=f"alert:{name}") for name, rule in self.rules.items()
-        ]
+        self._leading = {
+            name: asyncio.create_task(self._lead(rule), name=f"alert:{name}")
+            for name, rule in self.rules.items()
+        }
         for name, rule in self.rules.items():  # after the leading tasks: a pending rule's check
             kept = self.broker.kept(f"alert:{name}")  # runs once a lone process leads it
             if kept is not None:
@@ -193,7 +218,7 @@ class Alerts:
     async def stop(self) -> None:
         for rule in self.rules.values():
             rule._cancel_timer()
-        await cancel_and_wait([*self._leading, *self._tasks])
+        await cancel_and_wait([*self._leading.values(), *self._tasks])
         if self._client is not None:
             await self._client.aclose()
 

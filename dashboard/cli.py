@@ -1,13 +1,17 @@
-"""The `dashboard` command: serve, check, feeds, token, keys."""
+"""The `dashboard` command: serve, reload, check, feeds, token, keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -18,7 +22,7 @@ from dashboard.auth.exposure import describe as describe_access
 from dashboard.auth.exposure import network_problems
 from dashboard.auth.ttl import parse_ttl
 from dashboard.config import APIKey, Config, load_config
-from dashboard.errors import ConfigError, DashboardError
+from dashboard.errors import ConfigError, DashboardError, SetupError
 from dashboard.feed import installed_feeds, load_target
 from dashboard.security import is_loopback
 
@@ -35,6 +39,8 @@ def _load(path: str | None) -> Config | None:
         print(f"{len(exc.issues)} error(s) in the configuration:", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
+            for line in issue.excerpt.splitlines():
+                print(f"      {line}", file=sys.stderr)
         return None
 
 
@@ -139,8 +145,7 @@ async def _spend_from_server(config: Config) -> dict:
             f"broker.url {scheme}:// is not shared, so the running server holds the spend; "
             "add a topic with feed: spend"
         )
-    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{config.server.port}/sse/{topics[0]}?replay=1"
+    url = f"{local_url(config)}/sse/{topics[0]}?replay=1"
     headers = {}
     viewers = config.auth.viewers
     if viewers is not None and viewers.secret is not None and not config.topics[topics[0]].public:
@@ -161,8 +166,78 @@ async def _spend_from_server(config: Config) -> dict:
     raise ValueError(f"{url} sent no spend report")
 
 
+def local_url(config: Config, port: int | None = None) -> str:
+    """Where this machine reaches the server of `config` (on `port`, when not server.port)."""
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port or config.server.port}"
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """`dashboard reload`: check the config, signal the server, and wait for it to say how it went."""
+    import time
+
+    config = _load(args.config)
+    if config is None:
+        print("not reloading: the server would refuse this config and keep the one it has", file=sys.stderr)
+        return 1
+    port = args.port or config.server.port
+    try:
+        pid = args.pid or server_pid(port)
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = f"{local_url(config, port)}/healthz"
+    before = _config_status(url)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while before is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = _config_status(url)
+        if status is None or status.get("last_reload") == before.get("last_reload"):
+            continue
+        if status["last_reload"]["ok"]:
+            print(f"reloaded: process {pid} serves config generation {status['generation']}")
+            return 0
+        print(
+            f"reload refused, the server keeps its config: {status['last_reload']['error']}", file=sys.stderr
+        )
+        return 1
+    print(f"sent SIGHUP to process {pid}; it did not say how the reload went: see its log", file=sys.stderr)
+    return 1
+
+
+def server_pid(port: int) -> int:
+    """The process of this user that listens on `port` (with `--workers N`, their parent);
+    LookupError saying why there is none."""
+    import psutil
+
+    listening = {
+        c.pid
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+    }
+    roots = [pid for pid in listening if psutil.Process(pid).ppid() not in listening]
+    if not roots:
+        raise LookupError(f"no process of this user listens on port {port}: give --port or --pid")
+    if "dashboard" not in " ".join(psutil.Process(roots[0]).cmdline()):
+        raise LookupError(f"process {roots[0]} listens on port {port} but is no dashboard server")
+    return roots[0]
+
+
+def _config_status(url: str) -> dict | None:
+    """The `config` part of the server's /healthz; None when it does not answer with one."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).json().get("config")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
 WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
+WORKER_WATCH_ENV = "DASHBOARD_WORKER_WATCH"  # ... and whether they watch the config file
+WATCH_EVERY = 1.0  # seconds between looks at the config file under `serve --watch`
 
 
 def banner(config: Config, bound: tuple, first: str, events: str = "") -> None:
@@ -206,6 +281,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dashboard.runtime import Runtime
 
+    # SIGHUP reloads the config once the server runs; until then it must not kill it (workers
+    # started meanwhile inherit this, until they listen for it themselves).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _load(args.config)
     if config is None:
         print("refusing to start: fix the configuration (see `dashboard check`)", file=sys.stderr)
@@ -222,13 +300,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"refusing to serve on {host}: {problem}", file=sys.stderr)
         if problems:
             return 2
+    try:
+        sock = listen_on(host, port)  # before anything starts: a port in use is said at once
+    except SetupError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     if args.workers > 1:
-        return serve_workers(args, config, host, port)
+        return serve_workers(args, config, sock)
     from dashboard.web.admission import raise_open_files_limit
 
     raise_open_files_limit()
     try:
-        runtime = Runtime(config)
+        runtime = Runtime(config, args.config)
     except DashboardError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
@@ -250,13 +333,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while not server.started:
             await asyncio.sleep(0.05)
         _close_streams_on_exit(runtime)
+        runtime.listen_for_reload(WATCH_EVERY if args.watch else None)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-        banner(config, bound, f"config: {config.source}", runtime.broker.describe())
+        first = f"config: {config.source}; instance {runtime.instance}"
+        banner(config, bound, first, runtime.broker.describe())
 
     async def run() -> None:
         announcer = asyncio.create_task(announce())
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             announcer.cancel()
 
@@ -269,11 +354,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int) -> int:
+def listen_on(host: str, port: int) -> socket.socket:
+    """The server's socket, bound to `host`:`port`; SetupError saying what to do when it cannot be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fixes = {
+            errno.EADDRINUSE: f"port {port} on {host} is in use (another server listens there): stop it, "
+            "or serve on another port with --port N (--port 0 picks a free one)",
+            errno.EACCES: f"port {port} needs privileges here: serve on a port above 1023 with --port N",
+            errno.EADDRNOTAVAIL: f"{host} is not an address of this machine: use --host 127.0.0.1, or "
+            "one of its own addresses",
+        }
+        raise SetupError(fixes.get(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}")) from None
+    sock.set_inheritable(True)  # workers take it over
+    return sock
+
+
+def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket) -> int:
     """`serve --workers N`: N processes accept on one socket; they share events through Redis."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
+    ReloadingWorkers = _reloading_workers()
     if not brokers.is_shared(config.broker.url):
         print(
             f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
@@ -285,12 +390,14 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         )
         return 2
     os.environ[WORKER_CONFIG_ENV] = os.path.abspath(args.config) if args.config else ""
-    os.environ[WORKER_HOST_ENV] = host
+    host = sock.getsockname()[0]
+    os.environ[WORKER_HOST_ENV] = config.server.host
+    os.environ[WORKER_WATCH_ENV] = "1" if args.watch else ""
     uv_config = uvicorn.Config(
         "dashboard.cli:worker_app",
         factory=True,
         host=host,
-        port=port,
+        port=sock.getsockname()[1],
         workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
@@ -298,11 +405,49 @@ def serve_workers(args: argparse.Namespace, config: Config, host: str, port: int
         proxy_headers=False,  # as in a single process: the peer is who connected
         **bounded_connections(config),
     )
-    sock = uv_config.bind_socket()
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
     banner(config, sock.getsockname(), f"config: {config.source}; {args.workers} worker processes")
-    Multiprocess(uv_config, sockets=[sock]).run()
+    ReloadingWorkers(uv_config, sockets=[sock]).run()
     return 0
+
+
+def _reloading_workers():
+    """uvicorn's process manager, except that SIGHUP reloads the config in every worker rather
+    than restarting them all (which would drop every stream)."""
+    from uvicorn.supervisors import Multiprocess
+
+    class ReloadingWorkers(Multiprocess):
+        def handle_hup(self) -> None:
+            log.info("SIGHUP: each of the %d workers reloads the config", len(self.processes))
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+        # A worker starts with SIGHUP blocked (the mask outlives exec), so that one sent before it
+        # listens waits for it instead of killing it; here, it waits until the spawn is done.
+        def init_processes(self) -> None:
+            with blocked(signal.SIGHUP):
+                super().init_processes()
+
+        def keep_subprocess_alive(self) -> None:
+            with blocked(signal.SIGHUP):
+                super().keep_subprocess_alive()
+
+        def handle_ttin(self) -> None:
+            with blocked(signal.SIGHUP):
+                super().handle_ttin()
+
+    return ReloadingWorkers
+
+
+@contextlib.contextmanager
+def blocked(sig: int) -> Iterator[None]:
+    """Hold `sig` pending while in the block: delivered at its end, not lost."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
 
 
 def worker_app():
@@ -310,13 +455,15 @@ def worker_app():
     from dashboard.runtime import Runtime
 
     quiet_client_log()
-    config = load_config(os.environ.get(WORKER_CONFIG_ENV) or None)
+    path = os.environ.get(WORKER_CONFIG_ENV) or None
+    config = load_config(path)
     config = config.bound_to(os.environ.get(WORKER_HOST_ENV) or config.server.host)
     from dashboard.web.admission import raise_open_files_limit
 
     raise_open_files_limit()
-    runtime = Runtime(config)
+    runtime = Runtime(config, path)
     _close_streams_on_exit(runtime)
+    runtime.listen_for_reload(WATCH_EVERY if os.environ.get(WORKER_WATCH_ENV) else None)
     return runtime.app
 
 
@@ -331,7 +478,7 @@ def _close_streams_on_exit(runtime: Runtime) -> None:
             continue
 
         def handler(signum: int, frame, previous=previous) -> None:
-            loop.call_soon_threadsafe(runtime.close_streams)
+            loop.call_soon_threadsafe(runtime.close_streams, True)
             previous(signum, frame)
 
         signal.signal(sig, handler)
@@ -363,7 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes sharing the port (default 1); more than one needs a redis:// broker",
     )
+    serve.add_argument(
+        "--watch", action="store_true", help="reload the config when its file changes (as SIGHUP does)"
+    )
     serve.set_defaults(func=cmd_serve)
+
+    reload = sub.add_parser(
+        "reload",
+        help="reload the running server's config",
+        description="Check the config, then have the server that listens on its port (or --pid) reload "
+        "it without a restart, as `kill -HUP <pid>` does; wait until the server says it applied it.",
+    )
+    reload.add_argument("--config", metavar="PATH", help=config_help)
+    reload.add_argument("config_path", nargs="?", metavar="CONFIG", help="the same as --config")
+    reload.add_argument("--port", type=int, help="the port the server listens on (default: server.port)")
+    reload.add_argument("--pid", type=int, help="the server's process id (default: found by its port)")
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (10)")
+    reload.set_defaults(func=cmd_reload)
 
     check = sub.add_parser(
         "check",

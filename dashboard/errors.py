@@ -21,7 +21,9 @@ Every error knows what an HTTP client is answered when one reaches it: `status`,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 
 class DashboardError(Exception):
@@ -44,6 +46,8 @@ class ConfigIssue:
     file: str
     line: int | None
     message: str
+    column: int | None = None
+    excerpt: str = ""  # the line at fault, and a caret under the column: shown under the message
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -144,3 +148,9 @@ class LeadershipLost(BrokerError):
     status = 409
     code = "leadership_lost"
     headers = None
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """ " (did you mean 'x'?)" when one of `choices` is close to `word`, else ""."""
+    close = get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

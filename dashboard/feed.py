@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from starlette.routing import BaseRoute
 
-from dashboard.errors import FeedNotFound
+from dashboard.errors import FeedNotFound, did_you_mean
 from dashboard.events import Event
 from dashboard.plugins import FEEDS, Plugin
 
@@ -131,7 +131,7 @@ def resolve_feed(name: str) -> type[Feed]:
     known = installed_feeds()
     if name not in known:
         raise FeedNotFound(
-            f"unknown feed type {name!r}; known: {', '.join(known) or 'none'} "
+            f"unknown feed type {name!r}{did_you_mean(name, known)}; known: {', '.join(known) or 'none'} "
             "(or give a dotted path, package.module:Class)"
         )
     return load_target(known[name].target)

@@ -88,12 +88,22 @@ class Supervisor:
         self.runners[topic] = runner
         return runner
 
-    def start(self) -> None:
-        for runner in self.runners.values():
+    def start(self, *topics: str) -> None:
+        """Run the feeds of `topics` (all when none are named)."""
+        for runner in [self.runners[t] for t in topics] if topics else self.runners.values():
             if runner.feed.has_stream():
                 runner.task = asyncio.create_task(self._lead(runner), name=f"feed:{runner.topic}")
             else:
                 runner.state = "idle"
+
+    async def remove(self, topic: str) -> FeedRunner:
+        """Stop the feed of `topic` and forget it (a reload removed or changed the topic); its
+        lease is released, so that another instance can lead the new one at once."""
+        runner = self.runners.pop(topic)
+        if runner.task is not None:
+            await cancel_and_wait([runner.task])
+        runner.state = "stopped"
+        return runner
 
     async def stop(self) -> None:
         await cancel_and_wait(r.task for r in self.runners.values() if r.task is not None)

@@ -139,3 +139,21 @@ def test_check_and_serve_warn_of_a_budget_that_no_price_can_reach(tmp_path, serv
     assert "warning: provider 'up' has no prices" in server.output(), server.output()
     priced = check(", prices: {input: 1, output: 2}")
     assert priced.returncode == 0 and "warning" not in priced.stdout, priced.stdout
+
+
+def test_a_port_in_use_is_named_with_the_fix_before_anything_starts(serve):
+    first = serve("topics: {tick: {feed: demo}}\n")
+    port = first.url.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "dashboard", "serve", "--config", str(first.config), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"refusing to start: port {port} on 127.0.0.1 is in use (another server listens there): stop it, "
+        "or serve on another port with --port N (--port 0 picks a free one)"
+    )
+    assert "Errno" not in done.stderr and "Traceback" not in done.stderr
+    assert "Started server process" not in done.stderr + done.stdout  # nothing started

@@ -63,7 +63,7 @@ def test_default_panels_one_per_topic_with_the_feed_view():
     ("text", "expected"),
     [
         ("server:\n  hots: x\n", "cfg.yaml:2: unknown key 'hots' in server"),
-        ("server:\n  port: lots\n", "cfg.yaml:2: server.port: Input should be a valid integer"),
+        ("server:\n  port: lots\n", "cfg.yaml:2: server.port: expected a whole number, got text"),
         (
             "topics:\n  a:\n    feed: nope\n",
             "cfg.yaml:3: topics.a.feed: unknown feed type 'nope'; known: ai, demo, metrics",
@@ -85,7 +85,7 @@ def test_default_panels_one_per_topic_with_the_feed_view():
         ("server: {port: 1}\nserver: {port: 2}\n", "cfg.yaml:2: duplicate key 'server'"),
         (
             "broker:\n  url: kafka://x\n",
-            "cfg.yaml:2: broker.url: Value error, unsupported broker URL 'kafka://x'",
+            "cfg.yaml:2: broker.url: unsupported broker URL 'kafka://x'",
         ),
         ("topics:\n  a: {feed: demo\n", "cfg.yaml:3: invalid YAML"),
         ("- just\n- a list\n", "cfg.yaml:1: the config must be a mapping"),
@@ -250,3 +250,66 @@ def test_merge_key_bombs_and_self_reference_are_config_errors():
         "cfg.yaml:1: invalid YAML: an alias refers to a value that contains it"
     ]
     assert errors_of("topics: " + "[" * 5000 + "]" * 5000) == ["cfg.yaml:1: invalid YAML: nested too deeply"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a misspelt key, feed, view or topic: "did you mean"
+        ("server:\n  hots: x\n", "cfg.yaml:2: unknown key 'hots' in server (did you mean 'host'?)"),
+        (
+            "topics:\n  a: {feed: demp}\n",
+            "cfg.yaml:2: topics.a.feed: unknown feed type 'demp' (did you mean 'demo'?)",
+        ),
+        (
+            "topics: {a: {feed: demo}}\npanels:\n  - {topic: a, view: chrat}\n",
+            "cfg.yaml:3: panels.0.view: unknown view 'chrat' (did you mean 'chat'?): use one of alerts,",
+        ),
+        (
+            "topics: {cpu: {feed: demo}}\npanels:\n  - {topic: cpus}\n",
+            "cfg.yaml:3: panels.0.topic: no topic named 'cpus' (did you mean 'cpu'?)",
+        ),
+        (
+            "topics:\n  a:\n    feed: demo\n    options: {colour: red}\n",
+            "cfg.yaml:4: unknown key 'colour' in topics.a.options; it takes mode, interval",
+        ),
+        # indentation, in words, with what to do
+        (
+            "topics:\n  a:\n    feed: demo\n   title: x\n",
+            "cfg.yaml:4: invalid YAML: this line is indented differently from the lines around it: keys of "
+            "one mapping start in the same column",
+        ),
+        (
+            "topics:\n  a:\n  feed: demo\n",
+            "cfg.yaml:2: topics.a: expected a mapping (keys indented under it, or {key: value}), "
+            "got nothing: are its keys indented under it?",
+        ),
+        ("topics:\n\ta: {feed: demo}\n", "cfg.yaml:2: invalid YAML: a tab: indent with spaces only"),
+        ("title: a: b\n", "cfg.yaml:1: invalid YAML: a ': ' where no key may start: put the key on a line"),
+        ("topics: [a, b\n", "cfg.yaml:2: invalid YAML: a '[' that is not closed by ']'"),
+        ("server: {port: 99999}\n", "cfg.yaml:1: server.port: must be at most 65535"),
+        (
+            "topics:\n  a: {feed: demo, options: {mode: wlk}}\n",
+            "topics.a.options.mode: must be one of 'clock' or 'walk'",
+        ),
+    ],
+)
+def test_errors_speak_in_the_projects_words_with_a_hint(text, expected):
+    errors = errors_of(text)
+    assert any(expected in e for e in errors), errors
+    for library_words in ("Input should", "Value error", "<block", "expected <", "scanning", "parsing a"):
+        assert not any(library_words in e for e in errors), errors
+
+
+def test_check_shows_the_line_at_fault_with_a_caret_under_the_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topics:\n  a:\n    feed: demo\n    optoins: {interval: 1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[1:] == [
+        f"  {bad}:4: unknown key 'optoins' in topics.a (did you mean 'options'?)",
+        "          optoins: {interval: 1}",
+        "          ^",
+    ], result.stderr

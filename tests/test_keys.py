@@ -341,11 +341,11 @@ def test_the_spend_panel_updates_as_requests_settle(upstream, serve, open_page):
     client = openai_sdk(server, TEAM)
     client.chat.completions.create(model="t-echo", messages=HI)
     opened.page.wait_for_function(
-        "el => JSON.parse(el.textContent).keys['team-a'].requests === 1", arg=latest.element_handle()
+        "el => JSON.parse(el.textContent).keys['team-a']?.requests === 1", arg=latest.element_handle()
     )
     client.chat.completions.create(model="t-echo", messages=HI)
     opened.page.wait_for_function(
-        "el => JSON.parse(el.textContent).keys['team-a'].cost_usd === 4.6e-05", arg=latest.element_handle()
+        "el => JSON.parse(el.textContent).keys['team-a']?.cost_usd === 4.6e-05", arg=latest.element_handle()
     )
     opened.screenshot("spend-panel.png")
     assert TEAM not in opened.page.content()

@@ -28,6 +28,10 @@ class Access:
     """The access rules of one server, from `auth` and `topics` in its config."""
 
     def __init__(self, config: Config) -> None:
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Decide by `config` from now on (a reload): requests already admitted are not asked again."""
         self.config = config
         self.viewers = viewers = config.auth.viewers
         self.public = {name for name, topic in config.topics.items() if topic.public}

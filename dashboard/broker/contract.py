@@ -108,6 +108,10 @@ class Broker(Fanout, ABC):
         """Whether `id` is not above the newest id this broker has given: a resume id above it is
         not ours (another server's, or from before the broker was wiped)."""
 
+    async def topic_added(self, name: str) -> None:
+        """Serve topic `name`, added (`add_topic`) while connected: a reload added it. A backend
+        that reads its topics' events from elsewhere starts reading this one too."""
+
     @property
     def healthy(self) -> bool:
         return True

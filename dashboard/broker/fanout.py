@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dashboard.errors import UnknownTopic
-from dashboard.events import GAP_EVENT, Message, encode_data
+from dashboard.events import GAP_EVENT, STATUS_EVENT, Message, encode_data
 
 RATE_WINDOW = 10.0  # seconds over which /api/topics reports a topic's event rate
 
@@ -41,8 +41,9 @@ class Sink(Protocol):
         """Pass on something that is no stored event (no id), such as presence counts."""
         ...
 
-    def close(self) -> None:
-        """No more messages: send what was taken, then end."""
+    def close(self, retry_ms: int | None = None) -> None:
+        """No more messages: send what was taken, then end; with `retry_ms`, first tell the reader
+        to come back after that many milliseconds (the server restarts)."""
         ...
 
 
@@ -101,11 +102,11 @@ class Subscription:
         if replayed:
             self.sink.replay(replayed)
 
-    def close(self) -> None:
-        """End the stream: the sink sends what it has and finishes."""
+    def close(self, retry_ms: int | None = None) -> None:
+        """End the stream: the sink sends what it has and finishes (see Sink.close)."""
         if not self.closed:
             self.closed = True
-            self.sink.close()
+            self.sink.close(retry_ms)
 
 
 @dataclass
@@ -171,6 +172,30 @@ class Fanout:
     def add_topic(self, name: str, history: int | None = None) -> None:
         self.topics[name] = TopicState(name, deque(maxlen=history or self.default_history))
 
+    def set_history(self, name: str, history: int) -> int:
+        """Keep `history` events of topic `name` from now on (a reload changed it); the newest id
+        it dropped to fit, 0 when none."""
+        state = self.topic(name)
+        kept = state.history
+        if kept.maxlen == history:
+            return 0
+        state.history = deque(kept, maxlen=history)
+        dropped = len(kept) - len(state.history)
+        return kept[dropped - 1].id if dropped > 0 else 0
+
+    def remove_topic(self, name: str, data: str) -> None:
+        """Stop serving topic `name` (a reload removed it). Each of its streams is told first, by
+        a `status` notice carrying `data`; a stream of that topic alone then ends, while a
+        multiplexed one goes on with its other topics."""
+        state = self.topics.pop(name)
+        for sub in state.subscribers:
+            sub.sink.notice(name, STATUS_EVENT, data)
+            sub.topics = tuple(topic for topic in sub.topics if topic != name)
+            if not sub.topics:
+                sub.close()
+        for callback in self._on_watchers_changed:
+            callback()
+
     def topic(self, name: str) -> TopicState:
         try:
             return self.topics[name]
@@ -205,6 +230,12 @@ class Fanout:
     def listen(self, topic: str, listener: Callable[[Message], None]) -> None:
         """Call `listener` with every message of `topic` this process delivers (alert rules)."""
         self.topic(topic).listeners.append(listener)
+
+    def unlisten(self, topic: str, listener: Callable[[Message], None]) -> None:
+        """Stop calling `listener` (a rule a reload removed)."""
+        state = self.topics.get(topic)
+        if state is not None and listener in state.listeners:
+            state.listeners.remove(listener)
 
     async def subscribe(
         self,
@@ -293,9 +324,10 @@ class Fanout:
         for callback in self._on_watchers_changed:
             callback()
 
-    def close_subscriptions(self) -> None:
-        """End every open stream (server shutdown)."""
+    def close_subscriptions(self, retry_ms: Callable[[], int] | None = None) -> None:
+        """End every open stream (server shutdown); with `retry_ms`, tell each to come back after
+        the milliseconds it gives (spread, so that a crowd does not return at one instant)."""
         for state in self.topics.values():
             for sub in tuple(state.subscribers):
-                sub.close()
+                sub.close(None if retry_ms is None else retry_ms())
             state.subscribers.clear()

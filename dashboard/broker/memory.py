@@ -46,6 +46,12 @@ class MemoryBroker(Broker):
             self.dropped(message.topic, history[0].id)
         super().deliver(message)
 
+    def set_history(self, name: str, history: int) -> int:
+        evicted = super().set_history(name, history)
+        if evicted:
+            self.dropped(name, evicted)
+        return evicted
+
     def dropped(self, topic: str, id: int) -> None:
         """`topic`'s history dropped `id` (and every older one) to make room."""
         self._evicted[topic] = id

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from dashboard.broker import backend
-from dashboard.errors import BrokerConfigError
+from dashboard.errors import BrokerConfigError, did_you_mean
 from dashboard.feed import Feed
 from dashboard.plugins import DIALECTS
 from dashboard.plugins import VIEWS as VIEW_REGISTRY
@@ -310,7 +310,9 @@ class PanelConfig(Strict):
     @classmethod
     def _known_view(cls, view: str | None) -> str | None:
         if view is not None and view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+            raise ValueError(
+                f"unknown view {view!r}{did_you_mean(view, VIEWS)}: use one of {', '.join(VIEWS)}"
+            )
         if view is not None:
             try:
                 VIEW_REGISTRY.load(view)  # an installed view whose script is missing is reported here

@@ -40,12 +40,20 @@ topics:
 """
 
 
+Position = tuple[int, int]  # line and column, from 1
+
+
+def _position(mark: yaml.Mark) -> Position:
+    return mark.line + 1, mark.column + 1
+
+
 class Source:
-    """A YAML document as plain data, with the line of every path in it."""
+    """A YAML document as plain data, with the line and column of every path in it."""
 
     def __init__(self, text: str, file: str) -> None:
         self.file = file
-        self.lines: dict[tuple[Any, ...], int] = {}
+        self.text_lines = text.splitlines()
+        self.positions: dict[tuple[Any, ...], Position] = {}
         self.issues: list[ConfigIssue] = []
         self._flattened: set[int] = set()
         loader = yaml.SafeLoader(text)
@@ -56,18 +64,17 @@ class Source:
             self.data = self._build(loader, node, ()) if node is not None else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc)
-            self.issues.append(ConfigIssue(file, mark.line + 1 if mark else None, f"invalid YAML: {problem}"))
+            where = _position(mark) if mark else (None, None)
+            self.issue_at(where, f"invalid YAML: {yaml_problem(exc)}")
             self.data = {}
         except RecursionError:
-            line = loader.get_mark().line + 1
-            self.issues.append(ConfigIssue(file, line, "invalid YAML: nested too deeply"))
+            self.issue_at(_position(loader.get_mark()), "invalid YAML: nested too deeply")
             self.data = {}
         finally:
             loader.dispose()
 
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
+        self.positions.setdefault(path, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
             # An anchored mapping met again through an alias is already flattened: not checked again.
@@ -77,45 +84,86 @@ class Source:
                 if key_node.tag != "tag:yaml.org,2002:merge":
                     key = loader.construct_object(key_node)
                     if key in own:
-                        self.issue(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+                        self.issue_at(_position(key_node.start_mark), f"duplicate key {key!r}")
                     own.add(key)
             loader.flatten_mapping(node)  # merged keys first, so the node's own keys win
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = loader.construct_object(key_node)
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self.positions[(*path, key)] = _position(key_node.start_mark)
                 out[key] = self._build(loader, value_node, (*path, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(loader, item, (*path, i)) for i, item in enumerate(node.value)]
         value = loader.construct_object(node)
         if isinstance(value, str):
-            value = self._substitute(value, node.start_mark.line + 1)
+            value = self._substitute(value, _position(node.start_mark))
         return value
 
-    def _substitute(self, value: str, line: int) -> str:
+    def _substitute(self, value: str, at: Position) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in os.environ:
                 return os.environ[name]
             if default is not None:
                 return default
-            self.issue(
-                line,
-                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+            self.issue_at(
+                at, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
             )
             return ""
 
         return _ENV_VAR.sub(replace, value)
 
-    def issue(self, line: int | None, message: str) -> None:
-        self.issues.append(ConfigIssue(self.file, line, message))
+    def issue_at(self, at: Position | tuple[None, None], message: str) -> None:
+        line, column = at
+        excerpt = ""
+        if line is not None and column is not None and line <= len(self.text_lines):
+            text = self.text_lines[line - 1].replace("\t", " ")
+            if len(text) <= 200:  # a line of a config, not of something else
+                excerpt = f"{text}\n{' ' * (column - 1)}^"
+        self.issues.append(ConfigIssue(self.file, line, message, column, excerpt))
 
-    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+    def issue(self, loc: tuple[Any, ...], message: str) -> None:
+        """A problem with the value at `loc` (a path such as ("topics", "cpu", "feed"))."""
+        self.issue_at(self.position(loc), message)
+
+    def position(self, loc: tuple[Any, ...]) -> Position | tuple[None, None]:
+        """Where the value at `loc` is written, or its nearest parent that is."""
         for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
-        return None
+            if loc[:end] in self.positions:
+                return self.positions[loc[:end]]
+        return None, None
+
+
+#: PyYAML's problems, in this project's words, with what to do (matched on the start of its text)
+YAML_PROBLEMS = {
+    "expected <block end>": "this line is indented differently from the lines around it: keys of one "
+    "mapping start in the same column, and a value's own keys are indented under it (spaces only)",
+    "mapping values are not allowed here": "a ': ' where no key may start: put the key on a line of its "
+    "own, or quote a value that contains ': '",
+    "could not find expected ':'": "a key without ':' after it, or a line indented under a plain value",
+    "found character '\\t' that cannot start any token": "a tab: indent with spaces only",
+    "expected ',' or '}'": "a '{' that is not closed by '}', or items without a ',' between them",
+    "expected ',' or ']'": "a '[' that is not closed by ']', or items without a ',' between them",
+    "found unexpected end of stream": "a quote that is never closed",
+    "found undefined alias": "a '*name' with no '&name' before it",
+    "expected alphabetic or numeric character": "a '*' or '&' without a name after it (quote a value "
+    "that starts with * or &)",
+    "found character": "a character that cannot start a value here (quote a value that starts with @ or `)",
+    "did not find expected key": "a line indented differently from the keys around it",
+    "did not find expected '-' indicator": "a list item indented differently from the items before it",
+}
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong, in this project's words: PyYAML's wording never reaches the user."""
+    problem = getattr(exc, "problem", None) or ""
+    for start, said in YAML_PROBLEMS.items():
+        if problem.startswith(start):
+            return said
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.context is None and problem and exc.problem_mark:
+        return problem  # one of this module's own (an alias bomb, a value holding itself)
+    return "this is not valid YAML here: check the indentation (spaces only) and the quotes around it"
 
 
 def _check_expanded_size(root: yaml.Node) -> None:

@@ -4,13 +4,14 @@ feed options, unique names), every problem at once with its file:line."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dashboard.config.schema import TOPIC_NAME, AuthConfig, Config
 from dashboard.config.source import Source, read_config
-from dashboard.errors import ConfigError, ConfigIssue, DashboardError
+from dashboard.errors import ConfigError, ConfigIssue, DashboardError, did_you_mean
 from dashboard.feed import Feed, resolve_feed
 
 
@@ -25,19 +26,16 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     issues = source.issues
     data = source.data
     if not isinstance(data, dict):
-        raise ConfigError([*issues, ConfigIssue(file, 1, "the config must be a mapping of sections")])
+        raise ConfigError([*issues, ConfigIssue(file, 1, "the config must be a mapping of sections", 1)])
 
     topics = data.get("topics")
     if isinstance(topics, dict):
         for name in topics:
             if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
-                issues.append(
-                    ConfigIssue(
-                        file,
-                        source.line_of(("topics", name)),
-                        f"bad topic name {name!r}: use 1-64 of a-z, 0-9, '_', '.', '-', "
-                        "starting with a letter or digit",
-                    )
+                source.issue(
+                    ("topics", name),
+                    f"bad topic name {name!r}: use 1-64 of a-z, 0-9, '_', '.', '-', "
+                    "starting with a letter or digit",
                 )
 
     # Feeds are resolved from the raw data, so their errors show even when other sections are wrong.
@@ -55,42 +53,36 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         topic = _at(data, where)
         if isinstance(topic, str) and topic not in known:
             path = ".".join(str(p) for p in where)
-            issues.append(ConfigIssue(file, source.line_of(where), f"{path}: no topic named {topic!r}"))
+            source.issue(where, f"{path}: no topic named {topic!r}{did_you_mean(topic, known)}")
         elif where[-1] == "notify" and topic in resolved and resolved[topic][0].default_view != "list":
-            issues.append(
-                ConfigIssue(
-                    file,
-                    source.line_of(where),
-                    f"{'.'.join(str(p) for p in where)}: topic {topic!r} does not carry notifications "
-                    "(use a topic of the notifications feed)",
-                )
+            source.issue(
+                where,
+                f"{'.'.join(str(p) for p in where)}: topic {topic!r} does not carry notifications "
+                "(use a topic of the notifications feed)",
             )
     boards = data.get("dashboards")
     for name in boards if isinstance(boards, dict) else ():
         if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
-            line = source.line_of(("dashboards", name))
-            message = f"bad dashboard name {name!r}: use a-z, 0-9, '_', '.', '-'"
-            issues.append(ConfigIssue(file, line, message))
+            source.issue(("dashboards", name), f"bad dashboard name {name!r}: use a-z, 0-9, '_', '.', '-'")
 
     config: Config | None = None
     try:
         config = Config.model_validate({**data, "source": file})
     except ValidationError as exc:
         for error in exc.errors():
-            issues.append(ConfigIssue(file, source.line_of(error["loc"]), _describe(error)))
+            source.issue(error["loc"], describe(error, Config))
 
     if config is not None:
         for loc, message in [*key_problems(config.auth), *alert_problems(config)]:
             where = ".".join(str(part) for part in loc)
-            issues.append(ConfigIssue(file, source.line_of(loc), f"{where}: {message}"))
+            source.issue(loc, f"{where}: {message}")
         for name, topic in config.topics.items():
             if name in resolved:
                 topic._feed_class, topic._feed_options = resolved[name]
                 for problem in topic._feed_class.config_problems(topic._feed_options, config):
-                    line = source.line_of(("topics", name, "options"))
-                    issues.append(ConfigIssue(file, line, f"topics.{name}.options: {problem}"))
+                    source.issue(("topics", name, "options"), f"topics.{name}.options: {problem}")
     if issues:
-        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+        raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.column or 0)))
     assert config is not None
     return config
 
@@ -135,14 +127,14 @@ def _resolve_topic(
     try:
         cls = resolve_feed(feed)
     except DashboardError as exc:
-        source.issue(source.line_of(("topics", name, "feed")), f"topics.{name}.feed: {exc}")
+        source.issue(("topics", name, "feed"), f"topics.{name}.feed: {exc}")
         return None
     try:
         return cls, cls.Options.model_validate(options)
     except ValidationError as exc:
         for error in exc.errors():
             loc = ("topics", name, "options", *error["loc"])
-            source.issue(source.line_of(loc), _describe({**error, "loc": loc}))
+            source.issue(loc, describe({**error, "loc": loc}, cls.Options, skip=3))
         return None
 
 
@@ -180,11 +172,113 @@ def alert_problems(config: Config) -> list[tuple[tuple[Any, ...], str]]:
     return problems
 
 
-def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in error["loc"][:-1]) or "the top level"
-        return f"unknown key {error['loc'][-1]!r} in {parent}"
-    if error["type"] == "missing":
-        return f"{loc}: required key is missing"
-    return f"{loc}: {error['msg']}"
+def fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys the model at `path` under `model` takes (a dict's keys and list indexes are
+    stepped over); empty when `path` leads elsewhere."""
+    annotation: Any = model
+    for part in path:
+        while get_origin(annotation) in (dict, list, Union, UnionType) or get_origin(annotation) is not None:
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if get_origin(annotation) in (dict, list) and not isinstance(part, int | str):
+                return []
+            if get_origin(annotation) is dict:
+                annotation = args[-1]
+                break
+            if get_origin(annotation) is list:
+                annotation = args[0]
+                break
+            annotation = args[0] if args else Any
+        else:
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                field = annotation.model_fields.get(str(part)) or next(
+                    (f for f in annotation.model_fields.values() if f.alias == part), None
+                )
+                if field is None:
+                    return []
+                annotation = field.annotation
+                continue
+            return []
+    while get_origin(annotation) in (Union, UnionType):
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), Any)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [field.alias or name for name, field in annotation.model_fields.items()]
+    return []
+
+
+#: The kinds of value the schema expects, in words, by pydantic's error type
+EXPECTED = {
+    "dict_type": "a mapping (keys indented under it, or {key: value})",
+    "model_type": "a mapping (keys indented under it, or {key: value})",
+    "model_attributes_type": "a mapping (keys indented under it, or {key: value})",
+    "list_type": "a list ('- item' lines, or [a, b])",
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "finite_number": "a finite number",
+}
+
+#: Limits, in words: pydantic's error type -> how to say it (filled from the error's context)
+LIMITS = {
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_short": "must be at least {min_length} characters long",
+    "string_too_long": "must be at most {max_length} characters long",
+    "too_short": "must hold at least {min_length} items",
+    "too_long": "must hold at most {max_length} items",
+    "string_pattern_mismatch": "is not of the allowed form ({pattern})",
+    "literal_error": "must be one of {expected}",
+    "enum": "must be one of {expected}",
+}
+
+
+def kind_of(value: Any) -> str:
+    """What a value from YAML is, in words."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "nothing"
+    return "text"
+
+
+def describe(error: Any, model: type[BaseModel], skip: int = 0) -> str:
+    """A schema error in this project's words (pydantic's never reaches the user), with a hint:
+    "did you mean" for a misspelt key, the expected shape for a value of the wrong kind. `model`
+    is what validated `error["loc"][skip:]`."""
+    loc = error["loc"]
+    path = ".".join(str(p) for p in loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        known = fields_at(model, tuple(loc[skip:-1]))
+        hint = did_you_mean(loc[-1], known) or (f"; it takes {', '.join(known)}" if known else "")
+        return f"unknown key {loc[-1]!r} in {parent}{hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in EXPECTED:
+        got = kind_of(error.get("input"))
+        hint = ""
+        if kind in ("dict_type", "model_type") and got in ("text", "nothing"):
+            hint = ": are its keys indented under it?"
+        return f"{path}: expected {EXPECTED[kind]}, got {got}{hint}"
+    if kind in LIMITS:
+        context = {k: str(v) for k, v in (error.get("ctx") or {}).items()}
+        try:
+            return f"{path}: {LIMITS[kind].format(**context)}"
+        except KeyError:
+            pass
+    if kind == "value_error":  # one of the schema's own checks: its message is ours already
+        return f"{path}: {error['ctx']['error']}"
+    return f"{path}: this value is not valid here"

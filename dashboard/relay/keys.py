@@ -90,13 +90,21 @@ class Keys:
     def __init__(self, config: Config, broker: Broker, relay: Relay) -> None:
         self.ledger = Ledger(broker)
         self.relay = relay
+        self.listeners: list[Any] = []  # spend feeds: each gets the day's spend as requests settle
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take the keys of `config` from now on (a reload); what was spent stays counted."""
         self.keys = {key.name: key for key in config.auth.api_keys}
         self._tokens = [(key.token.get_secret_value(), key.name) for key in config.auth.api_keys]
-        self.listeners: list[Any] = []  # spend feeds: each gets the day's spend as requests settle
 
     def add_listener(self, feed: Any) -> None:
         """Have `feed` (a spend feed) publish the day's spend each time a request settles."""
         self.listeners.append(feed)
+
+    def remove_listener(self, feed: Any) -> None:
+        """Stop telling `feed` (its topic was removed or changed by a reload)."""
+        self.listeners = [listener for listener in self.listeners if listener is not feed]
 
     # -- who pays ------------------------------------------------------------------------------
     def by_token(self, token: str | None) -> Account | None:

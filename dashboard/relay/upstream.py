@@ -33,6 +33,7 @@ from dashboard.relay.failures import first_token_expired, mark, status_error, tr
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.stream import UpstreamStream
+from dashboard.tasks import cancel_and_wait
 
 log = logging.getLogger("dashboard.relay")
 
@@ -46,8 +47,34 @@ class Relay:
     """The configured providers, and how one request finds one that answers."""
 
     def __init__(self, config: AIConfig) -> None:
-        self.providers = [Provider(p) for p in config.providers]
+        self.providers: list[Provider] = []
+        self._retiring: set[asyncio.Task[None]] = set()  # providers a reload let go, closing
+        self.configure(config)
+
+    def configure(self, config: AIConfig) -> None:
+        """Serve `config`'s providers to new requests from now on (a reload). A provider whose
+        settings did not change keeps its pooled connections; requests in flight finish on the
+        provider they started with."""
+        before = {provider.name: provider for provider in self.providers}
+        self.providers = [
+            before.pop(p.name) if p.name in before and before[p.name].config == p else Provider(p)
+            for p in config.providers
+        ]
+        for provider in before.values():
+            task = asyncio.get_running_loop().create_task(
+                self._retire(provider), name=f"retire:{provider.name}"
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+
+    @staticmethod
+    async def _retire(provider: Provider) -> None:
+        """Close a provider a reload let go, once the requests it may still serve are over."""
+        try:
+            await asyncio.sleep(provider.timeouts.total)
+        finally:
+            await provider.aclose()
 
     def route(self, model: str) -> list[Provider]:
         """The providers that serve `model`, in the configured order (the first is tried first)."""
@@ -69,6 +96,7 @@ class Relay:
         return next((p.price for p in self.providers if p.name == provider), None)
 
     async def aclose(self) -> None:
+        await cancel_and_wait(self._retiring)  # each closes its provider as it ends
         await asyncio.gather(*(p.aclose() for p in self.providers), return_exceptions=True)
 
     # -- streams ---------------------------------------------------------------------------------

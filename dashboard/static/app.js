@@ -62,6 +62,21 @@
     panel.statusEl.title = util.isObject(status) && status.restarts ? "restarts: " + status.restarts : "";
   }
 
+  // A reload of the server's config removed the topic: its panels go, and so does the topic from
+  // the stream the page opens next (the server would refuse a stream naming it).
+  const isRemoved = (status) => util.isObject(status) && status.state === "removed";
+
+  function removeTopic(topic) {
+    for (const panel of byTopic.get(topic) || []) {
+      dirty.delete(panel);
+      panel.el.remove();
+    }
+    byTopic.delete(topic);
+    lastId.delete(topic);
+    const at = topics.indexOf(topic);
+    if (at >= 0) topics.splice(at, 1);
+  }
+
   // The server could not replay everything since our last event: it left history ("expired"),
   // or our id is not one of its own ("unknown_id", and it replays its history from the start).
   function showGap(topic, gap, id) {
@@ -83,6 +98,7 @@
     // A topic named "error" or "open" shares its name with the EventSource's own events.
     if (!(event instanceof MessageEvent)) return;
     if (type === "gap") return showGap(topic, util.parse(event.data), Number(event.lastEventId));
+    if (type === "status" && isRemoved(util.parse(event.data))) return removeTopic(topic); // it has no id
     const id = Number(event.lastEventId);
     if (id && id <= (lastId.get(topic) || 0)) return; // already shown
     if (id) lastId.set(topic, id);
@@ -189,11 +205,18 @@
   }
 
   // Whether the stream was refused because the viewer's session ended (401) or lost a topic (403):
-  // retrying cannot help then, so the page says what to do instead of trying for ever.
+  // retrying cannot help then, so the page says what to do instead of trying for ever. A topic
+  // that no longer exists (404) reloads the page.
   async function signedOut() {
     const probe = new AbortController();
     const response = await fetch(streamUrl(), { signal: probe.signal, credentials: "same-origin" });
     probe.abort();
+    if (response.status === 404) {
+      // A topic of this page went away (the server's config was reloaded while we were away):
+      // the page as the server now lays it out.
+      location.reload();
+      return true;
+    }
     if (response.status !== 401 && response.status !== 403) return false;
     let message = "";
     try {

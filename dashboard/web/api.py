@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,6 +30,8 @@ class API:
     presence: Presence
     alert_rules: Alerts
     admission: Admission
+    config_status: Callable[[], dict[str, Any]]  # the config's generation and the last reload's error
+    instance: str  # which process answers: host:pid (one of several behind `serve --workers N`)
 
     async def topics(self, request: Request) -> JSONResponse:
         """GET /api/topics: each topic's feed type, subscribers, last event id, rate and feed state."""
@@ -51,7 +54,7 @@ class API:
                 "dropped": state.dropped,
                 "status": runner.as_json(),
             }
-        return JSONResponse({"topics": body})
+        return JSONResponse({"instance": self.instance, "topics": body})
 
     async def alerts(self, request: Request) -> JSONResponse:
         """GET /api/alerts: each rule on a topic the viewer may read, with its state, last value and
@@ -73,11 +76,13 @@ class API:
             status = "overloaded"
         body = {
             "status": status,
+            "instance": self.instance,
             "broker": {"url_scheme": self.config.broker.url.split(":", 1)[0], "ok": broker_ok},
             "feeds": {name: runner.state for name, runner in runners.items()},
             # the topics whose feed runs on this instance (with a shared broker, one instance each)
             "leading": sorted(name for name, runner in runners.items() if runner.leader),
             # open, the most this process holds, the most one client may hold, shedding
             "streams": self.admission.as_json(),
+            "config": self.config_status(),
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)

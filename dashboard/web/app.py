@@ -119,7 +119,7 @@ def create_app(runtime: Runtime) -> DashboardApp:
     """The app serving `runtime`: every route in one list, each endpoint bound to the parts it uses."""
     config = runtime.config
     access = runtime.access
-    telemetry = Telemetry(runtime.broker, runtime.supervisor, runtime.admission)
+    telemetry = runtime.telemetry
     metrics = Metrics(telemetry, access, runtime.keys, list(config.topics))
     pages = Pages(access, config, runtime.boards, runtime.supervisor, runtime.alerts)
     streams = Streams(runtime.broker, access, runtime.admission, runtime.heartbeat, config.server)
@@ -131,6 +131,8 @@ def create_app(runtime: Runtime) -> DashboardApp:
         runtime.presence,
         runtime.alerts,
         runtime.admission,
+        runtime.config_status,
+        runtime.instance,
     )
     publish = Publish(runtime.feeds, config, runtime.broker)
     relay = RelayRoutes(access, runtime.completions, config.server.max_body)
@@ -170,3 +172,14 @@ def create_app(runtime: Runtime) -> DashboardApp:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=runtime.lifespan,
     )
+
+
+class Reloadable:
+    """What uvicorn serves: the app of the config in force, which a reload replaces (`current`).
+    A request is served by the app that took it, to its end: an open stream is never moved."""
+
+    def __init__(self, app: DashboardApp) -> None:
+        self.current = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.current(scope, receive, send)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from functools import lru_cache
 
-from dashboard.events import Message, encode_comment, encode_frame
+from dashboard.events import Message, encode_comment, encode_frame, encode_retry
 from dashboard.web.direct import Writer, http_chunk
 
 KEEPALIVE = encode_comment("keepalive")
@@ -106,7 +106,10 @@ class StreamSink:
             self._pending.append(frame)
             self._wake()
 
-    def close(self) -> None:
+    def close(self, retry_ms: int | None = None) -> None:
+        if retry_ms is not None and not self.closed:
+            frame = encode_retry(retry_ms)
+            self.put_frame(frame, http_chunk(frame))
         self.closed = True
         self._wake()
 

@@ -149,6 +149,13 @@ class RedisBroker(Broker):
         self.ledger.use(self._client)
         await self.reader.start(self._client, self._reader_client)
 
+    async def topic_added(self, name: str) -> None:
+        await self.reader.add_topic(name, self._history_client or self._client)
+
+    def remove_topic(self, name: str, data: str) -> None:
+        super().remove_topic(name, data)
+        self.reader.remove_topic(name)
+
     async def disconnect(self) -> None:
         await super().disconnect()
         tasks = [t for t in (self.reader.task, *self.leases.stop()) if t is not None]

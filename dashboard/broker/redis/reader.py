@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from dashboard.backoff import Backoff
 from dashboard.events import Message
+from dashboard.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from dashboard.broker.redis import RedisBroker
@@ -92,6 +93,30 @@ class StreamReader:
             # A full ring may have older neighbours in Redis (a longer `history` elsewhere).
             self.ring_from[name] = state.history[0].id - 1 if full else 0
 
+    async def add_topic(self, name: str, client: aioredis.Redis) -> None:
+        """Read topic `name` too (a reload added it): fill its ring through `client` with what is
+        stored up to the last id delivered, then read on from there with its stream among the rest."""
+        broker = self.broker
+        state = broker.topics[name]
+        if self.task is not None:
+            await cancel_and_wait([self.task])
+        try:
+            entries = await client.xrevrange(broker.stream_key(name), count=state.history.maxlen)
+        except (RedisError, OSError) as exc:
+            log.warning("topic %r added, but its history could not be read (%s)", name, type(exc).__name__)
+            entries = []
+        kept = [decode(name, entry_id(i), fields) for i, fields in reversed(entries)]
+        state.history.extend(message for message in kept if message.id <= self.last)
+        full = len(entries) == state.history.maxlen
+        self.ring_from[name] = state.history[0].id - 1 if full and state.history else 0
+        self._streams[broker.stream_key(name).encode()] = name
+        self.task = asyncio.create_task(self._read_forever(), name="redis-reader")
+
+    def remove_topic(self, name: str) -> None:
+        """Stop reading topic `name` (a reload removed it)."""
+        self._streams.pop(self.broker.stream_key(name).encode(), None)
+        self.ring_from.pop(name, None)
+
     async def settle_last(self, client: aioredis.Redis) -> None:
         """After a start while Redis was down, `last` is this machine's clock and the rings are
         empty: load them and Redis's id counter before anything is stored or read."""
@@ -151,7 +176,9 @@ class StreamReader:
         own, topics = self.own, self.broker.topics
         batch: list[Message] = []
         for key, entries in reply:
-            topic = self._streams[key]
+            topic = self._streams.get(key)
+            if topic is None:
+                continue  # a topic a reload removed while this read was under way
             if entries and len(entries) >= (topics[topic].history.maxlen or 0):
                 # A full stream's worth of news: older ones may have been trimmed before this read,
                 # so the ring cannot answer for ids below these (Redis, and its evicted id, can).

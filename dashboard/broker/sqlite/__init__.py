@@ -68,7 +68,6 @@ class SqliteBroker(MemoryBroker):
         super().__init__(**kwargs)
         self.path = path
         self.store = Store(path)  # opened and locked now: a file that cannot be used stops the start
-        self._connected = False
 
     def describe(self) -> str:
         return f"in {self.path} (kept across restarts)"
@@ -82,19 +81,17 @@ class SqliteBroker(MemoryBroker):
             self.store.open()
         histories = {name: self._history_of(name) for name in self.topics}
         self._restore(self.store.read(partial(tables.load, topics=histories)))
-        self._connected = True
 
     async def disconnect(self) -> None:
         await super().disconnect()
-        self._connected = False
         self.store.write(tables.SAVE_LAST_ID, (self._last_id,))
         await self.store.close()
 
-    def add_topic(self, name: str, history: int | None = None) -> None:
-        super().add_topic(name, history)
-        if self._connected:  # added after start-up: its history is read now
-            topics = {name: self._history_of(name)}
-            self._restore_histories(self.store.read(partial(tables.load_histories, topics=topics)))
+    async def topic_added(self, name: str) -> None:
+        """A reload added `name`: what the file still holds of it (a topic removed by a reload
+        keeps its rows until the next start) is its history again."""
+        topics = {name: self._history_of(name)}
+        self._restore_histories(self.store.read(partial(tables.load_histories, topics=topics)))
 
     def _history_of(self, topic: str) -> int:
         return self.topics[topic].history.maxlen or self.default_history
