@@ -8,9 +8,11 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
@@ -237,6 +239,7 @@ def _config_status(url: str) -> dict | None:
 WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
 WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
 WORKER_WATCH_ENV = "DASHBOARD_WORKER_WATCH"  # ... and whether they watch the config file
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where workers keep the metrics they share
 WATCH_EVERY = 1.0  # seconds between looks at the config file under `serve --watch`
 
 
@@ -406,14 +409,22 @@ def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket)
         **bounded_connections(config),
     )
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
+    own_metrics = not os.environ.get(METRICS_DIR_ENV)
+    if own_metrics:  # every worker's /metrics answers for all of them (prometheus-client's way)
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="dashboard-metrics-")
     banner(config, sock.getsockname(), f"config: {config.source}; {args.workers} worker processes")
-    ReloadingWorkers(uv_config, sockets=[sock]).run()
+    try:
+        ReloadingWorkers(uv_config, sockets=[sock]).run()
+    finally:
+        if own_metrics:
+            shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
     return 0
 
 
 def _reloading_workers():
     """uvicorn's process manager, except that SIGHUP reloads the config in every worker rather
     than restarting them all (which would drop every stream)."""
+    from prometheus_client.multiprocess import mark_process_dead
     from uvicorn.supervisors import Multiprocess
 
     class ReloadingWorkers(Multiprocess):
@@ -430,8 +441,11 @@ def _reloading_workers():
                 super().init_processes()
 
         def keep_subprocess_alive(self) -> None:
+            before = {process.pid for process in self.processes}
             with blocked(signal.SIGHUP):
                 super().keep_subprocess_alive()
+            for pid in before - {process.pid for process in self.processes}:
+                mark_process_dead(pid)  # a worker that died: its live gauges no longer count
 
         def handle_ttin(self) -> None:
             with blocked(signal.SIGHUP):

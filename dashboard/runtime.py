@@ -278,13 +278,15 @@ class Runtime:
         self.alerts.start()
         heartbeat = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
         presence = asyncio.create_task(self.presence.run(), name="presence")
+        shared = self.telemetry.shared
+        metrics = [asyncio.create_task(shared.run(), name="metrics")] if shared else []
         try:
             yield
         finally:
             self.close_streams()
             heartbeat.cancel()
             await cancel_and_wait([*self._pending, *([self._watcher] if self._watcher else [])])
-            await cancel_and_wait([presence])
+            await cancel_and_wait([presence, *metrics])
             await self.presence.leave()
             await self.alerts.stop()
             await self.supervisor.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -211,4 +212,47 @@ class Poison(Feed):
             yield Event(data={"n": n})
             if bad is not None:
                 yield bad
+        await asyncio.Event().wait()
+
+
+class Gauges(Feed):
+    """Fixed readings with a time field: a rate in bytes per second, a percentage past its
+    thresholds, and a timestamp that no panel should pick as a measurement."""
+
+    class Options(Feed.Options):
+        interval: float = 0.2
+
+    async def stream(self):
+        while True:
+            yield Event(data={"ts": time.time(), "rate": 2268, "cpu": 95.0})
+            await asyncio.sleep(self.options.interval)
+
+
+class Words(Feed):
+    """Events with no number at all: a numeric panel on them says which fields it saw."""
+
+    class Options(Feed.Options):
+        interval: float = 0.2
+
+    async def stream(self):
+        while True:
+            yield Event(data={"status": "ok", "host": "a"})
+            await asyncio.sleep(self.options.interval)
+
+
+class Ledger(Feed):
+    """A spend report's shape: totals, then rows per key and per model."""
+
+    async def stream(self):
+        yield Event(
+            data={
+                "day": "2026-12-04",
+                "cost_usd": 0.0042,
+                "keys": {
+                    "team-a": {"requests": 3, "cost_usd": 0.004},
+                    "team-b": {"requests": 1, "cost_usd": 0.0002},
+                },
+                "models": {"gpt-x": {"requests": 4, "completion_tokens": 1200}},
+            }
+        )
         await asyncio.Event().wait()

@@ -171,3 +171,43 @@ def test_without_auth_per_key_series_stay_open_on_loopback(serve):
         complete(http, "anything")
         text = http.get("/metrics").text
     assert 'dashboard_ai_key_requests_total{key="(no key)",outcome="ok"}' in text, text
+
+
+def test_under_two_workers_each_scrape_counts_the_streams_of_both(redis_prefix, serve):
+    import threading
+
+    import httpx
+
+    from tests.support import REDIS_URL
+
+    server = serve(
+        f"broker: {{url: {REDIS_URL}, prefix: {redis_prefix}}}\n"
+        "topics: {tick: {feed: demo, options: {mode: walk, interval: 0.1}}}\n",
+        args=["--workers", "2"],
+    )
+    stop = threading.Event()
+
+    def hold() -> None:  # one stream on its own connection: the kernel picks its worker
+        with httpx.Client(timeout=30) as client, client.stream("GET", f"{server.url}/sse/tick") as response:
+            for _ in response.iter_lines():
+                if stop.is_set():
+                    return
+
+    for _ in range(8):
+        threading.Thread(target=hold, daemon=True).start()
+    counted: dict[str, float] = {}  # the worker that answered a scrape -> the subscribers it counted
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (len(counted) == 2 and set(counted.values()) == {8}):
+            with httpx.Client(base_url=server.url, timeout=10) as client:  # a new connection: any worker
+                samples = scrape(client)
+                instance = client.get("/healthz").json()["instance"]  # the same connection: that worker
+            counted[instance] = value(samples, "dashboard_topic_subscribers", topic="tick")
+            time.sleep(0.2)
+        assert len(counted) == 2 and set(counted.values()) == {8}, counted
+        assert value(samples, "dashboard_events_published_total", topic="tick") > 0
+        assert (
+            value(samples, "dashboard_http_requests_total", method="GET", route="/metrics", status="200") > 1
+        )
+    finally:
+        stop.set()

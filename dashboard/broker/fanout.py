@@ -116,7 +116,8 @@ class TopicState:
     name: str
     history: deque[Message]
     subscribers: set[Subscription] = field(default_factory=set)
-    published: int = 0
+    published: int = 0  # events delivered here (stored here, or by another process sharing the broker)
+    stored: int = 0  # of them, stored by a shared broker from this process
     delivered: int = 0
     dropped: int = 0  # events that subscribers cut off for falling behind missed
     cut_off: int = 0  # subscribers cut off

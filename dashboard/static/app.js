@@ -205,18 +205,11 @@
   }
 
   // Whether the stream was refused because the viewer's session ended (401) or lost a topic (403):
-  // retrying cannot help then, so the page says what to do instead of trying for ever. A topic
-  // that no longer exists (404) reloads the page.
+  // retrying cannot help then, so the page says what to do instead of trying for ever.
   async function signedOut() {
     const probe = new AbortController();
     const response = await fetch(streamUrl(), { signal: probe.signal, credentials: "same-origin" });
     probe.abort();
-    if (response.status === 404) {
-      // A topic of this page went away (the server's config was reloaded while we were away):
-      // the page as the server now lays it out.
-      location.reload();
-      return true;
-    }
     if (response.status !== 401 && response.status !== 403) return false;
     let message = "";
     try {

@@ -77,14 +77,78 @@
     return Number(value.toFixed(digits)).toLocaleString(undefined, { maximumFractionDigits: digits });
   }
 
-  // Keys that are timestamps or ids, not measurements: left out when fields are picked automatically.
-  const NOT_MEASURES = new Set(["ts", "time", "epoch", "timestamp", "id", "seq", "n"]);
+  // Keys that hold a time, not a measurement: left out when fields are picked automatically (the
+  // README says so). Any other numeric field is shown; `fields` picks others.
+  const TIME_KEYS = new Set(["ts", "time", "epoch", "timestamp"]);
 
   function numericFields(data) {
     if (!isObject(data)) return [];
-    return Object.keys(data).filter(
-      (k) => typeof data[k] === "number" && isFinite(data[k]) && !NOT_MEASURES.has(k.toLowerCase())
-    );
+    return Object.keys(data).filter((k) => typeof data[k] === "number" && isFinite(data[k]) && !TIME_KEYS.has(k.toLowerCase()));
+  }
+
+  // What a panel's `fields` option says of each field: {name: {label, unit, warn, crit, below}},
+  // from a list of names or a mapping of name -> {label, unit, thresholds: {warn, crit, below}}.
+  function fieldSpecs(option) {
+    const specs = new Map();
+    const entries = Array.isArray(option) ? option.map((name) => [name, {}]) : isObject(option) ? Object.entries(option) : [];
+    for (const [name, raw] of entries) {
+      const spec = isObject(raw) ? raw : {};
+      const limits = isObject(spec.thresholds) ? spec.thresholds : {};
+      specs.set(String(name), {
+        label: typeof spec.label === "string" ? spec.label : String(name),
+        unit: typeof spec.unit === "string" ? spec.unit : "",
+        warn: typeof limits.warn === "number" ? limits.warn : null,
+        crit: typeof limits.crit === "number" ? limits.crit : null,
+        below: limits.below === true,
+      });
+    }
+    return specs;
+  }
+
+  // Units shown with a value scaled to read at a glance: 2268 "B/s" -> "2.27 kB/s".
+  const SCALED = {
+    B: ["B", "kB", "MB", "GB", "TB", "PB"],
+    bytes: ["B", "kB", "MB", "GB", "TB", "PB"],
+    "B/s": ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"],
+    "bytes/s": ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"],
+  };
+
+  // A value with its unit, humanised: bytes and bytes/s by 1000s, ms as s past a second, s as
+  // min and h, USD as $, % and any other unit as given; no unit: a plain number.
+  function withUnit(value, unit, decimals) {
+    if (typeof value !== "number" || !isFinite(value)) return String(value);
+    const abs = Math.abs(value);
+    if (SCALED[unit]) {
+      const steps = SCALED[unit];
+      let i = 0;
+      let v = value;
+      while (Math.abs(v) >= 1000 && i < steps.length - 1) {
+        v /= 1000;
+        i++;
+      }
+      return formatNumber(v, i ? decimals : 0) + " " + steps[i];
+    }
+    if (unit === "ms" && abs >= 1000) return withUnit(value / 1000, "s", decimals);
+    if (unit === "s" && abs >= 3600) return formatNumber(value / 3600, decimals) + " h";
+    if (unit === "s" && abs >= 60) return formatNumber(value / 60, decimals) + " min";
+    if (unit === "USD" || unit === "$") return "$" + formatNumber(value, typeof decimals === "number" ? decimals : abs < 1 ? 4 : 2);
+    if (unit === "%") return formatNumber(value, decimals) + "%";
+    return formatNumber(value, decimals) + (unit ? " " + unit : "");
+  }
+
+  // The level a value is at, by its thresholds: "crit", "warn" or "ok" (below: low values are bad).
+  function level(value, spec) {
+    const hit = (t) => typeof t === "number" && (spec.below ? value <= t : value >= t);
+    if (hit(spec.crit)) return "crit";
+    if (hit(spec.warn)) return "warn";
+    return "ok";
+  }
+
+  // What an empty numeric panel says once events came: the fields it saw, and how to pick one.
+  function noFieldMessage(seen) {
+    const names = [...seen].slice(0, 12);
+    if (!names.length) return "The events carry no fields: send objects such as {\"value\": 42}.";
+    return "No numeric field to show in the events (fields seen: " + names.join(", ") + "): pick one with the panel's options.fields.";
   }
 
   function text(value) {
@@ -110,6 +174,9 @@
 
   window.Dashboard = {
     views,
-    util: { el, svg, parse, isObject, idTime, toMillis, ago, clock, formatNumber, numericFields, text, cssVar, palette, onThemeChange },
+    util: {
+      el, svg, parse, isObject, idTime, toMillis, ago, clock, formatNumber, numericFields, fieldSpecs, withUnit, level,
+      noFieldMessage, text, cssVar, palette, onThemeChange,
+    },
   };
 })();

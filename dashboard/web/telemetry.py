@@ -9,12 +9,15 @@ Python metrics) are served too.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,15 +34,20 @@ if TYPE_CHECKING:
 UNMATCHED = "<unmatched>"
 KEY_SERIES = "dashboard_ai_key_"  # per api key (by name): requests, tokens, spend, refusals
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+SYNC_EVERY = 1.0  # seconds between updates of the shared series under `serve --workers N`
 
 
 class RuntimeCollector(Collector):
     """Per-topic broker counters and feed restarts, read from the running server at scrape time."""
 
-    def __init__(self, broker: Broker, supervisor: Supervisor, admission: Admission) -> None:
+    def __init__(
+        self, broker: Broker, supervisor: Supervisor, admission: Admission, *, shared: bool = False
+    ) -> None:
         self.broker = broker
         self.supervisor = supervisor
         self.admission = admission
+        # Added up over the processes sharing a broker, each event counts once where it was stored
+        self.shared = shared
 
     def collect(self) -> Iterator[Metric]:
         subscribers = GaugeMetricFamily(
@@ -79,7 +87,7 @@ class RuntimeCollector(Collector):
         runners = self.supervisor.runners
         for name, state in list(self.broker.topics.items()):
             subscribers.add_metric([name], len(state.subscribers))
-            published.add_metric([name], state.published)
+            published.add_metric([name], state.stored if self.shared else state.published)
             delivered.add_metric([name], state.delivered)
             dropped.add_metric([name], state.dropped)
             cut_off.add_metric([name], state.cut_off)
@@ -100,18 +108,68 @@ class DefaultRegistry(Collector):
         return REGISTRY.collect()
 
 
+def shared_dir() -> str | None:
+    """Where the processes of `serve --workers N` keep their metrics, so that each one's /metrics
+    answers for all of them (prometheus-client's multiprocess mode); None for a lone process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class SharedRuntime:
+    """The runtime collector's series, kept where every worker's /metrics reads them (a lone
+    process reads them live instead). Brought up to date each `SYNC_EVERY` seconds by `run`, so
+    that serving events never calls prometheus-client."""
+
+    def __init__(self, collector: RuntimeCollector) -> None:
+        self.collector = collector
+        self.families: dict[str, Counter | Gauge] = {}
+        self.seen: dict[tuple[str, tuple[str, ...]], float] = {}  # counters: the value last added up to
+
+    def sync(self) -> None:
+        for metric in self.collector.collect():
+            for sample in metric.samples:
+                names = sorted(sample.labels)
+                family = self.families.get(metric.name)
+                if family is None:
+                    shared = Counter if metric.type == "counter" else Gauge
+                    mode = {} if shared is Counter else {"multiprocess_mode": "livesum"}
+                    family = shared(metric.name, metric.documentation, names, registry=None, **mode)
+                    self.families[metric.name] = family
+                values = tuple(sample.labels[name] for name in names)
+                child = family.labels(*values) if values else family
+                if isinstance(child, Gauge):
+                    child.set(sample.value)
+                else:  # a counter only goes up: add what it gained since the last sync
+                    key = (metric.name, values)
+                    gained = sample.value - self.seen.get(key, 0.0)
+                    if gained > 0:
+                        child.inc(gained)
+                    self.seen[key] = sample.value
+
+    async def run(self) -> None:
+        while True:
+            self.sync()
+            await asyncio.sleep(SYNC_EVERY)
+
+
 class Telemetry:
-    """One app's metrics: its own registry (so several apps in one process never clash)."""
+    """One app's metrics: its own registry (so several apps in one process never clash). Under
+    `serve --workers N` (`shared_dir()`), every worker's metrics, added up."""
 
     def __init__(self, broker: Broker, supervisor: Supervisor, admission: Admission) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(RuntimeCollector(broker, supervisor, admission))
-        self.registry.register(DefaultRegistry())
+        collector = RuntimeCollector(broker, supervisor, admission, shared=bool(shared_dir()))
+        self.shared: SharedRuntime | None = None
+        if shared_dir():
+            MultiProcessCollector(self.registry)
+            self.shared = SharedRuntime(collector)
+        else:
+            self.registry.register(collector)
+            self.registry.register(DefaultRegistry())
         self.http_requests = Counter(
             "dashboard_http_requests",
             "HTTP requests by method, route template and status (counted when the response starts)",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=None if self.shared else self.registry,
         )
 
     def count(self, method: str, route: str, status: int) -> None:

@@ -216,6 +216,7 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"store the event on {topic!r}", exc) from exc
         message = Message.build(int(sid), topic, kind, data, ts)
+        self.topics[topic].stored += 1
         if message.id > self.reader.last:
             self.reader.own[message.id] = message
         return message

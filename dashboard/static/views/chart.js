@@ -1,26 +1,79 @@
 // chart view: a rolling time series of an event's numeric fields, drawn with uPlot.
-// Options: fields (list; default: every numeric field seen, up to 8), window (seconds shown,
-// default 300), unit (after the y values), min / max (fix the y axis; default: fit the data),
-// event (the event type to read, default message).
+// Options: fields (default: every numeric field seen, up to 8, but the time-like keys ts, time,
+// epoch, timestamp): a list of names, or a mapping name -> {label, unit, thresholds: {warn, crit,
+// below}}; window (seconds shown, default 300), unit (of every field that names none), min / max
+// (fix the y axis; default: fit the data), event (the event type to read, default message).
+// Units read at a glance (2.3 MB/s, 1.2 s, $0.0042); thresholds are dashed lines, labelled.
 "use strict";
 
 window.Dashboard.views.chart = function (panel) {
-  const { el, isObject, numericFields, formatNumber, clock, palette, cssVar, onThemeChange } = window.Dashboard.util;
+  const { el, isObject, numericFields, fieldSpecs, withUnit, noFieldMessage, clock, palette, cssVar, onThemeChange } =
+    window.Dashboard.util;
   const o = panel.options;
-  const fixed = Array.isArray(o.fields) && o.fields.length ? o.fields.map(String) : null;
+  const specs = fieldSpecs(o.fields);
+  const fixed = specs.size ? [...specs.keys()] : null;
   const fields = fixed ? fixed.slice() : [];
   const windowS = Number(o.window) > 0 ? Number(o.window) : 300;
   const MAX_POINTS = 5000;
   const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
   const eventType = typeof o.event === "string" ? o.event : "message";
-  const unit = o.unit ? String(o.unit) : "";
+  const unitOf = (name) => (specs.get(name) || {}).unit || (o.unit ? String(o.unit) : "");
+  const labelOf = (name) => (specs.get(name) || {}).label || name;
+  const seen = new Set(); // the keys of the events, for the message of a panel with nothing to draw
 
   const box = el("div", { className: "chart-box" });
   const legend = el("div", { className: "chart-legend" });
   const note = el("p", { className: "chart-note", text: "Waiting for numeric data." });
-  panel.body.append(note, box, legend);
-  // Axis ticks stay short whatever the magnitude (1.6K, 2.3M), so they never get cut off.
+  const limits = el("p", { className: "chart-thresholds" }); // the dashed lines, said in words
+  panel.body.append(note, box, legend, limits);
+  // Axis ticks stay short whatever the magnitude (1.6K, 2.3 MB/s), so they never get cut off: in
+  // the fields' unit when they share one, else plain.
   const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+  function tick(v) {
+    const units = new Set(fields.map(unitOf));
+    return units.size === 1 && [...units][0] ? withUnit(v, [...units][0], 1) : compact.format(v);
+  }
+
+  // Where warning and critical start: a dashed line each, in the level's colour and named in text,
+  // so that neither colour nor dash alone carries the meaning.
+  function thresholds() {
+    const lines = [];
+    for (const name of fields) {
+      const spec = specs.get(name);
+      if (!spec) continue;
+      for (const kind of ["warn", "crit"]) {
+        if (typeof spec[kind] !== "number") continue;
+        const named = fields.length > 1 ? labelOf(name) + " " : "";
+        lines.push({ kind, value: spec[kind], text: named + kind + " " + withUnit(spec[kind], unitOf(name)) });
+      }
+    }
+    return lines;
+  }
+
+  function drawThresholds(u) {
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    ctx.save();
+    ctx.font = 11 * devicePixelRatio + "px sans-serif";
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.lineWidth = devicePixelRatio;
+    ctx.textAlign = "right";
+    let lastText = -Infinity; // a label too close to the one before is left to the text below
+    for (const line of thresholds().sort((a, b) => a.value - b.value)) {
+      const y = u.valToPos(line.value, "y", true);
+      if (y < top || y > top + height) continue;
+      ctx.strokeStyle = ctx.fillStyle = cssVar(line.kind === "crit" ? "--bad" : "--warn");
+      ctx.beginPath();
+      ctx.moveTo(left, y);
+      ctx.lineTo(left + width, y);
+      ctx.stroke();
+      if (Math.abs(lastText - y) > 14 * devicePixelRatio) {
+        ctx.fillText(line.text, left + width - 4 * devicePixelRatio, y - 3 * devicePixelRatio);
+        lastText = y;
+      }
+    }
+    ctx.restore();
+  }
 
   const xs = [];
   const ys = fields.map(() => []);
@@ -47,8 +100,10 @@ window.Dashboard.views.chart = function (panel) {
         x: { time: true },
         y: {
           range: (u, lo, hi) => {
-            const min = typeof o.min === "number" ? o.min : lo;
-            const max = typeof o.max === "number" ? o.max : hi;
+            // the thresholds stay in view, so that the chart shows where "too high" starts
+            const limits = thresholds().map((line) => line.value);
+            const min = typeof o.min === "number" ? o.min : Math.min(lo, ...limits);
+            const max = typeof o.max === "number" ? o.max : Math.max(hi, ...limits);
             const pad = max === min ? 1 : 0;
             return [min - pad, max + pad];
           },
@@ -56,20 +111,22 @@ window.Dashboard.views.chart = function (panel) {
       },
       axes: [
         { ...axis, space: 70, incrs: TIME_STEPS, values: (u, ticks) => ticks.map((t) => clock(t * 1000)) },
-        { ...axis, size: 60, values: (u, ticks) => ticks.map((v) => compact.format(v) + unit) },
+        { ...axis, size: 70, values: (u, ticks) => ticks.map(tick) },
       ],
       series: [
         { label: "time", value: (u, t) => (t === null || t === undefined ? "–" : clock(t * 1000)) },
         ...fields.map((name, i) => ({
-          label: name,
+          label: labelOf(name),
           stroke: colours[i % colours.length],
           width: 2,
           points: { show: false },
-          value: (u, v) => (v === null || v === undefined ? "–" : formatNumber(v) + unit),
+          value: (u, v) => (v === null || v === undefined ? "–" : withUnit(v, unitOf(name))),
         })),
       ],
+      hooks: { draw: [drawThresholds] },
     };
     plot = new uPlot(opts, [xs, ...ys], box);
+    limits.textContent = thresholds().map((line) => line.text).join(" · ");
     if (xs.length) plot.setLegend({ idx: xs.length - 1 });
   }
 
@@ -90,6 +147,7 @@ window.Dashboard.views.chart = function (panel) {
   return {
     event(type, data, meta) {
       if (type !== eventType || !isObject(data)) return;
+      for (const key of Object.keys(data)) if (seen.size < 50) seen.add(key);
       if (!fixed) {
         for (const name of numericFields(data)) {
           if (!fields.includes(name) && fields.length < 8) {
@@ -102,7 +160,10 @@ window.Dashboard.views.chart = function (panel) {
           }
         }
       }
-      if (!fields.length) return;
+      if (!fields.length) {
+        note.textContent = noFieldMessage(seen);
+        return;
+      }
       const x = meta.time / 1000;
       if (xs.length && x < xs[xs.length - 1]) return; // out of order: uPlot needs sorted x
       xs.push(x);

@@ -1,32 +1,40 @@
 // stat view: one big number with its unit, a sparkline, and warning/critical colours.
-// Options: field (default: the first numeric field), unit, decimals, warn, crit,
-// below (true when low values are bad: warn/crit trigger at or under the threshold), points
-// (sparkline length, default 60), event (the event type to read, default message).
+// Options: field (default: the first numeric field, but the time-like keys ts, time, epoch,
+// timestamp), fields (as the chart's: {name: {label, unit, thresholds: {warn, crit, below}}}; the
+// first one is shown), unit, decimals, warn, crit, below (true when low values are bad: warn/crit
+// trigger at or under the threshold), points (sparkline length, default 60), event (the event
+// type to read, default message). Units read at a glance (2.3 MB/s); the level is also said in text.
 "use strict";
 
 window.Dashboard.views.stat = function (panel) {
-  const { el, svg, isObject, numericFields, formatNumber, text } = window.Dashboard.util;
+  const { el, svg, isObject, numericFields, fieldSpecs, withUnit, level, noFieldMessage, text } = window.Dashboard.util;
   const o = panel.options;
   const eventType = typeof o.event === "string" ? o.event : "message";
   const points = Number(o.points) > 1 ? Number(o.points) : 60;
-  let field = typeof o.field === "string" ? o.field : null;
+  const specs = fieldSpecs(o.fields);
+  let field = typeof o.field === "string" ? o.field : specs.size ? [...specs.keys()][0] : null;
+  const number_ = (v) => (typeof v === "number" ? v : null);
+  function spec() {
+    const own = specs.get(field) || {};
+    return {
+      label: own.label || field || "",
+      unit: own.unit || (o.unit ? String(o.unit) : ""),
+      warn: own.warn ?? number_(o.warn),
+      crit: own.crit ?? number_(o.crit),
+      below: own.below || o.below === true,
+    };
+  }
+  const seen = new Set();
   const values = [];
 
   const number = el("span", { className: "stat-value", text: "–" });
-  const unit = el("span", { className: "stat-unit", text: o.unit ? String(o.unit) : "" });
-  const label = el("p", { className: "stat-label", text: field || "" });
+  const cue = el("span", { className: "stat-level" }); // the level in words, not by colour alone
+  const label = el("p", { className: "stat-label", text: spec().label });
   const spark = svg("svg", { class: "sparkline", viewBox: "0 0 100 30", preserveAspectRatio: "none", "aria-hidden": "true" });
   const area = svg("polygon", { class: "spark-area" });
   const line = svg("polyline", { class: "spark-line" });
   spark.append(area, line);
-  panel.body.append(el("p", { className: "stat-number" }, number, unit), label, spark);
-
-  function level(v) {
-    const hit = (t) => typeof t === "number" && (o.below ? v <= t : v >= t);
-    if (hit(o.crit)) return "crit";
-    if (hit(o.warn)) return "warn";
-    return "ok";
-  }
+  panel.body.append(el("p", { className: "stat-number" }, number, cue), label, spark);
 
   function drawSpark() {
     if (values.length < 2) return;
@@ -48,10 +56,12 @@ window.Dashboard.views.stat = function (panel) {
   return {
     event(type, data) {
       if (type !== eventType) return;
+      if (isObject(data)) for (const key of Object.keys(data)) if (seen.size < 50) seen.add(key);
       if (!field) {
         field = numericFields(data)[0] || null;
-        label.textContent = field || "";
+        label.textContent = field ? spec().label : isObject(data) ? noFieldMessage(seen) : "";
       }
+      if (!field && isObject(data)) return; // no number to show: the label says why
       const value = !field ? data : isObject(data) ? data[field] : undefined;
       if (value === undefined) return; // an event without this field (another type of event)
       latest = value;
@@ -69,9 +79,13 @@ window.Dashboard.views.stat = function (panel) {
         panel.el.dataset.level = "";
         return;
       }
-      number.textContent = formatNumber(latest, typeof o.decimals === "number" ? o.decimals : undefined);
-      const shown = level(latest);
-      if (panel.el.dataset.level !== shown) panel.el.dataset.level = shown;
+      const now = spec();
+      number.textContent = withUnit(latest, now.unit, typeof o.decimals === "number" ? o.decimals : undefined);
+      const shown = level(latest, now);
+      if (panel.el.dataset.level !== shown) {
+        panel.el.dataset.level = shown;
+        cue.textContent = shown === "ok" ? "" : shown === "crit" ? "critical" : "warning";
+      }
       drawSpark();
     },
   };
