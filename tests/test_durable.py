@@ -1,7 +1,8 @@
 """The durable default broker (sqlite:///dashboard.db in the folder the server starts in), through
 the real server, real files and real signals: nothing acknowledged is lost to `kill -9`, ids keep
 increasing across a restart, a browser resumes exactly, a spent budget stays spent, a firing alert
-stays firing, a claimed webhook stays claimed, the file stays within the topics' history, and a
+stays firing, a claimed webhook stays claimed, what requests in flight held is charged, a topic
+dropped and configured again reports its loss, the file stays within the topics' history, and a
 file that cannot be used stops the server with one line naming it."""
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import httpx
 import openai
 import pytest
 
-from dashboard.broker import from_url
+from dashboard.broker import Broker, from_url
+from dashboard.events import Event
 from dashboard.relay.ledger import Ledger, Limits, Reservation
+from dashboard.web.sink import StreamSink
 from tests.support import ROOT, read_events, sse_stream
 from tests.test_alerts import HOOK_SECRET, Receiver, receiving
+from tests.test_broker_contract import take
 from tests.test_keys import BUDGET_USD, HI, KEY, TEAM, keys_config, openai_sdk
 from tests.test_notifications import CONFIG as NOTIFICATIONS
 from tests.test_notifications import REPO, github
@@ -208,6 +212,31 @@ def test_what_requests_in_flight_held_when_the_process_stopped_is_counted_as_spe
             await again.disconnect()
 
     assert asyncio.run(scenario()) == {"nusd": 40, "reserved": 0}
+
+
+def test_a_topic_dropped_at_a_start_and_configured_again_tells_a_resuming_reader_it_lost_events(tmp_path):
+    async def connected(*topics: str) -> Broker:
+        broker = from_url(f"sqlite:///{tmp_path}/topics.db")
+        for topic in topics:
+            broker.add_topic(topic)
+        await broker.connect()
+        return broker
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        broker = await connected("a", "b")
+        first = await broker.publish("b", Event({"n": 1}))
+        await broker.publish("b", Event({"n": 2}))
+        await broker.disconnect()
+        await (await connected("a")).disconnect()  # b is no longer configured: its events go
+        broker = await connected("a", "b")
+        try:
+            sub = await broker.subscribe(["b"], first.id, sink=StreamSink())
+            return await take(sub, 1)
+        finally:
+            await broker.disconnect()
+
+    [(_, event, data)] = asyncio.run(scenario())
+    assert event == "gap" and json.loads(data)["reason"] == "expired", (event, data)
 
 
 def start_refused(home, config: str = "topics: {a: {feed: demo}}\n") -> str:

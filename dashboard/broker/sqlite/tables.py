@@ -2,8 +2,9 @@
 read back when the broker connects.
 
 - `events`: each topic's history, its newest `history` rows (the rest are deleted with the next
-  batch after they leave the ring in memory); `evicted`: per topic, the newest id deleted so,
-  which tells a resuming reader it lost events; `meta`: `last_id`, the newest id given.
+  batch after they leave the ring in memory; a topic no longer configured at start, all of them);
+  `evicted`: per topic, the newest id deleted so, which tells a resuming reader it lost events;
+  `meta`: `last_id`, the newest id given.
 - `windows` and `days`: the ledger primitive's counters (dashboard/broker/books.py) as JSON, one
   row per account's one-minute window and per UTC day kept.
 - `claims`: key -> when it expires (Unix seconds); `kept`: the small state of `Broker.keep`.
@@ -70,8 +71,14 @@ def load(db: sqlite3.Connection, topics: dict[str, int]) -> Saved:
         db.execute(SAVE_LAST_ID, (saved.last_id,))  # before a dropped topic takes the newest id along
         names = list(topics)
         marks = ", ".join("?" * len(names))
+        # A topic no longer configured loses its events; its newest id is kept as evicted, so that
+        # a reader resuming on it, should it come back, is told what it lost.
+        db.execute(
+            f"INSERT OR REPLACE INTO evicted (topic, id) SELECT topic, max(id) FROM events "
+            f"WHERE topic NOT IN ({marks}) GROUP BY topic",
+            names,
+        )
         db.execute(f"DELETE FROM events WHERE topic NOT IN ({marks})", names)
-        db.execute(f"DELETE FROM evicted WHERE topic NOT IN ({marks})", names)
         db.execute(DROP_EXPIRED_CLAIMS, (time.time(),))
         load_histories(db, topics, saved)
         db.execute("COMMIT")
