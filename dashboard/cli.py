@@ -218,12 +218,20 @@ def server_pid(port: int) -> int:
         for c in psutil.net_connections("inet")
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
     }
-    roots = [pid for pid in listening if psutil.Process(pid).ppid() not in listening]
-    if not roots:
-        raise LookupError(f"no process of this user listens on port {port}: give --port or --pid")
-    if "dashboard" not in " ".join(psutil.Process(roots[0]).cmdline()):
-        raise LookupError(f"process {roots[0]} listens on port {port} but is no dashboard server")
-    return roots[0]
+
+    def serving(process: psutil.Process | None) -> bool:  # `python -m dashboard serve`, `dashboard serve`
+        words = process.cmdline() if process is not None else []
+        return "serve" in words and any(os.path.basename(word) == "dashboard" for word in words)
+
+    for pid in sorted(listening):
+        process = psutil.Process(pid)
+        if serving(process.parent()):  # a worker of `serve --workers N`: its parent relays SIGHUP
+            return process.parent().pid
+        if serving(process):
+            return pid
+    if listening:
+        raise LookupError(f"process {min(listening)} listens on port {port} but is no dashboard server")
+    raise LookupError(f"no process of this user listens on port {port}: give --port or --pid")
 
 
 def _config_status(url: str) -> dict | None:

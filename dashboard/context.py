@@ -44,7 +44,7 @@ class FeedContext:
     - `completions`: one completion's whole life (`dashboard.ai.Completions`): `admit(account, body,
       measure)`, then `async with completion:` settles, measures and logs it however it ends
     - `tasks`: a task group for work the feed's routes start; cancelled when the server stops
-    - `topics()`: every topic's counters in this process
+    - `topics()`: every topic's counters in this process; `connections()`: its open streams
     """
 
     def __init__(
@@ -81,6 +81,11 @@ class FeedContext:
 
     async def unclaim(self, key: str) -> None:
         await self._broker.unclaim(f"{self.topic}:{key}")
+
+    def connections(self) -> int:
+        """Open streams in this process: one per browser tab, whose one stream reads every topic
+        of its panels (a topic's `subscribers` counts that tab once per topic)."""
+        return len(set().union(*(state.subscribers for state in list(self._broker.topics.values()))))
 
     def topics(self) -> dict[str, TopicStats]:
         runners = self._supervisor.runners

@@ -1,4 +1,5 @@
-"""The server watching itself: subscribers, event rates, drops, feed restarts and AI time to first token.
+"""The server watching itself: connections (viewers), subscribers, event rates, drops, feed restarts and
+AI time to first token.
 
 Reads the running server through `self.context.topics()` (each topic's counters in this process)
 and `dashboard.ai.ttft_totals()`; rates are the change of those counters over the last interval.
@@ -28,7 +29,12 @@ class Server(Feed):
 
     def totals(self) -> dict[str, Any]:
         topics = {name: asdict(stats) for name, stats in self.context.topics().items()}
-        return {"at": time.monotonic(), "topics": topics, "ttft": ttft_totals()}
+        return {
+            "at": time.monotonic(),
+            "topics": topics,
+            "connections": self.context.connections(),
+            "ttft": ttft_totals(),
+        }
 
     def report(self, before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
         seconds = max(now["at"] - before["at"], 1e-9)
@@ -46,6 +52,7 @@ class Server(Feed):
             name: round(sum(t[name] for t in topics.values()), 2)
             for name in ("subscribers", "published_per_s", "delivered_per_s", "dropped", "restarts")
         }
+        data["connections"] = now["connections"]  # viewers: a tab is one connection, whatever its panels
         data["ai_ttft_seconds"] = None
         if now["ttft"] is not None and before["ttft"] is not None:
             seconds_sum = now["ttft"][0] - before["ttft"][0]

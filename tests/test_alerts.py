@@ -260,12 +260,12 @@ def test_rule_mistakes_are_config_errors_with_their_line():
         parse_config(textwrap.dedent(text), "cfg.yaml")
     issues = [str(i) for i in caught.value.issues]
     assert issues == [
-        "cfg.yaml:5: alerts.0: Value error, alert 'both': give exactly one of above or below",
-        "cfg.yaml:6: alerts.1.topic: no topic named 'gpu'",
+        "cfg.yaml:5: alerts.0: alert 'both': give exactly one of above or below",
+        "cfg.yaml:6: alerts.1.topic: no topic named 'gpu' (did you mean 'cpu'?)",
         "cfg.yaml:7: alerts.2.notify: topic 'cpu' does not carry notifications (use a topic of the "
         "notifications feed)",
-        "cfg.yaml:9: alerts.3.webhooks.0.url: String should match pattern '^https?://[^\\s]+$'",
-        "cfg.yaml:9: alerts.3.webhooks.0.secret: Value error, a webhook secret must not be empty "
+        "cfg.yaml:9: alerts.3.webhooks.0.url: must be an http:// or https:// URL",
+        "cfg.yaml:9: alerts.3.webhooks.0.secret: a webhook secret must not be empty "
         "(whsec_ followed by base64)",
     ], issues
 

@@ -107,7 +107,7 @@ def test_a_board_naming_an_unknown_topic_is_a_config_error_with_its_line():
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "cfg.yaml")
     assert [str(i) for i in caught.value.issues] == [
-        "cfg.yaml:14: dashboards.team.panels.0.topic: no topic named 'clocks'"
+        "cfg.yaml:14: dashboards.team.panels.0.topic: no topic named 'clocks' (did you mean 'clock'?)"
     ]
 
 

@@ -577,3 +577,51 @@ def test_the_table_view_shows_rows_per_key_and_per_model_as_text(serve, open_pag
     page.wait_for_timeout(600)  # hostile text arrives: shown as text, nothing runs
     assert page.evaluate("() => window.__pwned") is None
     assert csp_errors(opened) == []
+
+
+def test_the_viewers_tools_theme_remembered_time_window_pause_and_full_screen(serve, open_page):
+    server = serve(
+        f"""
+        topics:
+          ticker: {{feed: "{TESTS}:Counter", options: {{interval: 0.1}}}}
+        panels:
+          - {{topic: ticker, title: Count, view: chart, options: {{fields: [n]}}}}
+        """
+    )
+    opened = open_page(server.url, color_scheme="light")
+    page = opened.page
+    count = panel(page, "Count")
+    count.locator(".u-legend").wait_for()
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    theme = page.locator("#theme")
+    assert theme.text_content() == "theme: auto"
+    theme.click()
+    assert theme.text_content() == "theme: light"
+    theme.click()
+    assert theme.text_content() == "theme: dark"
+    dark = page.evaluate(background)
+    assert dark != light
+    page.reload()  # remembered in this browser
+    page.locator("#theme:text-is('theme: dark')").wait_for()
+    assert page.evaluate(background) == dark
+
+    count = panel(page, "Count")
+    count.locator(".u-legend").wait_for()
+    shown = "() => document.querySelector('.u-legend .u-series:nth-child(2) .u-value').textContent"
+    page.wait_for_function(f"() => Number(({shown})()) > 3")
+    pause = count.locator("button:text-is('pause')")
+    pause.click()
+    held = page.evaluate(shown)
+    wait_published_more(server, "ticker", 5)
+    page.wait_for_timeout(300)
+    assert page.evaluate(shown) == held  # paused: the chart holds still
+    count.locator("button:text-is('resume')").click()
+    page.wait_for_function(f"([held]) => Number(({shown})()) > Number(held)", arg=[held])
+    count.locator("select").select_option(label="1 min")
+    assert count.locator("select").input_value() == "60"
+
+    count.locator('[data-role="fullscreen"]').click()
+    page.wait_for_function("() => document.fullscreenElement?.dataset.topic === 'ticker'")
+    page.keyboard.press("Escape")
+    assert csp_errors(opened) == []

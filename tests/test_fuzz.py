@@ -125,6 +125,7 @@ def _routes():
         ("/feeds/notes/webhook", {"authorization": f"Bearer {SECRET}"}),
         ("/v1/chat/completions", auth),
         ("/v1/messages", auth),
+        ("/v1/responses", auth),
     ]
 
 

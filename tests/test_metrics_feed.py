@@ -98,6 +98,7 @@ def test_server_feed_numbers_move_when_events_flow(serve):
         assert report["topics"]["flaky"]["restarts"] >= 1 and report["restarts"] >= 1
         assert report["ai_ttft_seconds"] is None  # nothing in this server measures it
         assert report["subscribers"] >= 2  # ticks, and this reader of the health topic
+        assert report["connections"] == 2  # the same two streams, each counted once
         assert set(report["topics"]) == {"ticks", "inbox", "flaky", "health"}
 
         # Pushed events show up in the next report's rate for their topic.

@@ -247,8 +247,12 @@ def test_a_reload_reaches_every_worker(redis_prefix, serve):
     server = serve(broker + BEFORE, args=["--workers", "2"])
     wait_for(lambda: len(worker_pids(server)) == 2, what="two workers")
     server.config.write_text(broker + AFTER)
-    os.kill(server.proc.pid, signal.SIGHUP)
     pids = worker_pids(server)
+    port = server.url.rsplit(":", 1)[1]
+    reload = [sys.executable, "-m", "dashboard", "reload", "--config", str(server.config), "--port", port]
+    done = subprocess.run(reload, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # it signalled the parent, which told each worker
+    assert f"process {server.proc.pid} serves config generation 2" in done.stdout
 
     instances = set()
 

@@ -113,6 +113,126 @@ def answer_text(provider: str) -> str:
     return f"[{provider}] " + "".join(WORDS)
 
 
+# The `tool` scenario's calls: (name, arguments as JSON text, the pieces it is streamed in).
+TOOL_CALLS = [
+    ("get_weather", '{"city": "Paris"}', ['{"city":', ' "Paris"}']),
+    ("get_time", '{"tz": "CET"}', ['{"tz"', ': "CET"}']),
+]
+TOOL_PREAMBLE = "Let me look."
+
+
+def tool_call_id(provider_dialect: str, n: int) -> str:
+    return f"toolu_up_{n}" if provider_dialect == "anthropic" else f"call_up_{n}"
+
+
+def tool_results(body: dict, *, anthropic: bool) -> list[str]:
+    """The tool results a request ends with, as `id=content` (`(error)` added for failed ones)."""
+    messages = body.get("messages") or []
+    if anthropic:
+        blocks = messages[-1].get("content") if messages else None
+        if not isinstance(blocks, list):
+            return []
+        out = []
+        for b in blocks:
+            if b.get("type") == "tool_result":
+                content = b["content"] if isinstance(b["content"], str) else b["content"][0]["text"]
+                out.append(f"{b['tool_use_id']}={content}" + (" (error)" if b.get("is_error") else ""))
+        return out
+    out = []
+    for m in reversed(messages):
+        if m.get("role") != "tool":
+            break
+        out.insert(0, f"{m['tool_call_id']}={m['content']}")
+    return out
+
+
+def tool_events(body: dict, *, anthropic: bool) -> list[Any]:
+    """Text, then the two parallel tool calls of TOOL_CALLS, their arguments in pieces; usage with
+    cached prompt tokens (4 of 11)."""
+    if anthropic:
+        events: list[Any] = [message_start()]
+        events[0]["message"]["usage"] = {"input_tokens": 7, "cache_read_input_tokens": 4, "output_tokens": 1}
+        block = {"type": "text", "text": ""}
+        events += [
+            message_event("content_block_start", index=0, content_block=block),
+            text_delta(TOOL_PREAMBLE),
+        ]
+        events.append(message_event("content_block_stop", index=0))
+        for n, (name, _, pieces) in enumerate(TOOL_CALLS, 1):
+            use = {"type": "tool_use", "id": tool_call_id("anthropic", n), "name": name, "input": {}}
+            events.append(message_event("content_block_start", index=n, content_block=use))
+            for piece in pieces:
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                events.append(message_event("content_block_delta", index=n, delta=delta))
+            events.append(message_event("content_block_stop", index=n))
+        stop = {"stop_reason": "tool_use", "stop_sequence": None}
+        events += [message_event("message_delta", delta=stop, usage={"output_tokens": 9})]
+        return [*events, message_event("message_stop")]
+    events = [chunk("", role=True), chunk(TOOL_PREAMBLE)]
+    for n, (name, _, pieces) in enumerate(TOOL_CALLS):
+        first = {"index": n, "id": tool_call_id("openai", n + 1), "type": "function"}
+        first["function"] = {"name": name, "arguments": ""}
+        events.append(tool_chunk([first]))
+        events += [tool_chunk([{"index": n, "function": {"arguments": piece}}]) for piece in pieces]
+    events.append(chunk(finish="tool_calls"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**chunk(), "choices": [], "usage": tool_usage()})
+    return [*events, "[DONE]"]
+
+
+def tool_chunk(calls: list[dict]) -> dict:
+    out = chunk()
+    out["choices"][0]["delta"] = {"tool_calls": calls}
+    return out
+
+
+def tool_usage() -> dict:
+    return {
+        "prompt_tokens": 11,
+        "completion_tokens": 9,
+        "total_tokens": 20,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+
+
+def tool_message(*, anthropic: bool) -> dict:
+    """The `tool` scenario's non-streamed answer with the calls."""
+    if anthropic:
+        content: list[dict] = [{"type": "text", "text": TOOL_PREAMBLE}]
+        for n, (name, arguments, _) in enumerate(TOOL_CALLS, 1):
+            use = {"type": "tool_use", "id": tool_call_id("anthropic", n), "name": name}
+            content.append({**use, "input": json.loads(arguments)})
+        usage = {"input_tokens": 7, "cache_read_input_tokens": 4, "output_tokens": 9}
+        message = {"id": "msg_up", "type": "message", "role": "assistant", "model": "up", "content": content}
+        return message | {"stop_reason": "tool_use", "stop_sequence": None, "usage": usage}
+    calls = [
+        {
+            "id": tool_call_id("openai", n),
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for n, (name, arguments, _) in enumerate(TOOL_CALLS, 1)
+    ]
+    message = {"role": "assistant", "content": TOOL_PREAMBLE, "tool_calls": calls}
+    choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+    return {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice], "usage": tool_usage()}
+
+
+def images_seen(body: dict, *, anthropic: bool) -> list[str]:
+    content = (body.get("messages") or [{}])[-1].get("content")
+    out = []
+    for part in content if isinstance(content, list) else []:
+        if anthropic and part.get("type") == "image":
+            source = part["source"]
+            seen = f"base64 {source['media_type']} {source['data']}" if source["type"] == "base64" else ""
+            out.append(seen or f"url {source['url']}")
+        elif not anthropic and part.get("type") == "image_url":
+            url = part["image_url"]["url"]
+            head, _, data = url.partition(",")
+            out.append(f"base64 {head[5:].split(';')[0]} {data}" if url.startswith("data:") else f"url {url}")
+    return out
+
+
 class Upstream:
     """Start with `Upstream()`, read `url`, stop with `close()`."""
 
@@ -309,6 +429,49 @@ class Scenario:
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         completion = {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice], "usage": usage}
         await self.json(200, completion)
+
+    async def s_tool(self, n: int) -> None:
+        """Two parallel tool calls (TOOL_CALLS); once the request ends with their results, an
+        answer that quotes them: `results: id=content; ...`."""
+        results = tool_results(self.body, anthropic=self.anthropic)
+        if results:
+            await self.s_said("results: " + "; ".join(results))
+            return
+        if not self.body.get("stream"):
+            await self.json(200, tool_message(anthropic=self.anthropic))
+            return
+        await self.start_stream()
+        for event in tool_events(self.body, anthropic=self.anthropic):
+            await self.send(frame(event))
+        await self.end()
+
+    async def s_image(self, n: int) -> None:
+        """Says which images the last message holds, in its own dialect's terms: `base64 <media
+        type> <data>` or `url <url>`, whatever dialect the client used."""
+        await self.s_said("saw: " + "; ".join(images_seen(self.body, anthropic=self.anthropic)))
+
+    async def s_said(self, text: str) -> None:
+        """`text` as a whole answer, streamed or not, in the request's dialect."""
+        if self.body.get("stream"):
+            await self.start_stream()
+            if self.anthropic:
+                events = answer_events(self.provider, self.body, anthropic=True)
+                events[3:-3] = [text_delta(text)]
+            else:
+                events = [chunk("", role=True), chunk(text), chunk(finish="stop"), "[DONE]"]
+            for event in events:
+                await self.send(frame(event))
+            await self.end()
+            return
+        if self.anthropic:
+            message = {"id": "msg_up", "type": "message", "role": "assistant", "model": "up"}
+            message |= {"content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
+            await self.json(
+                200, message | {"stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 3}}
+            )
+            return
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        await self.json(200, {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice]})
 
     async def s_bytewise(self, n: int) -> None:
         await self.start_stream()

@@ -9,7 +9,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from dashboard.config.schema import TOPIC_NAME, AuthConfig, Config
+from dashboard.config.schema import NAME_PATTERN, TOPIC_NAME, AuthConfig, Config
 from dashboard.config.source import Source, read_config
 from dashboard.errors import ConfigError, ConfigIssue, DashboardError, did_you_mean
 from dashboard.feed import Feed, resolve_feed
@@ -232,9 +232,20 @@ LIMITS = {
     "string_too_long": "must be at most {max_length} characters long",
     "too_short": "must hold at least {min_length} items",
     "too_long": "must hold at most {max_length} items",
-    "string_pattern_mismatch": "is not of the allowed form ({pattern})",
     "literal_error": "must be one of {expected}",
     "enum": "must be one of {expected}",
+}
+
+
+#: The schema's patterns, in words
+PATTERNS = {
+    r"^https?://[^\s]+$": "must be an http:// or https:// URL",
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$": "must be 1-64 of A-Z, a-z, 0-9, '_', '.', '-', starting with "
+    "a letter or digit",
+    NAME_PATTERN: "must be 1-64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+    r"^[A-Za-z0-9_.:{}-]{1,64}$": "must be 1-64 of A-Z, a-z, 0-9 and _ . : { } -",
+    r"^[A-Za-z0-9-]{1,64}$": "must be a header name: 1-64 of A-Z, a-z, 0-9 and -",
+    r"^[^.\s]+(\.[^.\s]+)*$": "must be a dotted path into the event's data, such as cpu.percent",
 }
 
 
@@ -273,6 +284,9 @@ def describe(error: Any, model: type[BaseModel], skip: int = 0) -> str:
         if kind in ("dict_type", "model_type") and got in ("text", "nothing"):
             hint = ": are its keys indented under it?"
         return f"{path}: expected {EXPECTED[kind]}, got {got}{hint}"
+    if kind == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern", "")
+        return f"{path}: {PATTERNS.get(pattern, 'is not of the allowed form')}"
     if kind in LIMITS:
         context = {k: str(v) for k, v in (error.get("ctx") or {}).items()}
         try:

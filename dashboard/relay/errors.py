@@ -33,6 +33,21 @@ class NoProvider(RelayError):
     summary = "No AI provider serves this model. Retrying will not help: ask the dashboard's operator."
 
 
+class Untranslatable(RelayError):
+    """A request parameter has no faithful equivalent in the dialect of a provider that serves the
+    model: the request is refused rather than sent without it."""
+
+    status = 400
+    code = "unsupported_parameter"
+    type = "invalid_request_error"
+    summary = "The request uses a parameter this AI provider cannot take. Retrying will not help."
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"{param!r} {why}")
+        self.param = param
+        self.why = why
+
+
 # -- timeouts --------------------------------------------------------------------------------
 class RelayTimeout(RelayError):
     """One of the four timeouts expired; `which` names it."""

@@ -45,12 +45,16 @@ class Completions:
         to: the named key whose token it is, else an account with no limits."""
         return (self.keys.by_token(token) if token is not None else None) or Account(NO_KEY)
 
-    async def admit(self, account: Account, body: dict[str, Any], measure: Measure) -> Completion:
-        """`body` (a chat completion request naming its `model`) admitted for `account`, or refused:
-        RelayError when no provider serves the model, HTTPError 403 / 429 / 503 from the key's
-        model list, limits and budget (see `Keys.admit`)."""
+    async def admit(
+        self, account: Account, body: dict[str, Any], measure: Measure, client: Dialect = OPENAI
+    ) -> Completion:
+        """`body` (a completion request in the `client` dialect, naming its `model`) admitted for
+        `account`, or refused: RelayError when no provider serves the model or one of them could
+        not be asked it faithfully (Untranslatable), HTTPError 403 / 429 / 503 from the key's model
+        list, limits and budget (see `Keys.admit`)."""
         model = str(body["model"])
         providers = self.relay.route(model)
+        self.relay.check_translation(body, client, providers)
         measure.label = self.relay.model_label(providers[0], model)
         ticket = await self.keys.admit(account, body, providers, measure.label)
         return Completion(self.relay, self.keys, body, measure, ticket)
@@ -79,7 +83,7 @@ class Completion:
         """The answer in one piece (see `Relay.complete`), taken as handed on when it arrives."""
         data, answer, dialect = await self.relay.complete(self.body, self.measure, client)
         self.measure.first_event_out = self.measure.ended = now()
-        self.measure.text_chars = len(answer.text)
+        self.measure.text_chars = len(answer.text) + sum(len(call.arguments) for call in answer.tool_calls)
         return data, answer, dialect
 
     def failed(self, error: RelayError) -> None:

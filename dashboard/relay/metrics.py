@@ -62,7 +62,7 @@ class Measure:
     simulated: bool = False
     attempts: int = 0
     text_chunks: int = 0
-    text_chars: int = 0  # of the answer's text received: the settlement's estimate without usage
+    text_chars: int = 0  # of the answer's text and tool calls received: the estimate without usage
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     outcome: str = "ok"

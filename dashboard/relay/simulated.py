@@ -1,7 +1,9 @@
 """The built-in simulated provider: an OpenAI-compatible upstream that needs no key and no network.
 
 It is an httpx transport, so the relay reads it exactly as it reads a real provider: the same
-request, the same SSE parsing (its frames are even cut at random places), the same timeouts.
+request, the same SSE parsing (its frames are even cut at random places), the same timeouts. Given
+tools, it calls one when asked to (see `_tool_call`), and then answers with what the tool returned,
+so an agent loop can be tried without a key.
 """
 
 from __future__ import annotations
@@ -47,11 +49,58 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def _tool_call(body: dict[str, Any]) -> dict[str, str] | None:
+    """The tool call the answer makes, if any: the tool named by `tool_choice`, else the first
+    whose name the last user message mentions (or, with `tool_choice: required`, the first tool);
+    none once the conversation ends with a tool's result. Its string arguments are the last word
+    of that message ("weather in Paris?" -> "Paris"), numbers 1 and flags true."""
+    messages, tools = body.get("messages") or [], body.get("tools") or []
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if (
+        not functions
+        or not messages
+        or messages[-1].get("role") != "user"
+        or body.get("tool_choice") == "none"
+    ):
+        return None
+    text, choice = _last_user_text(body), body.get("tool_choice")
+    named = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    mentioned = [f for f in functions if f.get("name") and (f["name"] == named or f["name"] in text)]
+    if not mentioned and choice == "required":
+        mentioned = functions[:1]
+    if not mentioned:
+        return None
+    function = mentioned[0]
+    words = text.replace("?", " ").replace(".", " ").replace("!", " ").split()
+    values = {"string": words[-1] if words else "", "integer": 1, "number": 1, "boolean": True}
+    properties = (function.get("parameters") or {}).get("properties") or {}
+    arguments = {
+        k: values[p["type"]] for k, p in properties.items() if isinstance(p, dict) and p.get("type") in values
+    }
+    return {
+        "id": f"call_sim_{uuid.uuid4().hex[:12]}",
+        "name": function["name"],
+        "arguments": json.dumps(arguments),
+    }
+
+
+def _tool_result_text(body: dict[str, Any]) -> str | None:
+    """What the answer says when the conversation ends with tools' results: what they returned."""
+    messages = body.get("messages") or []
+    results = []
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break
+        results.insert(0, str(message.get("content")))
+    return f"The tool answered: {'; '.join(results)}." if results else None
+
+
 def _answer(body: dict[str, Any]) -> tuple[list[str], str]:
     """The answer's tokens, cut to the request's `max_tokens` (or `max_completion_tokens`), and its
     finish reason: `length` when cut, else `stop`. Its usage counts what is returned, so a key is
     charged no more than it asked for."""
-    tokens = _words(_ANSWER.format(prompt=_last_user_text(body)[:200]))
+    text = _tool_result_text(body) or _ANSWER.format(prompt=_last_user_text(body)[:200])
+    tokens = _words(text)
     limit = body.get("max_tokens") or body.get("max_completion_tokens")
     if type(limit) is int and 0 < limit < len(tokens):
         return tokens[:limit], "length"
@@ -85,6 +134,14 @@ class _Stream(httpx.AsyncByteStream):
 
         await asyncio.sleep(pace.first_token_ms / 1000)
         yield chunk({"role": "assistant", "content": ""})
+        call = _tool_call(body)
+        if call is not None:
+            tokens, finish = [], "tool_calls"
+            first = {"index": 0, "id": call["id"], "type": "function"}
+            yield chunk({"tool_calls": [{**first, "function": {"name": call["name"], "arguments": ""}}]})
+            half = len(call["arguments"]) // 2
+            for piece in (call["arguments"][:half], call["arguments"][half:]):
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
         for token in tokens:
             frame = chunk({"content": token})
             cut = random.randrange(1, len(frame))  # as a network would: anywhere
@@ -130,6 +187,16 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
 
 async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any]:
     tokens, finish = _answer(body)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+    call = _tool_call(body)
+    if call is not None:
+        tokens, finish = [], "tool_calls"
+        function = {"name": call["name"], "arguments": call["arguments"]}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call["id"], "type": "function", "function": function}],
+        }
     await asyncio.sleep(pace.first_token_ms / 1000 + len(tokens) / pace.tokens_per_s / 4)
     prompt_tokens = _count_tokens(body)
     return {
@@ -140,7 +207,7 @@ async def _completion(body: dict[str, Any], pace: AISimulation) -> dict[str, Any
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(tokens)},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }

@@ -159,7 +159,9 @@ class UpstreamStream:
             self._convert(events, out)
         except RelayError as exc:
             error = exc
-        self.measure.text_chars += sum(len(chunk.text) for chunk in out)
+        self.measure.text_chars += sum(
+            len(c.text) + sum(len(t.arguments) for t in c.tools or ()) for c in out
+        )
         return out, error
 
     def _convert(self, events: list[SSEEvent], out: list[Chunk]) -> None:

@@ -19,6 +19,7 @@ import httpx
 
 from dashboard.backoff import Backoff
 from dashboard.config import AIConfig
+from dashboard.errors import HTTPError
 from dashboard.events import json_text
 from dashboard.relay import dialects
 from dashboard.relay.dialects import Completion, Dialect
@@ -27,6 +28,7 @@ from dashboard.relay.errors import (
     NoProvider,
     RelayError,
     TotalTimeout,
+    Untranslatable,
     UpstreamProtocolError,
 )
 from dashboard.relay.failures import first_token_expired, mark, status_error, transport_error
@@ -83,6 +85,23 @@ class Relay:
             served = ", ".join(sorted({m for p in self.providers for m in p.config.models})) or "none"
             raise NoProvider(f"no provider serves model {model!r} (configured models: {served})")
         return providers
+
+    def check_translation(self, body: dict[str, Any], client: Dialect, providers: list[Provider]) -> None:
+        """Refuses, before anything is reserved or sent, a request in the `client` dialect that a
+        provider of another dialect among `providers` (those that may answer it) could only be
+        sent with something left out: Untranslatable (400) naming the parameter and the provider."""
+        for provider in providers:
+            if provider.dialect is client:
+                continue
+            try:
+                provider.dialect.upstream_body(body, client, stream=False, usage=False)
+            except Untranslatable as exc:
+                exc.message = f"{exc.message}; provider {provider.name!r} is of type {provider.dialect.name}"
+                exc.args = (exc.message,)
+                raise
+            except (AttributeError, KeyError, TypeError, ValueError):
+                # A field of the wrong shape, which the provider of the client's own dialect would refuse.
+                raise malformed(provider.dialect.name) from None
 
     def model_label(self, provider: Provider, model: str) -> str:
         """The metrics label for `model`: itself when listed, else the pattern it matched (bounded)."""
@@ -185,6 +204,12 @@ class Relay:
             error.message += f" ({measure.attempts} attempts{history})"
             error.args = (error.message,)
         raise error
+
+
+def malformed(dialect: str) -> HTTPError:
+    """A request whose fields are not of the shapes its dialect gives them."""
+    message = f"the request has a field of the wrong shape, and cannot be translated to {dialect}"
+    return HTTPError(400, message, "invalid_request")
 
 
 async def _complete_once(

@@ -266,6 +266,26 @@
     };
   }
 
+  // -- the viewer's tools: theme, full screen ------------------------------------------------------
+  const themeButton = document.getElementById("theme");
+  function showTheme() {
+    themeButton.textContent = "theme: " + util.theme();
+  }
+  if (themeButton) {
+    showTheme();
+    themeButton.addEventListener("click", () => {
+      util.setTheme(util.THEMES[(util.THEMES.indexOf(util.theme()) + 1) % util.THEMES.length]);
+      showTheme();
+    });
+  }
+  for (const button of document.querySelectorAll('[data-role="fullscreen"]')) {
+    button.addEventListener("click", () => {
+      const section = button.closest(".panel");
+      if (document.fullscreenElement === section) document.exitFullscreen();
+      else section.requestFullscreen().catch((err) => console.error("full screen refused:", err));
+    });
+  }
+
   if (topics.length) connect();
   setInterval(() => {
     updateAges(true);

@@ -167,16 +167,33 @@
     return colours;
   }
 
-  const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
+  // The theme: as the system ("auto"), or what the viewer chose, remembered in this browser.
+  const THEME_KEY = "dashboard-theme";
+  const THEMES = ["auto", "light", "dark"];
+  const themeListeners = [];
   function onThemeChange(callback) {
-    darkQuery.addEventListener("change", callback);
+    themeListeners.push(callback);
   }
+  function theme() {
+    const saved = localStorage.getItem(THEME_KEY);
+    return THEMES.includes(saved) ? saved : "auto";
+  }
+  function setTheme(choice) {
+    if (choice === "auto") delete document.documentElement.dataset.theme;
+    else document.documentElement.dataset.theme = choice;
+    localStorage.setItem(THEME_KEY, choice);
+    for (const callback of themeListeners) callback();
+  }
+  setTheme(theme());
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    for (const callback of themeListeners) callback();
+  });
 
   window.Dashboard = {
     views,
     util: {
       el, svg, parse, isObject, idTime, toMillis, ago, clock, formatNumber, numericFields, fieldSpecs, withUnit, level,
-      noFieldMessage, text, cssVar, palette, onThemeChange,
+      noFieldMessage, text, cssVar, palette, onThemeChange, theme, setTheme, THEMES,
     },
   };
 })();

@@ -150,6 +150,7 @@ def create_app(runtime: Runtime) -> DashboardApp:
         Route("/metrics", metrics.endpoint),
         Route("/v1/chat/completions", relay.chat_completions, methods=["POST"]),
         Route("/v1/messages", relay.messages, methods=["POST"]),
+        Route("/v1/responses", relay.responses, methods=["POST"]),
         Route("/v1/models", relay.models),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *feed_routes(runtime.feeds),
@@ -160,7 +161,7 @@ def create_app(runtime: Runtime) -> DashboardApp:
         middleware.append(Middleware(ReadsCORS, origins=cors, credentials=config.server.cors_credentials))
     middleware.append(Middleware(RequestMetrics, telemetry=telemetry))
     # The streams and the relay skip the stack; the streams take it when CORS must add its headers.
-    hot = {"/v1/chat/completions", "/v1/messages"}
+    hot = {"/v1/chat/completions", "/v1/messages", "/v1/responses"}
     if not config.server.cors_origins:
         hot |= {"/sse", "/sse/{topic}"}
     return DashboardApp(

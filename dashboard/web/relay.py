@@ -1,6 +1,7 @@
-"""The relay's routes: POST /v1/chat/completions (OpenAI) and POST /v1/messages (Anthropic), each
-streamed or not and served by providers of either dialect, and GET /v1/models. Each completion
-runs through the relay's one lifecycle (dashboard.relay.lifecycle); this module speaks HTTP."""
+"""The relay's routes: POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic) and
+POST /v1/responses (OpenAI's Responses API), each streamed or not and served by providers of either
+dialect, and GET /v1/models. Each completion runs through the relay's one lifecycle
+(dashboard.relay.lifecycle); this module speaks HTTP."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from dashboard.relay.errors import RelayError
 from dashboard.relay.keys import Account
 from dashboard.relay.lifecycle import Completion, Completions
 from dashboard.relay.metrics import Measure
-from dashboard.relay.upstream import list_models
+from dashboard.relay.responses import Responses
+from dashboard.relay.upstream import list_models, malformed
 from dashboard.web.cors import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, watch_hangup
 from dashboard.web.errors import media_type, read_json
@@ -84,19 +86,34 @@ class RelayRoutes:
         """POST /v1/messages: the Anthropic Messages API, relayed the same way."""
         return await self._relay(request, ANTHROPIC)
 
-    async def _relay(self, request: Request, client: Dialect) -> Any:
+    async def responses(self, request: Request) -> Any:
+        """POST /v1/responses: the Responses API, its requests translated to chat completions."""
+        return await self._relay(request, OPENAI, responses=True)
+
+    async def _relay(self, request: Request, asks: Dialect, *, responses: bool = False) -> Any:
+        """`asks`: the dialect of the request the relay is given; `responses`: the client speaks
+        the Responses API, and its request is first translated to chat completions (`asks`)."""
         measure = Measure(model="")  # from now: the time to first token counts reading the request
+        client = asks
         try:
             account = self._account(request)
             body = await read_json(request, self.max_body)
-            _validate(body, client)
+            if responses:
+                if not isinstance(body, dict):
+                    raise HTTPError(400, "the body must be a JSON object", "invalid_request")
+                client = Responses(body)
+                try:
+                    body = client.to_common(body)
+                except (AttributeError, KeyError, TypeError, ValueError):
+                    raise malformed("chat completions") from None
+            _validate(body, asks)
             _stream_flag(request, body)
             measure.model = body["model"]
-            completion = await self.completions.admit(account, body, measure)
+            completion = await self.completions.admit(account, body, measure, asks)
         except (HTTPError, RelayError) as exc:
             return sdk_error(client, exc)
         kind = RelayedStream if body.get("stream") else RelayedCompletion
-        return kind(completion, client)
+        return kind(completion, client, asks)
 
 
 def _stream_flag(request: Request, body: dict[str, Any]) -> None:
@@ -139,9 +156,10 @@ class _Relayed:
     """An ASGI response that relays one admitted completion and stops the upstream when the
     client leaves; the completion's lifecycle settles, measures and logs it however it ends."""
 
-    def __init__(self, completion: Completion, client: Dialect) -> None:
+    def __init__(self, completion: Completion, client: Dialect, asks: Dialect | None = None) -> None:
         self.completion = completion
-        self.client = client
+        self.client = client  # how the answer is written
+        self.asks = asks or client  # the dialect of the completion's request (Responses': chat completions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -180,7 +198,7 @@ class RelayedStream(_Relayed):
     async def run(self, scope: Scope, send: Send) -> None:
         completion, client = self.completion, self.client
         try:
-            upstream = await completion.open_stream(client, text=False)
+            upstream = await completion.open_stream(self.asks, text=client is not self.asks)
         except RelayError as exc:
             await self._fail(send, exc)
             return
@@ -212,7 +230,7 @@ class RelayedStream(_Relayed):
 class RelayedCompletion(_Relayed):
     async def run(self, scope: Scope, send: Send) -> None:
         try:
-            data, answer, dialect = await self.completion.complete(self.client)
+            data, answer, dialect = await self.completion.complete(self.asks)
         except RelayError as exc:
             await self._fail(send, exc)
             return

@@ -9,13 +9,33 @@ providers' `type`, valued "module:dialect"). Providers name it as their `type`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.events import encode_frame
 from dashboard.plugins import DIALECTS
 from dashboard.relay.errors import RelayError
 from dashboard.relay.sse import SSEEvent
+
+
+@dataclass(slots=True)
+class ToolDelta:
+    """A piece of a streamed tool call. `index` is the provider's own (OpenAI's tool call index,
+    Anthropic's content block index); `id` and `name` come with a call's first piece."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""  # a piece of the arguments' JSON text
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A whole tool call of a non-streamed answer; `arguments` is JSON text, as OpenAI writes it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(slots=True)
@@ -29,11 +49,12 @@ class Chunk:
     token: bool = False  # it carries a token: text, a tool call or reasoning
     start: bool = False  # the answer begins (the role, or Anthropic's message_start)
     finish_reason: str | None = None  # in OpenAI's words: stop, length, tool_calls, content_filter
-    usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens, total_tokens (so far)
+    usage: dict[str, Any] | None = None  # prompt_tokens, completion_tokens, total_tokens (so far)
     id: str | None = None
     model: str | None = None
     usage_only: bool = False  # OpenAI's closing usage chunk: relayed only to clients that asked for it
     last: bool = False  # the provider's end-of-stream event ([DONE], message_stop)
+    tools: list[ToolDelta] | None = None  # pieces of tool calls
 
 
 @dataclass(slots=True)
@@ -42,13 +63,30 @@ class Completion:
 
     text: str
     finish_reason: str | None
-    usage: dict[str, int] | None
+    usage: dict[str, Any] | None
     id: str
     model: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """Token counts in OpenAI's words; `cached`: prompt tokens read from the provider's cache
+    (counted in `prompt`, as OpenAI counts them)."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
+
+
+def cached_tokens(counts: dict[str, Any] | None) -> int:
+    """The cached prompt tokens of OpenAI-shaped token counts (0 when not reported)."""
+    details = (counts or {}).get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if type(value) is int else 0
 
 
 class Renderer:
@@ -103,9 +141,12 @@ class Dialect:
         raise NotImplementedError
 
     def to_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A client's request as chat completions; Untranslatable (a 400 naming the parameter) for
+        what chat completions cannot carry faithfully: nothing is dropped without a word."""
         raise NotImplementedError
 
     def from_common(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A chat completions request as this dialect's provider takes it; Untranslatable as above."""
         raise NotImplementedError
 
     def renderer(self, source: Dialect, *, usage: bool) -> Renderer:

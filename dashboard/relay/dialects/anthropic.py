@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dashboard.events import encode_frame
-from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer, usage
+from dashboard.relay.dialects import (
+    Chunk,
+    Completion,
+    Dialect,
+    Renderer,
+    ToolCall,
+    ToolDelta,
+    cached_tokens,
+    usage,
+)
+from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
 from dashboard.relay.dialects.openai import dumps
-from dashboard.relay.errors import RelayError
+from dashboard.relay.errors import RelayError, UpstreamProtocolError
 from dashboard.relay.sse import SSEEvent
 
 VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096  # Messages requires max_tokens; an OpenAI-shaped request may leave it out
 _FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -20,7 +30,13 @@ _FINISH = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 _TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -45,9 +61,24 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _anthropic_usage(u: dict[str, int] | None) -> dict[str, int]:
+def _anthropic_usage(u: dict[str, Any] | None) -> dict[str, int]:
+    """OpenAI's token counts in Anthropic's words: its input_tokens leave out the cached ones."""
     u = u or {}
-    return {"input_tokens": u.get("prompt_tokens", 0), "output_tokens": u.get("completion_tokens", 0)}
+    cached = cached_tokens(u)
+    out = {"input_tokens": u.get("prompt_tokens", 0) - cached, "output_tokens": u.get("completion_tokens", 0)}
+    if cached:
+        out["cache_read_input_tokens"] = cached
+    return out
+
+
+def _common_usage(counts: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's token counts in OpenAI's words (cache reads and writes are prompt tokens);
+    `state` keeps the prompt's counts of a stream's message_start for its message_delta."""
+    if "input_tokens" in counts:
+        state["cached"] = counts.get("cache_read_input_tokens") or 0
+        written = counts.get("cache_creation_input_tokens") or 0
+        state["prompt"] = (counts.get("input_tokens") or 0) + state["cached"] + written
+    return usage(state.get("prompt", 0), counts.get("output_tokens") or 0, state.get("cached", 0))
 
 
 class Anthropic(Dialect):
@@ -62,23 +93,27 @@ class Anthropic(Dialect):
         if kind == "ping":
             return None
         chunk = Chunk(data, event.event or kind)
+        index = obj.get("index")
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
             if delta.get("type") == "text_delta":
                 chunk.text = str(delta.get("text") or "")
+            elif delta.get("type") == "input_json_delta" and type(index) is int:
+                chunk.tools = [ToolDelta(index, arguments=str(delta.get("partial_json") or ""))]
             chunk.token = bool(chunk.text or delta.get("partial_json") or delta.get("thinking"))
+        elif kind == "content_block_start":
+            block = obj.get("content_block") or {}
+            if block.get("type") == "tool_use" and type(index) is int:
+                chunk.tools = [ToolDelta(index, block.get("id"), block.get("name"))]
+                chunk.token = True
         elif kind == "message_start":
             message = obj.get("message") or {}
             chunk.start, chunk.id, chunk.model = True, message.get("id"), message.get("model")
-            counts = message.get("usage") or {}
-            state["input"] = counts.get("input_tokens") or 0
-            chunk.usage = usage(state["input"], counts.get("output_tokens") or 0)
+            chunk.usage = _common_usage(message.get("usage") or {}, state)
         elif kind == "message_delta":
             reason = (obj.get("delta") or {}).get("stop_reason")
             chunk.finish_reason = _FINISH.get(reason, reason)
-            counts = obj.get("usage") or {}
-            prompt = counts.get("input_tokens") or state.get("input", 0)
-            chunk.usage = usage(prompt, counts.get("output_tokens") or 0)
+            chunk.usage = _common_usage(obj.get("usage") or {}, state)
         elif kind == "message_stop":
             chunk.last = True
         return chunk
@@ -86,55 +121,29 @@ class Anthropic(Dialect):
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         if obj.get("type") != "message" or not isinstance(obj.get("content"), list):
             raise ValueError("not a message")
-        counts = obj.get("usage") or {}
         reason = obj.get("stop_reason")
+        calls = [
+            ToolCall(str(b.get("id") or ""), str(b.get("name") or ""), dumps(b.get("input") or {}))
+            for b in obj["content"]
+            if isinstance(b, dict) and b.get("type") == "tool_use"
+        ]
         return Completion(
             text=_text(obj["content"]),
             finish_reason=_FINISH.get(reason, reason),
-            usage=usage(counts.get("input_tokens") or 0, counts.get("output_tokens") or 0),
+            usage=_common_usage(obj.get("usage") or {}, {}),
             id=str(obj.get("id") or "msg_relay"),
             model=str(obj.get("model") or ""),
+            tool_calls=calls,
         )
 
     def wants_usage(self, body: dict[str, Any]) -> bool:
         return True  # every Messages stream carries its token counts
 
     def to_common(self, body: dict[str, Any]) -> dict[str, Any]:
-        messages: list[dict[str, Any]] = []
-        if body.get("system"):
-            messages.append({"role": "system", "content": _text(body["system"])})
-        for m in body["messages"]:
-            content = m.get("content")
-            if isinstance(content, list) and all(_is_text(b) for b in content):
-                content = _text(content)
-            messages.append({"role": m.get("role"), "content": content})
-        out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
-        for key in ("temperature", "top_p"):
-            if key in body:
-                out[key] = body[key]
-        if body.get("stop_sequences"):
-            out["stop"] = body["stop_sequences"]
-        return out
+        return to_chat(body)
 
     def from_common(self, body: dict[str, Any]) -> dict[str, Any]:
-        roles = ("system", "developer")
-        system = [_text(m.get("content")) for m in body["messages"] if m.get("role") in roles]
-        messages = [
-            {"role": "assistant" if m.get("role") == "assistant" else "user", "content": m.get("content")}
-            for m in body["messages"]
-            if m.get("role") not in roles
-        ]
-        limit = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-        out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": limit}
-        if system:
-            out["system"] = "\n\n".join(system)
-        for key in ("temperature", "top_p"):
-            if body.get(key) is not None:
-                out[key] = body[key]
-        stop = body.get("stop")
-        if stop:
-            out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-        return out
+        return to_messages(body)
 
     def converter(self, *, usage: bool) -> Renderer:
         return ToAnthropic()
@@ -145,7 +154,7 @@ class Anthropic(Dialect):
             "type": "message",
             "role": "assistant",
             "model": completion.model,
-            "content": [{"type": "text", "text": completion.text}],
+            "content": _content(completion),
             "stop_reason": _STOP.get(completion.finish_reason or "", completion.finish_reason),
             "stop_sequence": None,
             "usage": _anthropic_usage(completion.usage),
@@ -161,16 +170,35 @@ class Anthropic(Dialect):
         return encode_frame(dumps(body), "error")
 
 
+def _content(completion: Completion) -> list[dict[str, Any]]:
+    """A non-streamed answer's content blocks: its text, then its tool calls."""
+    blocks: list[dict[str, Any]] = []
+    if completion.text or not completion.tool_calls:
+        blocks.append({"type": "text", "text": completion.text})
+    for call in completion.tool_calls:
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            raise UpstreamProtocolError(
+                f"the provider sent tool call {call.id!r} with arguments that are not JSON"
+            ) from None
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+    return blocks
+
+
 class ToAnthropic(Renderer):
-    """A stream from a provider of another dialect, as Messages events."""
+    """A stream from a provider of another dialect, as Messages events: its text and each of its
+    tool calls in content blocks of their own, one after the other."""
 
     def __init__(self) -> None:
         self.id = "msg_relay"
         self.model = ""
         self.started = False
-        self.block = False
+        self.blocks = 0  # content blocks begun so far
+        self.open: str | None = None  # the kind of the block open now: "text" or "tool_use"
+        self.call: int | None = None  # the provider's index of the tool call in the open block
         self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
+        self.usage: dict[str, Any] | None = None
 
     def _start(self) -> bytes:
         self.started = True
@@ -184,7 +212,23 @@ class ToAnthropic(Renderer):
             "stop_sequence": None,
             "usage": _anthropic_usage(self.usage),
         }
-        return encode_frame(dumps({"type": "message_start", "message": message}), "message_start")
+        return _event({"type": "message_start", "message": message})
+
+    def _begin(self, block: dict[str, Any]) -> bytes:
+        """Closes the open block, if any, and begins `block`."""
+        out = self._close()
+        self.open = block["type"]
+        self.blocks += 1
+        return out + _event({"type": "content_block_start", "index": self.blocks - 1, "content_block": block})
+
+    def _close(self) -> bytes:
+        if self.open is None:
+            return b""
+        self.open = self.call = None
+        return _event({"type": "content_block_stop", "index": self.blocks - 1})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _event({"type": "content_block_delta", "index": self.blocks - 1, "delta": delta})
 
     def frames(self, chunks: list[Chunk]) -> bytes:
         out: list[bytes] = []
@@ -200,32 +244,51 @@ class ToAnthropic(Renderer):
             if not self.started:
                 out.append(self._start())
             if c.text:
-                if not self.block:
-                    self.block = True
-                    block = {"type": "text", "text": ""}
-                    start = {"type": "content_block_start", "index": 0, "content_block": block}
-                    out.append(encode_frame(dumps(start), "content_block_start"))
-                text = {"type": "text_delta", "text": c.text}
-                delta = {"type": "content_block_delta", "index": 0, "delta": text}
-                out.append(encode_frame(dumps(delta), "content_block_delta"))
+                if self.open != "text":
+                    out.append(self._begin({"type": "text", "text": ""}))
+                out.append(self._delta({"type": "text_delta", "text": c.text}))
+            for tool in c.tools or ():
+                out.append(self._tool(tool))
         return b"".join(out)
+
+    def _tool(self, tool: ToolDelta) -> bytes:
+        out = b""
+        if tool.index != self.call:
+            if tool.id is None and tool.name is None:
+                # A call resumed after another began: Messages blocks cannot interleave.
+                raise UpstreamProtocolError("the provider interleaved the arguments of parallel tool calls")
+            block = {
+                "type": "tool_use",
+                "id": tool.id or f"toolu_{self.blocks}",
+                "name": tool.name,
+                "input": {},
+            }
+            out = self._begin(block)
+            self.call = tool.index
+        if tool.arguments:
+            out += self._delta({"type": "input_json_delta", "partial_json": tool.arguments})
+        return out
 
     def end(self) -> bytes:
         out = [] if self.started else [self._start()]
-        if self.block:
-            out.append(encode_frame(dumps({"type": "content_block_stop", "index": 0}), "content_block_stop"))
+        out.append(self._close())
         reason = _STOP.get(self.finish_reason or "", self.finish_reason)
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": None},
             "usage": _anthropic_usage(self.usage),
         }
-        out.append(encode_frame(dumps(delta), "message_delta"))
-        out.append(encode_frame(dumps({"type": "message_stop"}), "message_stop"))
+        out.append(_event(delta))
+        out.append(_event({"type": "message_stop"}))
         return b"".join(out)
 
     def error(self, error: RelayError) -> bytes:
         return dialect.error_frame(error)
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    """A Messages event, named by its type."""
+    return encode_frame(dumps(obj), obj["type"])
 
 
 dialect = Anthropic()

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from dashboard.events import encode_frame, json_text
-from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer
+from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer, ToolCall, ToolDelta
 from dashboard.relay.errors import RelayError
 from dashboard.relay.sse import SSEEvent
 
@@ -53,7 +53,8 @@ class OpenAI(Dialect):
                 content = delta.get("content")
                 if isinstance(content, str):
                     chunk.text = content
-                chunk.token = bool(content or delta.get("tool_calls") or delta.get("reasoning_content"))
+                chunk.tools = _tool_deltas(delta.get("tool_calls"))
+                chunk.token = bool(content or chunk.tools or delta.get("reasoning_content"))
                 chunk.start = "role" in delta
             chunk.finish_reason = choice.get("finish_reason")
         elif chunk.usage is not None:
@@ -86,6 +87,9 @@ class OpenAI(Dialect):
             usage=usage if isinstance(usage, dict) else None,
             id=str(obj.get("id") or "chatcmpl-relay"),
             model=str(obj.get("model") or ""),
+            tool_calls=[
+                _tool_call(call) for call in message.get("tool_calls") or [] if isinstance(call, dict)
+            ],
         )
 
     def wants_usage(self, body: dict[str, Any]) -> bool:
@@ -105,7 +109,13 @@ class OpenAI(Dialect):
         return DONE
 
     def completion_body(self, completion: Completion) -> dict[str, Any]:
-        message = {"role": "assistant", "content": completion.text}
+        message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+        if completion.tool_calls:
+            message["content"] = completion.text or None
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in completion.tool_calls
+            ]
         body: dict[str, Any] = {
             "id": completion.id,
             "object": "chat.completion",
@@ -127,6 +137,32 @@ class OpenAI(Dialect):
         return encode_frame(dumps(self.error_body(error.status, error.message, error.code, error.type)))
 
 
+def _tool_deltas(calls: Any) -> list[ToolDelta] | None:
+    """The pieces of tool calls in a streamed delta's `tool_calls`."""
+    if not isinstance(calls, list):
+        return None
+    out = []
+    for call in calls:
+        if isinstance(call, dict) and type(call.get("index")) is int:
+            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            arguments = function.get("arguments")
+            out.append(
+                ToolDelta(
+                    call["index"],
+                    call.get("id"),
+                    function.get("name"),
+                    arguments if isinstance(arguments, str) else "",
+                )
+            )
+    return out or None
+
+
+def _tool_call(call: dict[str, Any]) -> ToolCall:
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    arguments = function.get("arguments")
+    return ToolCall(str(call.get("id") or ""), str(function.get("name") or ""), str(arguments or "{}"))
+
+
 class ToOpenAI(Renderer):
     """A stream from a provider of another dialect, as chat.completion.chunk events."""
 
@@ -135,7 +171,9 @@ class ToOpenAI(Renderer):
         self.id = "chatcmpl-relay"
         self.model = ""
         self.created = int(time.time())
-        self.last_usage: dict[str, int] | None = None
+        self.last_usage: dict[str, Any] | None = None
+        self.calls: dict[int, int] = {}  # the provider's index of each tool call -> its OpenAI index
+        self.quiet: set[int] = set()  # calls whose arguments have not begun yet
 
     def _frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
@@ -162,9 +200,30 @@ class ToOpenAI(Renderer):
                 out.append(self._frame({"role": "assistant", "content": ""}))
             if c.text:
                 out.append(self._frame({"content": c.text}))
+            for tool in c.tools or ():
+                out.append(self._frame({"tool_calls": [self._tool_call(tool)]}))
             if c.finish_reason:
+                # A call streamed without arguments (a tool that takes none) still gets valid JSON.
+                for n in sorted(self.quiet):
+                    out.append(self._frame({"tool_calls": [{"index": n, "function": {"arguments": "{}"}}]}))
+                self.quiet.clear()
                 out.append(self._frame({}, c.finish_reason))
         return b"".join(out)
+
+    def _tool_call(self, tool: ToolDelta) -> dict[str, Any]:
+        """A tool call's piece as an entry of OpenAI's `delta.tool_calls`: the first with its id,
+        type and name."""
+        function: dict[str, Any] = {"arguments": tool.arguments}
+        if tool.index not in self.calls:
+            self.calls[tool.index] = n = len(self.calls)
+            self.quiet.add(n)
+            function["name"] = tool.name or ""
+            call: dict[str, Any] = {"index": n, "id": tool.id or f"call_{n}", "type": "function"}
+        else:
+            call = {"index": self.calls[tool.index]}
+        if tool.arguments:
+            self.quiet.discard(call["index"])
+        return {**call, "function": function}
 
     def end(self) -> bytes:
         if self.usage and self.last_usage is not None:

@@ -1,7 +1,7 @@
 // chart view: a rolling time series of an event's numeric fields, drawn with uPlot.
 // Options: fields (default: every numeric field seen, up to 8, but the time-like keys ts, time,
 // epoch, timestamp): a list of names, or a mapping name -> {label, unit, thresholds: {warn, crit,
-// below}}; window (seconds shown, default 300), unit (of every field that names none), min / max
+// below}}; window (seconds shown, default 300; the viewer may pick 1 min to 1 h, and pause), unit (of every field that names none), min / max
 // (fix the y axis; default: fit the data), event (the event type to read, default message).
 // Units read at a glance (2.3 MB/s, 1.2 s, $0.0042); thresholds are dashed lines, labelled.
 "use strict";
@@ -13,7 +13,9 @@ window.Dashboard.views.chart = function (panel) {
   const specs = fieldSpecs(o.fields);
   const fixed = specs.size ? [...specs.keys()] : null;
   const fields = fixed ? fixed.slice() : [];
-  const windowS = Number(o.window) > 0 ? Number(o.window) : 300;
+  let windowS = Number(o.window) > 0 ? Number(o.window) : 300; // what is shown: the viewer may change it
+  const WINDOWS = [...new Set([60, 300, 900, 3600, windowS])].sort((a, b) => a - b);
+  const KEPT_S = Math.max(...WINDOWS); // points are kept for the widest window (MAX_POINTS at most)
   const MAX_POINTS = 5000;
   const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
   const eventType = typeof o.event === "string" ? o.event : "message";
@@ -25,7 +27,25 @@ window.Dashboard.views.chart = function (panel) {
   const legend = el("div", { className: "chart-legend" });
   const note = el("p", { className: "chart-note", text: "Waiting for numeric data." });
   const limits = el("p", { className: "chart-thresholds" }); // the dashed lines, said in words
-  panel.body.append(note, box, legend, limits);
+  // The viewer's tools: the time window shown, and pause (events keep coming in meanwhile).
+  const span = (s) => (s >= 3600 ? s / 3600 + " h" : s >= 60 ? s / 60 + " min" : s + " s");
+  const windowSelect = el("select", { className: "tool", attrs: { "aria-label": "time window shown" } });
+  for (const s of WINDOWS) windowSelect.append(el("option", { text: span(s), attrs: { value: s } }));
+  windowSelect.value = String(windowS);
+  const pause = el("button", { className: "tool", text: "pause", attrs: { type: "button", "aria-pressed": "false" } });
+  let paused = false;
+  windowSelect.addEventListener("change", () => {
+    windowS = Number(windowSelect.value);
+    fresh = true;
+    if (plot) plot.setData([xs, ...ys]); // the x range follows the window
+  });
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "resume" : "pause";
+    pause.setAttribute("aria-pressed", String(paused));
+    if (!paused) redraw();
+  });
+  panel.body.append(el("div", { className: "chart-tools" }, windowSelect, pause), note, box, legend, limits);
   // Axis ticks stay short whatever the magnitude (1.6K, 2.3 MB/s), so they never get cut off: in
   // the fields' unit when they share one, else plain.
   const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
@@ -97,7 +117,7 @@ window.Dashboard.views.chart = function (panel) {
       // Below the plot, not inside its fixed-height box: the card grows with the legend.
       legend: { live: true, mount: (u, table) => legend.replaceChildren(table) },
       scales: {
-        x: { time: true },
+        x: { time: true, range: (u, lo, hi) => [Math.max(lo, hi - windowS), hi] },
         y: {
           range: (u, lo, hi) => {
             // the thresholds stay in view, so that the chart shows where "too high" starts
@@ -131,7 +151,7 @@ window.Dashboard.views.chart = function (panel) {
   }
 
   function redraw() {
-    if (!fresh) return;
+    if (!fresh || paused) return;
     fresh = false;
     if (!plot) build();
     else plot.setData([xs, ...ys]);
@@ -172,7 +192,7 @@ window.Dashboard.views.chart = function (panel) {
         ys[i].push(typeof v === "number" && isFinite(v) ? v : null);
       });
       let drop = 0;
-      while (drop < xs.length && (xs[drop] < x - windowS || xs.length - drop > MAX_POINTS)) drop++;
+      while (drop < xs.length && (xs[drop] < x - KEPT_S || xs.length - drop > MAX_POINTS)) drop++;
       if (drop) {
         xs.splice(0, drop);
         for (const series of ys) series.splice(0, drop);
