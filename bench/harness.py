@@ -107,16 +107,21 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-def start(name: str, *, rate_hz: float, size: int = 100, keepalive: float = 15.0) -> Target:
+def start(
+    name: str, *, rate_hz: float, size: int = 100, keepalive: float = 15.0, broker: str = "memory://"
+) -> Target:
+    """Start target `name`; sse-dashboard with `broker` ("sqlite" for a file in its own folder)."""
     port = free_port()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if name == "sse-dashboard":
         workdir = Path(tempfile.mkdtemp(prefix="bench-"))
         config = workdir / "config.yaml"
+        url = f"sqlite:///{workdir}/bench.db" if broker == "sqlite" else broker
         config.write_text(
             textwrap.dedent(
                 f"""
                 server: {{keepalive: {keepalive}, max_backlog: 4096, max_streams_per_client: 1000000}}
+                broker: {{url: "{url}"}}
                 topics:
                   bench:
                     feed: "bench.feeds:Stamp"

@@ -4,6 +4,10 @@ Every instance follows each rule's state from the events it delivers; the one ho
 lease (the feeds' leadership mechanism, `alert:<name>`) announces the changes: an `alert` event
 on the rule's `notify` topic for every change, a notification when it fires and when it resolves,
 and one signed delivery per webhook (Standard Webhooks), retried with backoff in a task of its own.
+
+Each change is kept by the broker (`Broker.keep`, under `alert:<name>`): on a durable one (sqlite)
+a rule takes up after a restart where it was, so a firing rule stays firing, with its `since`,
+and is not announced again.
 """
 
 from __future__ import annotations
@@ -116,8 +120,33 @@ class Rule:
         previous, self.state, self.since = self.state, state, time.time()
         rule = self.config
         log.info("alert %r: %s -> %s (%s = %s)", rule.name, previous, state, rule.field, self.value)
+        self.alerts.broker.keep(f"alert:{rule.name}", self.kept())
         if self.leader:
             self.alerts.announce(self, previous)
+
+    def kept(self) -> str:
+        """What the broker keeps of this rule: its state, since when, the value, and since when
+        (wall clock) the condition holds."""
+        held_since = time.time() - (time.monotonic() - self.held_from) if self.holding else None
+        return json.dumps({"state": self.state, "since": self.since, "value": self.value, "held": held_since})
+
+    def restore(self, kept: str) -> None:
+        """Take up the state kept before a restart, without announcing it again; a pending rule
+        fires once the condition has held `for` seconds in all."""
+        try:
+            saved = json.loads(kept)
+            state, since, value, held = saved["state"], float(saved["since"]), saved["value"], saved["held"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("alert %r: ignored a kept state that does not read: %.80r", self.config.name, kept)
+            return
+        if state not in ("ok", "pending", "firing"):
+            return
+        self.state, self.since, self.value = state, since, value
+        if held is not None:
+            self.holding = True
+            self.held_from = time.monotonic() - max(0.0, time.time() - float(held))
+        if state == "pending":
+            asyncio.get_running_loop().call_soon(self._check_duration)
 
     def as_json(self) -> dict[str, Any]:
         rule = self.config
@@ -151,7 +180,8 @@ class Alerts:
     def _add(self, config: AlertRule) -> None:
         rule = self.rules[config.name] = Rule(config, self)
         self.broker.listen(config.topic, rule.observe)
-        if self._started:
+        if self._started:  # a reload added or changed it: it starts again from `ok`
+            self.broker.keep(f"alert:{config.name}", rule.kept())
             self._leading[config.name] = asyncio.create_task(self._lead(rule), name=f"alert:{config.name}")
 
     async def _remove(self, name: str) -> None:
@@ -172,12 +202,18 @@ class Alerts:
                 self._add(config)
 
     def start(self) -> None:
+        """Take up the rules' kept states and lead them; called once the broker is connected,
+        before any event is delivered."""
         self._started = True
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._leading = {
             name: asyncio.create_task(self._lead(rule), name=f"alert:{name}")
             for name, rule in self.rules.items()
         }
+        for name, rule in self.rules.items():  # after the leading tasks: a pending rule's check
+            kept = self.broker.kept(f"alert:{name}")  # runs once a lone process leads it
+            if kept is not None:
+                rule.restore(kept)
 
     async def stop(self) -> None:
         for rule in self.rules.values():

@@ -121,7 +121,7 @@ def describe_key(name: str, spent: dict, key: APIKey | None) -> str:
 
 async def _spend_today(config: Config) -> dict:
     """Today's spend report: from a shared (Redis) broker directly; with one that is not shared
-    (memory://), where only the running server holds it, from its spend topic."""
+    (memory://, or sqlite://, whose file the running server holds), from its spend topic."""
     from dashboard.relay.keys import spend_report
     from dashboard.relay.ledger import Ledger
 
@@ -251,14 +251,17 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where workers keep the metrics t
 WATCH_EVERY = 1.0  # seconds between looks at the config file under `serve --watch`
 
 
-def banner(config: Config, bound: tuple, first: str) -> None:
-    """The startup lines: the URL, the config, the topics, what is open to whom, and the limits."""
+def banner(config: Config, bound: tuple, first: str, events: str = "") -> None:
+    """The startup lines: the URL, the config, where events are kept, the topics, what is open to
+    whom, and the limits."""
     from dashboard.web.gate import allowed_hosts
     from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT
 
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"sse-dashboard {__version__} serving on http://{shown_host}:{bound[1]}", flush=True)
     print(first, flush=True)
+    if events:
+        print(f"  events: {events}", flush=True)
     for name, topic in config.topics.items():
         print(f"  topic {name:<20} feed {topic.feed}{' (public)' if topic.public else ''}", flush=True)
     for line in describe_access(config, allowed_hosts(config)):
@@ -343,7 +346,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _close_streams_on_exit(runtime)
         runtime.listen_for_reload(WATCH_EVERY if args.watch else None)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
-        banner(config, bound, f"config: {config.source}; instance {runtime.instance}")
+        first = f"config: {config.source}; instance {runtime.instance}"
+        banner(config, bound, first, runtime.broker.describe())
 
     async def run() -> None:
         announcer = asyncio.create_task(announce())
@@ -389,9 +393,10 @@ def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket)
     if not brokers.is_shared(config.broker.url):
         print(
             f"refusing to start {args.workers} workers with broker.url {config.broker.url}: each process "
-            "would keep its own events, so a browser would see only the events of the process it "
-            "happened to reach, and could not resume on another one. Share them through Redis: "
-            "set broker.url to redis://HOST:6379/0 (see 'Scale out' in the README).",
+            "would keep its own events (and a sqlite:// file serves one process at a time), so a "
+            "browser would see only the events of the process it happened to reach, and could not "
+            "resume on another one. Share them through Redis: set broker.url to redis://HOST:6379/0 "
+            "(see 'Scale out' in the README).",
             file=sys.stderr,
         )
         return 2
@@ -570,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keys",
         help="print each api key's usage today",
         description="Print each api key's requests, tokens and spend today (UTC) and its limits: read from "
-        "a redis:// broker, or with memory:// from the running server's spend topic.",
+        "a redis:// broker, or with memory:// or sqlite:// from the running server's spend topic.",
     )
     keys.add_argument("--config", metavar="PATH", help=config_help)
     keys.set_defaults(func=cmd_keys)

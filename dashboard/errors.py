@@ -4,7 +4,8 @@
     ├── SetupError              the configuration or the installation cannot be used
     │   ├── ConfigError         (every problem of a config file, with file:line)
     │   ├── FeedNotFound
-    │   └── BrokerConfigError
+    │   ├── BrokerConfigError
+    │   └── StorageError        (the broker's file cannot be used: damaged, unwritable, in use)
     ├── RequestError            a client's request cannot be served as asked
     │   ├── HTTPError           (any status, raised by routes)
     │   ├── UnknownTopic
@@ -67,6 +68,11 @@ class FeedNotFound(SetupError):
 
 class BrokerConfigError(SetupError):
     """The broker URL names no installed backend."""
+
+
+class StorageError(SetupError):
+    """The broker's database file cannot be used (damaged, not writable, or in use by another
+    process); the message names the file and what to do."""
 
 
 # -- requests --------------------------------------------------------------------------------------

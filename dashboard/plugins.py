@@ -151,6 +151,7 @@ BROKERS = Registry(
         "memory": "dashboard.broker.memory:MemoryBroker",
         "redis": "dashboard.broker.redis:RedisBroker",
         "rediss": "dashboard.broker.redis:RedisBroker",
+        "sqlite": "dashboard.broker.sqlite:SqliteBroker",
     },
     "dashboard.broker:Broker",
     instance=False,

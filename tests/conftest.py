@@ -6,6 +6,28 @@ from tests.browser import browser, open_page  # noqa: F401  (real Chromium fixtu
 from tests.support import ServerFactory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_repository():
+    """The default broker's file lands in a test's folder: a test that starts a server in the
+    repository's folder (and so writes its dashboard.db) fails the run."""
+    from tests.support import ROOT
+
+    def state():
+        path = ROOT / "dashboard.db"
+        return path.stat().st_mtime_ns if path.exists() else None
+
+    before = state()
+    yield
+    assert state() == before, "a test started a server in the repository's folder (it wrote dashboard.db)"
+
+
+@pytest.fixture(autouse=True)
+def in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Each test runs in a folder of its own: a runtime built with the default broker writes its
+    file (dashboard.db) there, never in the repository, and no two tests share one."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def serve(tmp_path):
     """Start `dashboard serve` with a config given as YAML text: `server = serve(yaml)`."""

@@ -41,6 +41,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # extra `dashboard serve` arguments
     open_files: int | None = None  # the process's limit on open files (soft and hard)
+    home: Path | None = None  # the folder it runs in (default: the config's), where its files go
     proc: subprocess.Popen | None = None
     url: str = ""
     started_at: int = 0  # where in the log this start's output begins (after a restart, not 0)
@@ -51,12 +52,16 @@ class Server:
         self.started_at = len(self.output())
         logfile = self.log.open("ab")
         limit = self.open_files
+        # In a folder of its own, as a user would start it: the default broker's file lands there.
+        home = self.home or self.config.parent
+        home.mkdir(exist_ok=True)
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=home,
             stdout=logfile,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={**os.environ, "PYTHONPATH": path, **self.env},
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
             if limit
             else None,
@@ -126,6 +131,7 @@ class ServerFactory:
             env=env or {},
             args=args or [],
             open_files=open_files,
+            home=self.tmp / f"server{n}",
         )
         self.servers.append(server)
         return server.start()

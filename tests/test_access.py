@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import subprocess
 import sys
@@ -368,7 +369,8 @@ def serve_on_all_interfaces(tmp_path, config: str) -> subprocess.CompletedProces
     cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(path), "--host", "0.0.0.0"]
     return subprocess.Popen(
         [*cmd, "--port", str(free_port())],
-        cwd=ROOT,
+        cwd=tmp_path,  # where the default broker's file goes
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -49,6 +49,7 @@ def test_offline_default_without_any_config_file(tmp_path):
         server.wait_for_url()
         output = server.output()
         assert "config: <built-in default>" in output
+        assert f"events: in {tmp_path / 'dashboard.db'} (kept across restarts)" in output, output
         with server.client() as client:
             topics = client.get("/api/topics").json()["topics"]
             assert {t["feed"] for t in topics.values()} >= {"demo", "ai"}, topics

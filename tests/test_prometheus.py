@@ -167,10 +167,13 @@ def test_with_api_tokens_and_no_spend_topic_per_key_series_need_a_token(serve):
 
 def test_without_auth_per_key_series_stay_open_on_loopback(serve):
     server = serve(f"topics: {{}}\n{SIMULATED}")
+    series = 'dashboard_ai_key_requests_total{key="(no key)",outcome="ok"}'
     with server.client() as http:
         complete(http, "anything")
-        text = http.get("/metrics").text
-    assert 'dashboard_ai_key_requests_total{key="(no key)",outcome="ok"}' in text, text
+        deadline = time.monotonic() + 10  # counted once settled, which may end after the answer
+        while series not in (text := http.get("/metrics").text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert series in text, text
 
 
 def test_under_two_workers_each_scrape_counts_the_streams_of_both(redis_prefix, serve):

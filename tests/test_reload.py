@@ -155,7 +155,10 @@ def test_sighup_never_kills_even_many_at_once_or_at_start(serve):
     server.stop()
     server.proc = None
     cmd = [sys.executable, "-m", "dashboard", "serve", "--config", str(server.config), "--port", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # in the server's folder, where its file is
+    proc = subprocess.Popen(
+        cmd, cwd=server.home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         time.sleep(0.8)  # the interpreter and the package are loaded: the command runs
         for _ in range(20):

@@ -3,9 +3,11 @@
 - contract.py: `Broker`, what every backend must do (and a shared one more), written once.
 - fanout.py: the local fan-out every backend shares: topics, `Subscription`s and their `Sink`s
   (the web layer's SSE streams), replay with no gap and no duplicate.
+- books.py: the ledger primitive's terms and its counters kept in one process (`LocalBooks`).
 - leases.py: `Lease` and the `fence` a feed publishes under.
 - registry.py: the backend for a URL, by its scheme (`from_url`).
-- one module or package per backend: memory.py, redis/.
+- one module or package per backend: memory.py (nothing on disk), sqlite/ (the default: the
+  memory broker with everything it keeps written to one file, durably), redis/ (shared).
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ tests/test_broker_contract.py checks on every backend:
   BrokerUnavailable), and `shared` (True when processes share events: `serve --workers N`).
 
 A backend whose events stay in one process (`shared = False`) is done: the base class keeps the
-rest in this process. A shared backend must also make its instances agree on what follows, or
-each would lead, claim and count on its own; one that lacks a part is refused when the server
-starts (`missing_parts`, checked by the registry), naming what it lacks:
+rest in this process (and a durable one, as sqlite, saves it in its file). A shared backend must
+also make its instances agree on what follows, or each would lead, claim and count on its own; one
+that lacks a part is refused when the server starts (`missing_parts`, checked by the registry),
+naming what it lacks:
 
 - leases and fencing: `acquire_lease(topic)` waits until this instance leads a topic's feed;
   `release_lease`; it sets `Lease.lost` when another instance took over and refuses, with
@@ -29,7 +30,11 @@ starts (`missing_parts`, checked by the registry), naming what it lacks:
 - the ledger primitive, on which the AI relay's ledger (dashboard/relay/ledger.py) keeps api
   keys' limits and spend: `ledger_reserve`, `ledger_settle`, `ledger_day`, each one atomic step
   for every instance. The relay says what the limits mean and which counters a request moves;
-  the backend only keeps the counters and checks them in one step.
+  the backend only keeps the counters and checks them in one step. The base class keeps them in
+  `self.books` (books.py), so every backend has them.
+
+Small state (`keep(key, value)`, `kept(key)`: alert rules' states) is kept in this process by
+default; a durable backend keeps it across restarts, as it keeps claims and the ledger.
 """
 
 from __future__ import annotations
@@ -39,42 +44,14 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
+from dashboard.broker.books import Hold, Limits, LocalBooks, Refusal
 from dashboard.broker.fanout import Fanout
 from dashboard.broker.leases import Lease
 from dashboard.errors import InvalidEvent
 from dashboard.events import Event, Message
 
 MAX_CLAIMS = 100_000  # claims kept in memory at most (the oldest go first)
-LOCAL_LEDGER = "a broker that is not shared keeps no ledger: the relay's ledger keeps it in this process"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one account may use: requests and tokens per minute, nano-dollars per UTC day (None:
-    no limit)."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    daily_nusd: int | None = None
-
-
-@dataclass(frozen=True)
-class Hold:
-    """Where the ledger primitive counted an admitted request: its window bucket (Unix seconds)
-    and the UTC day (days since the epoch) its estimate is held against."""
-
-    second: int
-    day: int
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a request was not admitted (`rpm`, `tpm` or `budget`) and when to try again."""
-
-    reason: str
-    retry_after: int  # seconds
 
 
 #: What a shared backend must implement itself (the base class's versions keep them in one process).
@@ -91,10 +68,14 @@ class Broker(Fanout, ABC):
 
     #: its events reach every process using the same URL (so `serve --workers N` may use it)
     shared: bool = False
+    #: the clock claims expire by: a backend that keeps them across restarts uses the wall clock
+    claim_clock = staticmethod(time.monotonic)
 
     def __init__(self, *, history: int = 1000) -> None:
         super().__init__(history=history)
-        self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (monotonic)
+        self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it expires (claim_clock)
+        self.books = LocalBooks()  # the ledger primitive's counters, unless the backend keeps them
+        self._kept: dict[str, str] = {}  # see keep()
 
     @classmethod
     def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> Broker:
@@ -135,11 +116,15 @@ class Broker(Fanout, ABC):
     def healthy(self) -> bool:
         return True
 
+    def describe(self) -> str:
+        """Where its events are kept, for the startup banner."""
+        return "in this process's memory (nothing is kept across a restart)"
+
     # -- what instances must agree on: kept in this process unless the backend is shared -------
     async def claim(self, key: str, ttl: float) -> bool:
         """True the first time `key` is claimed within `ttl` seconds, by any instance sharing this
         broker; False while an earlier claim holds (how feeds drop duplicates)."""
-        now = time.monotonic()
+        now = self.claim_clock()
         claims = self._claims
         while claims and next(iter(claims.values())) <= now:
             claims.popitem(last=False)
@@ -171,7 +156,7 @@ class Broker(Fanout, ABC):
         """Give up a lease, so that another instance can take the feed over at once."""
         lease.lost.set()
 
-    # -- the ledger primitive: a shared backend's (the relay's ledger keeps a lone process's) ---
+    # -- the ledger primitive: in this process (`self.books`) unless the backend keeps it ---------
     # The day's counters are named `k|<account>|<counter>` and `m|<model>|<counter>`, integers.
     async def ledger_reserve(
         self, account: str, limits: Limits, tokens: int, nusd: int, *, window: int, days: int
@@ -183,7 +168,7 @@ class Broker(Fanout, ABC):
         `window` seconds would pass `limits.rpm` or `limits.tpm` (retry once enough has left the
         window). Otherwise count them in this second's bucket, add `nusd` to the account's
         `reserved`, keep the day's counters `days` days, and return where they were counted."""
-        raise NotImplementedError(LOCAL_LEDGER)
+        return self.books.reserve(account, limits, tokens, nusd, window=window, days=days)
 
     async def ledger_settle(
         self, account: str, hold: Hold, tokens: int, increments: list[tuple[str, int]], *, days: int
@@ -191,11 +176,22 @@ class Broker(Fanout, ABC):
         """In one step: add `tokens` (may be negative) to the account's bucket `hold.second` while
         it is in the window, add each (counter, n) of `increments` to the day `hold.day`, keep
         that day `days` days; return all of that day's counters."""
-        raise NotImplementedError(LOCAL_LEDGER)
+        return self.books.settle(account, hold, tokens, increments)
 
     async def ledger_day(self, day: int) -> dict[str, int]:
         """The counters of a UTC day (days since the epoch); empty when none were kept."""
-        raise NotImplementedError(LOCAL_LEDGER)
+        return self.books.day(day)
+
+    # -- small state that outlives a restart where the backend is durable (alert rules') --------
+    def keep(self, key: str, value: str) -> None:
+        """Keep `value` under `key`. It never waits: a durable backend writes it with its next
+        batch, before anything published after this call is acknowledged."""
+        self._kept[key] = value
+
+    def kept(self, key: str) -> str | None:
+        """What was kept under `key`: in this process, or by a durable backend before it restarted
+        (loaded when it connected)."""
+        return self._kept.get(key)
 
 
 def missing_parts(cls: type[Broker]) -> list[str]:

@@ -28,20 +28,33 @@ class MemoryBroker(Broker):
             self._last_id = check_requested_id(requested, self._last_id)
         return self._last_id
 
+    def build(self, topic: str, event: Event) -> Message:
+        """The message `event` is stored as on `topic`, with the next id (UnknownTopic, or
+        InvalidEvent for what no reader could be sent, before an id is taken)."""
+        self.topic(topic)
+        kind, data = event_type(event.event), encode_data(event.data)
+        return Message.build(self.next_id(event.id), topic, kind, data, time.time())
+
     async def publish(self, topic: str, event: Event) -> Message:
-        history = self.topic(topic).history
-        kind, data = event_type(event.event), encode_data(event.data)  # before an id is taken
-        message = Message.build(self.next_id(event.id), topic, kind, data, time.time())
-        if len(history) == history.maxlen:
-            self._evicted[topic] = history[0].id  # appending it below drops the oldest
+        message = self.build(topic, event)
         self.deliver(message)
         return message
+
+    def deliver(self, message: Message) -> None:
+        history = self.topics[message.topic].history
+        if len(history) == history.maxlen:  # appending it drops the oldest
+            self.dropped(message.topic, history[0].id)
+        super().deliver(message)
 
     def set_history(self, name: str, history: int) -> int:
         evicted = super().set_history(name, history)
         if evicted:
-            self._evicted[name] = evicted
+            self.dropped(name, evicted)
         return evicted
+
+    def dropped(self, topic: str, id: int) -> None:
+        """`topic`'s history dropped `id` (and every older one) to make room."""
+        self._evicted[topic] = id
 
     async def evicted_id(self, topic: str, after: int) -> int:
         evicted = self._evicted.get(topic, 0)

@@ -44,8 +44,8 @@ def is_shared(url: str) -> bool:
 
 
 def from_url(url: str, *, history: int = 1000, prefix: str = "dashboard", lease_ttl: float = 5.0) -> Broker:
-    """The broker for `url`, by its scheme: `memory://`, `redis://host:port/db` (`rediss://` for
-    TLS), or a backend a package registered under `dashboard.brokers`.
+    """The broker for `url`, by its scheme: `sqlite:///file.db`, `memory://`, `redis://host:port/db`
+    (`rediss://` for TLS), or a backend a package registered under `dashboard.brokers`.
 
     `prefix` and `lease_ttl` concern shared brokers: the first part of their key names, and how
     long a feed's lease outlives an instance that stopped renewing it."""

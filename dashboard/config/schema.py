@@ -77,7 +77,12 @@ class ServerConfig(Strict):
 
 
 class BrokerConfig(Strict):
-    url: str = "memory://"
+    url: str = Field(
+        "sqlite:///dashboard.db",
+        description="where events, the AI ledger, claims and alert states are kept: sqlite:///file.db "
+        "(relative to the folder the server starts in; sqlite:////abs/path.db), memory:// (nothing on "
+        "disk) or redis://host:6379/0 (shared by several processes)",
+    )
     history: int = Field(1000, ge=1, description="events kept per topic for replay, unless the topic says")
     prefix: str = Field(
         "dashboard",

@@ -108,6 +108,9 @@ class RedisBroker(Broker):
     def healthy(self) -> bool:
         return self._healthy
 
+    def describe(self) -> str:
+        return f"in Redis at {self.where}, under the prefix {self.prefix!r}"
+
     def _connect_client(
         self,
         socket_timeout: float,
