@@ -1,5 +1,5 @@
 """A provider's limits in this process: requests in flight (`max_concurrency`), requests and tokens per
-minute (`rpm`, `tpm`, counted in the api keys' sliding window, ledger.LocalBooks), a bounded queue,
+minute (`rpm`, `tpm`, counted in the api keys' sliding window, broker.books.LocalBooks), a bounded queue,
 first come first served, for requests that find no room, and the cool-down of a provider that keeps
 failing. Kept on the Provider, so a reload that leaves a provider unchanged keeps its counters."""
 
@@ -11,9 +11,11 @@ import math
 import time
 from collections import deque
 
+from dashboard.broker import Hold, Limits, Refusal
+from dashboard.broker.books import LocalBooks
 from dashboard.config import AIProvider
 from dashboard.relay.errors import QueueFull
-from dashboard.relay.ledger import LIMIT_WINDOW, Hold, Limits, LocalBooks, Refusal
+from dashboard.relay.ledger import LIMIT_WINDOW
 from dashboard.relay.metrics import QUEUE_REFUSALS, QUEUE_WAIT, Measure
 
 log = logging.getLogger("dashboard.relay")
@@ -129,9 +131,7 @@ class Capacity:
         hold = None
         if self._window is not None:
             tokens = min(tokens, self.limits.tpm or tokens)  # a request larger than tpm still fits alone
-            held = await self._window.ledger_reserve(
-                self.name, self.limits, tokens, 0, window=LIMIT_WINDOW, days=1
-            )
+            held = self._window.reserve(self.name, self.limits, tokens, 0, window=LIMIT_WINDOW, days=1)
             if isinstance(held, Refusal):
                 return float(held.retry_after)
             hold = held
@@ -143,7 +143,7 @@ class Capacity:
         usage = measure.usage if measure is not None else None
         if self._window is not None and slot.hold is not None and usage is not None:
             used = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-            await self._window.ledger_settle(self.name, slot.hold, used - slot.tokens, [], days=1)
+            self._window.settle(self.name, slot.hold, used - slot.tokens, [])
         self._wake_first()
 
     def _wake_first(self) -> None:
