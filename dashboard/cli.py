@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
+import psutil
+
 from dashboard import __version__
 from dashboard import broker as brokers
 from dashboard.auth import Access
@@ -182,10 +184,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if config is None:
         print("not reloading: the server would refuse this config and keep the one it has", file=sys.stderr)
         return 1
-    port = args.port or config.server.port
     try:
-        pid = args.pid or server_pid(port)
-    except LookupError as exc:
+        pid = args.pid or server_pid(args.port or config.server.port)
+        port = args.port or listening_port(pid) or config.server.port
+    except (LookupError, psutil.Error) as exc:
         print(exc, file=sys.stderr)
         return 1
     url = f"{local_url(config, port)}/healthz"
@@ -211,8 +213,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def server_pid(port: int) -> int:
     """The process of this user that listens on `port` (with `--workers N`, their parent);
     LookupError saying why there is none."""
-    import psutil
-
     listening = {
         c.pid
         for c in psutil.net_connections("inet")
@@ -232,6 +232,16 @@ def server_pid(port: int) -> int:
     if listening:
         raise LookupError(f"process {min(listening)} listens on port {port} but is no dashboard server")
     raise LookupError(f"no process of this user listens on port {port}: give --port or --pid")
+
+
+def listening_port(pid: int) -> int | None:
+    """The port process `pid` (or, for the parent of `serve --workers N`, its workers) listens on."""
+    process = psutil.Process(pid)
+    for each in (process, *process.children()):
+        ports = [c.laddr.port for c in each.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        if ports:
+            return ports[0]
+    return None
 
 
 def _config_status(url: str) -> dict | None:

@@ -259,7 +259,7 @@ class Runtime:
         for feed in self.feeds.values():
             feed.context.config = new
         self.app.current = create_app(self)
-        self.supervisor.start(*added, *changed)
+        self.supervisor.start([*added, *changed])  # and no other: the rest run on untouched
 
     async def _stop_feed(self, name: str) -> None:
         await self.supervisor.remove(name)

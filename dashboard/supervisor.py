@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,9 +89,9 @@ class Supervisor:
         self.runners[topic] = runner
         return runner
 
-    def start(self, *topics: str) -> None:
-        """Run the feeds of `topics` (all when none are named)."""
-        for runner in [self.runners[t] for t in topics] if topics else self.runners.values():
+    def start(self, topics: Iterable[str] | None = None) -> None:
+        """Run the feeds of `topics` (None: every feed, at startup)."""
+        for runner in list(self.runners.values()) if topics is None else [self.runners[t] for t in topics]:
             if runner.feed.has_stream():
                 runner.task = asyncio.create_task(self._lead(runner), name=f"feed:{runner.topic}")
             else:

@@ -285,7 +285,11 @@ def test_merge_key_bombs_and_self_reference_are_config_errors():
             "got nothing: are its keys indented under it?",
         ),
         ("topics:\n\ta: {feed: demo}\n", "cfg.yaml:2: invalid YAML: a tab: indent with spaces only"),
-        ("title: a: b\n", "cfg.yaml:1: invalid YAML: a ': ' where no key may start: put the key on a line"),
+        (
+            "topics:\n  a:\n    feed: demo\n      title: x\n",
+            "cfg.yaml:4: invalid YAML: a ': ' where no key may start: is this line indented deeper than the "
+            "keys above it?",
+        ),
         ("topics: [a, b\n", "cfg.yaml:2: invalid YAML: a '[' that is not closed by ']'"),
         ("server: {port: 99999}\n", "cfg.yaml:1: server.port: must be at most 65535"),
         (
@@ -313,3 +317,12 @@ def test_check_shows_the_line_at_fault_with_a_caret_under_the_column(tmp_path):
         "          optoins: {interval: 1}",
         "          ^",
     ], result.stderr
+
+
+def test_a_topic_without_a_panel_is_a_warning_when_panels_are_listed():
+    listed = parse_config("topics: {a: {feed: demo}, b: {feed: demo}}\npanels: [{topic: a}]\n")
+    assert listed.warnings() == [
+        "topic(s) b have no panel: the page lists only the panels under `panels:` (or `dashboards:`); "
+        "add one, e.g. - {topic: b}"
+    ]
+    assert parse_config("topics: {a: {feed: demo}, b: {feed: demo}}\n").warnings() == []  # one panel each

@@ -186,8 +186,18 @@ def test_dashboard_reload_finds_the_server_and_says_how_it_went(serve):
     assert done.returncode == 1
     assert f"{server.config}:6:" in done.stderr and "not reloading" in done.stderr
     assert status(server)["generation"] == 2 and status(server)["last_reload"]["ok"] is True
-    # no server on the port: said plainly
+    # by its pid alone: the port it listens on (not the config's, it was started with --port)
     server.config.write_text(AFTER)
+    by_pid = [sys.executable, "-m", "dashboard", "reload", "--config", str(server.config)]
+    done = subprocess.run(
+        [*by_pid, "--pid", str(server.proc.pid)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "serves config generation 3" in done.stdout, done.stderr
+    # no server on the port: said plainly
     done = subprocess.run([*run[:-1], "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no process of this user listens on port 1" in done.stderr
 
@@ -350,3 +360,19 @@ def test_a_provider_that_did_not_change_keeps_its_connections_and_one_let_go_is_
         assert not relay._retiring
 
     asyncio.run(scenario())
+
+
+def test_reloads_that_change_no_topic_leave_each_feed_running_once(serve):
+    server = serve(BEFORE)
+    for generation in (2, 3, 4):
+        os.kill(server.proc.pid, signal.SIGHUP)  # the same config: nothing to start or stop
+        wait_for(lambda g=generation: status(server)["generation"] == g, what=f"generation {generation}")
+    steady = Reader(f"{server.url}/sse/steady?replay=0")
+    steady.start()
+    assert steady.opened.wait(10)
+    time.sleep(1.0)
+    steady.stop.set()
+    numbers = steady.numbers("message")
+    assert len(numbers) > 5
+    assert_contiguous(numbers)  # one counter: a second copy of the feed would interleave its own
+    assert "Task was destroyed" not in server.output()

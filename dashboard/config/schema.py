@@ -414,12 +414,22 @@ class Config(Strict):
 
     def warnings(self) -> list[str]:
         """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
+        warnings = []
+        shown = {panel.topic for panel in self.panels or []}
+        for board in (self.dashboards or {}).values():
+            shown |= {panel.topic for panel in board.panels}
+        unshown = [name for name in self.topics if name not in shown]
+        if (self.panels is not None or self.dashboards) and unshown:
+            warnings.append(
+                f"topic(s) {', '.join(unshown)} have no panel: the page lists only the panels under "
+                "`panels:` (or `dashboards:`); add one, e.g. - {topic: " + unshown[0] + "}"
+            )
         budgets = [key.name for key in self.auth.api_keys if key.daily_usd is not None]
         unpriced = [p.name for p in self.ai.providers if p.prices is None and p.type != "simulated"]
-        if not (budgets and unpriced):
-            return []
-        return [
-            f"provider {name!r} has no prices: its requests count nothing against the daily_usd "
-            f"budget of api key(s) {', '.join(budgets)} (set ai.providers[].prices)"
-            for name in unpriced
-        ]
+        if budgets:
+            warnings += [
+                f"provider {name!r} has no prices: its requests count nothing against the daily_usd "
+                f"budget of api key(s) {', '.join(budgets)} (set ai.providers[].prices)"
+                for name in unpriced
+            ]
+        return warnings

@@ -139,8 +139,8 @@ class Source:
 YAML_PROBLEMS = {
     "expected <block end>": "this line is indented differently from the lines around it: keys of one "
     "mapping start in the same column, and a value's own keys are indented under it (spaces only)",
-    "mapping values are not allowed here": "a ': ' where no key may start: put the key on a line of its "
-    "own, or quote a value that contains ': '",
+    "mapping values are not allowed here": "a ': ' where no key may start: is this line indented deeper "
+    "than the keys above it? (or put the key on a line of its own, or quote a value that contains ': ')",
     "could not find expected ':'": "a key without ':' after it, or a line indented under a plain value",
     "found character '\\t' that cannot start any token": "a tab: indent with spaces only",
     "expected ',' or '}'": "a '{' that is not closed by '}', or items without a ',' between them",
