@@ -151,6 +151,8 @@ BROKERS = Registry(
         "memory": "dashboard.broker.memory:MemoryBroker",
         "redis": "dashboard.broker.redis:RedisBroker",
         "rediss": "dashboard.broker.redis:RedisBroker",
+        "redis+sentinel": "dashboard.broker.redis.sentinel:SentinelRedisBroker",
+        "rediss+sentinel": "dashboard.broker.redis.sentinel:SentinelRedisBroker",
     },
     "dashboard.broker:Broker",
     instance=False,

@@ -53,6 +53,7 @@ log = logging.getLogger("dashboard.broker.redis")
 HISTORY_CONNECTIONS = 4  # connections for history older than the ring; more readers wait their turn
 HISTORY_TIMEOUT = 30.0  # a slow history read makes its streams wait this long before they fail
 MAX_ID = 2**53  # ids are Lua numbers (doubles) in the script
+REPLICA_WAIT_MS = 1000  # with min_replicas: how long a publish waits for the replicas to hold its event
 
 
 class RedisBroker(Broker):
@@ -62,17 +63,26 @@ class RedisBroker(Broker):
     shared = True
 
     @classmethod
-    def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> RedisBroker:
-        return cls(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
+    def from_url(
+        cls, url: str, *, history: int, prefix: str, lease_ttl: float, min_replicas: int = 0
+    ) -> RedisBroker:
+        return cls(url, history=history, prefix=prefix, lease_ttl=lease_ttl, min_replicas=min_replicas)
 
-    def __init__(self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "dashboard",
+        lease_ttl: float = 5.0,
+        min_replicas: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.prefix = prefix
         self.lease_ttl = lease_ttl
-        parts = urlsplit(url)
-        # For messages: never the password.
-        self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
+        self.min_replicas = min_replicas  # a publish is acknowledged once this many replicas hold it
+        self.where = self.describe(url)
         self._client: aioredis.Redis | None = None  # publishing, claims and the ledger
         self._lease_client: aioredis.Redis | None = None  # leases and presence
         self._history_client: aioredis.Redis | None = None  # history older than the rings
@@ -82,6 +92,12 @@ class RedisBroker(Broker):
         self.leases = RedisLeases(prefix, lease_ttl)
         self.ledger = RedisLedger(prefix, self._unavailable)
         self._older_reads: dict[tuple[str, int, int], asyncio.Task[list[Message]]] = {}
+
+    @staticmethod
+    def describe(url: str) -> str:
+        """Where Redis is, for messages: never the password."""
+        parts = urlsplit(url)
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
 
     # -- keys ----------------------------------------------------------------------------------
     @property
@@ -183,7 +199,7 @@ class RedisBroker(Broker):
         ts = time.time()
         try:
             await self.reader.settle_last(self._client)
-            sid = await self._publish_script(
+            sid = await self._store(
                 keys=[self.id_key, self.stream_key(topic), self.leases.key(topic), self.evicted_key(topic)],
                 args=[
                     state.history.maxlen or self.default_history,
@@ -217,6 +233,27 @@ class RedisBroker(Broker):
         if message.id > self.reader.last:
             self.reader.own[message.id] = message
         return message
+
+    async def _store(self, keys: list[str], args: list[Any]) -> bytes:
+        """Run the publish script; with `min_replicas`, then WAIT on the same connection (WAIT
+        counts the replicas holding that connection's writes) and refuse an event too few hold.
+
+        Redis replicates asynchronously: an event the primary stored but no replica holds yet is
+        lost if the primary dies now. WAIT narrows that window to nothing for the replicas it
+        counted; it does not undo the write, so a refused event may still be delivered."""
+        assert self._client is not None, "broker not connected"
+        if not self.min_replicas:
+            return await self._publish_script(keys=keys, args=args)
+        async with self._client.client() as connection:
+            sid = await self._publish_script(keys=keys, args=args, client=connection)
+            held = await connection.execute_command("WAIT", self.min_replicas, REPLICA_WAIT_MS)
+        if held < self.min_replicas:
+            raise BrokerUnavailable(
+                f"Redis at {self.where} stored event {sid.decode()} but only {held} of the "
+                f"{self.min_replicas} replicas asked for (broker.min_replicas) confirmed it within "
+                f"{REPLICA_WAIT_MS} ms: it may be delivered, and may be lost if the primary fails"
+            )
+        return sid
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         state = self.topic(topic)
