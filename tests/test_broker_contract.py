@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -29,7 +30,9 @@ def make_broker(request) -> Callable[[], Broker]:
     if request.param == "redis":
         prefix = request.getfixturevalue("redis_prefix")
         return lambda: from_url(REDIS_URL, history=100, prefix=prefix)
-    return lambda: from_url(request.param, history=100)
+    # A prefix of the test's own: a shared backend among them starts each test empty.
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    return lambda: from_url(request.param, history=100, prefix=prefix)
 
 
 @contextlib.asynccontextmanager
