@@ -4,6 +4,7 @@ the primary killed under a publish load, with a live reader and a resuming one."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from dashboard.events import Event
 from dashboard.web.sink import StreamSink
 from tests.support import free_port, run_async
 from tests.test_broker_contract import parse_frames
+from tests.test_scale_out import Tail, config, wait_for
 
 SERVICE = "mymaster"
 DOWN_AFTER_MS = 1000  # the sentinels' down-after-milliseconds: how long a silent primary is trusted
@@ -176,14 +178,18 @@ def test_the_broker_finds_the_primary_through_the_sentinels(sentinels):
     run_async(scenario(), timeout=60)
 
 
-def test_min_replicas_above_the_replicas_there_are_answers_503_saying_so(sentinels):
+def test_min_replicas_above_the_replicas_there_are_answers_503_and_a_retry_stores_nothing_twice(sentinels):
     async def scenario() -> None:
         broker = await connected(sentinels.url, min_replicas=3)
+        event = Event(data={"once": True})
         try:
-            with pytest.raises(BrokerUnavailable, match=r"only 2 of the 3 replicas .* may be lost"):
-                await broker.publish("load", Event(data={}))
+            for _ in range(2):  # as the supervisor does: the same event again
+                with pytest.raises(BrokerUnavailable, match=r"only 2 of the 3 replicas .* may be lost"):
+                    await broker.publish("load", event)
+            history = await broker.read_history("load", None)
         finally:
             await broker.disconnect()
+        assert len(history) == 1, f"the refused event is stored once: {history}"
 
     run_async(scenario(), timeout=60)
 
@@ -313,3 +319,30 @@ def test_a_primary_killed_under_load_fails_over_and_every_loss_is_counted(sentin
     resumed_ids = [id for id, _, _ in run["resumed"]]
     expected = [i for i in present if run["resume_from"] < i <= resumed_ids[-1]]
     assert resumed_ids == expected, f"resumed {len(resumed_ids)} events, the primary has {len(expected)}"
+
+
+# -- a server through a failover -------------------------------------------------------------------
+def test_a_server_follows_the_promotion_with_streams_open_and_its_feed_paused_not_restarted(sentinels, serve):
+    text = config("failover", url=sentinels.url, lease_ttl=15).replace(
+        "lease_ttl: 15", "lease_ttl: 15, min_replicas: 1"
+    )
+    server = serve(text)
+    with server.client() as client, Tail(server.url, "/sse/count?replay=0") as tail:
+        seen = tail.take(5)
+        sentinels.kill(sentinels.primary)
+        refused = wait_for(
+            "a push to be refused while there is no primary",
+            lambda: (r := client.post("/feeds/pushed/push", json={})).status_code == 503 and r.json(),
+        )
+        assert refused["error"]["code"] == "broker_unavailable", refused
+        wait_for(
+            "publishing to resume by itself", lambda: client.post("/feeds/pushed/push", json={}).is_success
+        )
+        wait_for("healthz to recover", lambda: client.get("/healthz").status_code == 200)
+        seen += tail.take(10)
+        assert not tail.closed.is_set(), "the stream was closed by the failover"
+        status = client.get("/api/topics").json()["topics"]["count"]["status"]
+    counts = [json.loads(e.data)["n"] for e in seen]
+    assert counts == list(range(counts[0], counts[0] + len(counts))), f"the counter went {counts}"
+    assert status["restarts"] == 0 and status["state"] == "running", status
+    assert "Traceback" not in server.output(), server.output()

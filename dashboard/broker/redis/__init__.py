@@ -43,6 +43,7 @@ from dashboard.broker.leases import Lease, fence
 from dashboard.broker.redis.leases import RedisLeases
 from dashboard.broker.redis.ledger import RedisLedger
 from dashboard.broker.redis.reader import BLOCK_MS, RECONNECT, StreamReader, decode, entry_id
+from dashboard.broker.redis.replicas import ReplicaWait
 from dashboard.broker.redis.scripts import PUBLISH
 from dashboard.errors import BrokerUnavailable, InvalidEvent, LeadershipLost
 from dashboard.events import Event, Message, encode_data, event_type
@@ -53,7 +54,6 @@ log = logging.getLogger("dashboard.broker.redis")
 HISTORY_CONNECTIONS = 4  # connections for history older than the ring; more readers wait their turn
 HISTORY_TIMEOUT = 30.0  # a slow history read makes its streams wait this long before they fail
 MAX_ID = 2**53  # ids are Lua numbers (doubles) in the script
-REPLICA_WAIT_MS = 1000  # with min_replicas: how long a publish waits for the replicas to hold its event
 
 
 class RedisBroker(Broker):
@@ -81,8 +81,8 @@ class RedisBroker(Broker):
         self.url = url
         self.prefix = prefix
         self.lease_ttl = lease_ttl
-        self.min_replicas = min_replicas  # a publish is acknowledged once this many replicas hold it
         self.where = self.describe(url)
+        self.replicas = ReplicaWait(min_replicas, self.where) if min_replicas else None
         self._client: aioredis.Redis | None = None  # publishing, claims and the ledger
         self._lease_client: aioredis.Redis | None = None  # leases and presence
         self._history_client: aioredis.Redis | None = None  # history older than the rings
@@ -199,19 +199,21 @@ class RedisBroker(Broker):
         ts = time.time()
         try:
             await self.reader.settle_last(self._client)
-            sid = await self._store(
-                keys=[self.id_key, self.stream_key(topic), self.leases.key(topic), self.evicted_key(topic)],
-                args=[
-                    state.history.maxlen or self.default_history,
-                    self.reader.last,
-                    requested,
-                    token,
-                    int(self.lease_ttl * 1000),
-                    kind,
-                    data,
-                    repr(ts),
-                ],
-            )
+            keys = [self.id_key, self.stream_key(topic), self.leases.key(topic), self.evicted_key(topic)]
+            args = [
+                state.history.maxlen or self.default_history,
+                self.reader.last,
+                requested,
+                token,
+                int(self.lease_ttl * 1000),
+                kind,
+                data,
+                repr(ts),
+            ]
+            if self.replicas is None:
+                sid = await self._publish_script(keys=keys, args=args)
+            else:
+                sid = await self.replicas.store(self._client, self._publish_script, topic, event, keys, args)
         except ResponseError as exc:
             reason = str(exc)
             if reason.startswith("FENCED"):
@@ -233,27 +235,6 @@ class RedisBroker(Broker):
         if message.id > self.reader.last:
             self.reader.own[message.id] = message
         return message
-
-    async def _store(self, keys: list[str], args: list[Any]) -> bytes:
-        """Run the publish script; with `min_replicas`, then WAIT on the same connection (WAIT
-        counts the replicas holding that connection's writes) and refuse an event too few hold.
-
-        Redis replicates asynchronously: an event the primary stored but no replica holds yet is
-        lost if the primary dies now. WAIT narrows that window to nothing for the replicas it
-        counted; it does not undo the write, so a refused event may still be delivered."""
-        assert self._client is not None, "broker not connected"
-        if not self.min_replicas:
-            return await self._publish_script(keys=keys, args=args)
-        async with self._client.client() as connection:
-            sid = await self._publish_script(keys=keys, args=args, client=connection)
-            held = await connection.execute_command("WAIT", self.min_replicas, REPLICA_WAIT_MS)
-        if held < self.min_replicas:
-            raise BrokerUnavailable(
-                f"Redis at {self.where} stored event {sid.decode()} but only {held} of the "
-                f"{self.min_replicas} replicas asked for (broker.min_replicas) confirmed it within "
-                f"{REPLICA_WAIT_MS} ms: it may be delivered, and may be lost if the primary fails"
-            )
-        return sid
 
     async def read_history(self, topic: str, after_id: int | None) -> list[Message]:
         state = self.topic(topic)
