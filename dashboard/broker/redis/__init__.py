@@ -16,10 +16,11 @@ Publishing, leases, the reader and those reads each have their own connections, 
 reconnecting streams never takes the connection a feed needs to publish.
 
 The parts: scripts.py (the Lua steps), reader.py (the reader and the rings), leases.py (feed
-leases), ledger.py (the ledger primitive). Keys, all under the prefix: `<prefix>:id`,
-`<prefix>:topic:<name>` (a topic's stream), `<prefix>:evicted:<name>`, `<prefix>:lease:<name>`,
-`<prefix>:claim:<key>`, `<prefix>:window:<account>`, `<prefix>:spend:<day>`, and the channel
-`<prefix>:presence`.
+leases), ledger.py (the ledger primitive), replicas.py (`min_replicas`: publishing with WAIT),
+sentinel.py (`redis+sentinel://`: the same broker, its primary found through Redis Sentinel).
+Keys, all under the prefix: `<prefix>:id`, `<prefix>:topic:<name>` (a topic's stream),
+`<prefix>:evicted:<name>`, `<prefix>:lease:<name>`, `<prefix>:claim:<key>`,
+`<prefix>:window:<account>`, `<prefix>:spend:<day>`, and the channel `<prefix>:presence`.
 """
 
 from __future__ import annotations
