@@ -20,37 +20,13 @@ from dashboard.config.schema import BrokerConfig
 from dashboard.errors import BrokerConfigError, BrokerUnavailable
 from dashboard.events import Event
 from dashboard.web.sink import StreamSink
-from tests.support import free_port, run_async
+from tests.support import free_port, redis_answers, run_async
 from tests.test_broker_contract import parse_frames
 from tests.test_scale_out import Tail, config, wait_for
 
 SERVICE = "mymaster"
 DOWN_AFTER_MS = 1000  # the sentinels' down-after-milliseconds: how long a silent primary is trusted
 HISTORY = 100_000  # nothing is trimmed during a test: what is missing was lost, not evicted
-
-
-def answers(port: int) -> bool:
-    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def wait_until(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except redis.RedisError as exc:
-            last = exc
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last seen: {last!r})")
 
 
 class SentinelSet:
@@ -87,18 +63,21 @@ class SentinelSet:
                 f"sentinel parallel-syncs {SERVICE} 2\n"
             )
             self._run(port, str(conf), "--sentinel")
-        wait_until("every sentinel to see the others and both replicas", self.ready)
+        wait_for("every sentinel to see the others and both replicas", self.ready, timeout=20)
 
     def ready(self) -> bool:
+        """Whether every sentinel knows the other two and both replicas, and the replicas answer."""
         for port in self.sentinels:
             client = redis.Redis(port=port, socket_timeout=0.5)
             try:
                 state = client.sentinel_master(SERVICE)
+            except redis.RedisError:
+                return False
             finally:
                 client.close()
             if state["num-other-sentinels"] < 2 or state["num-slaves"] < 2:
                 return False
-        return all(answers(port) for port in self.replicas)
+        return all(redis_answers(f"redis://127.0.0.1:{port}/0") for port in self.replicas)
 
     def current_primary(self) -> int:
         """The primary's port, as the sentinels say."""
