@@ -232,6 +232,9 @@ async def failover_under_load(group: SentinelSet, min_replicas: int) -> dict:
         last = max(acked)
         await frames_until(live_frames, last)
         resumer = await connected(group.url)
+        async with asyncio.timeout(20):  # the sentinels may not all name the new primary yet
+            while not resumer.healthy:
+                await asyncio.sleep(0.1)
         resumed_frames: list[tuple[int, str, str]] = []
         resumed = await resumer.subscribe(["load"], resume_from, sink=StreamSink())
         resuming = asyncio.create_task(drain(resumed, resumed_frames))
