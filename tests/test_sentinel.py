@@ -56,7 +56,7 @@ class SentinelSet:
         for port in self.sentinels:
             conf = self.workdir / f"sentinel-{port}.conf"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\nlogfile sentinel-{port}.log\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
