@@ -348,3 +348,39 @@ def test_a_server_follows_the_promotion_with_streams_open_and_its_feed_paused_no
     assert counts == list(range(counts[0], counts[0] + len(counts))), f"the counter went {counts}"
     assert status["restarts"] == 0 and status["state"] == "running", status
     assert "Traceback" not in server.output(), server.output()
+
+
+@pytest.mark.parametrize("min_replicas", [0, 1])
+def test_an_event_no_replica_received_is_lost_in_a_failover_unless_min_replicas_held_it_back(
+    sentinels, min_replicas
+):
+    """The replicas cut off, one event published, the primary killed at once: without min_replicas
+    the event was acknowledged and is lost; with it, the publish is refused (503), not acknowledged."""
+
+    async def publish_then_kill() -> tuple[int | None, int]:
+        broker = await connected(sentinels.url, min_replicas)
+        try:
+            before = await broker.publish("load", Event(data={"held": True}))
+            primary = redis.Redis(port=sentinels.primary)
+            # New connections must now authenticate, which the replicas cannot: cut off, they stay
+            # so (the broker's open connections are let be).
+            primary.config_set("requirepass", "cut-off")
+            primary.client_kill_filter(_type="replica")
+            primary.close()
+            try:
+                acked: int | None = (await broker.publish("load", Event(data={"alone": True}))).id
+            except BrokerUnavailable:
+                acked = None
+            sentinels.kill(sentinels.primary)
+        finally:
+            await broker.disconnect()
+        return acked, before.id
+
+    acked, before = run_async(publish_then_kill(), timeout=60)
+    wait_for("a replica to be promoted", lambda: sentinels.current_primary() != sentinels.primary)
+    present = present_ids(sentinels)
+    assert before in present, "an event the replicas held survives"
+    if min_replicas:
+        assert acked is None, f"acknowledged with min_replicas 1 though no replica could hold it: {acked}"
+    else:
+        assert acked is not None and acked not in present, "acknowledged by the primary alone, then lost"
