@@ -152,6 +152,8 @@ BROKERS = Registry(
         "redis": "dashboard.broker.redis:RedisBroker",
         "rediss": "dashboard.broker.redis:RedisBroker",
         "sqlite": "dashboard.broker.sqlite:SqliteBroker",
+        "redis+sentinel": "dashboard.broker.redis.sentinel:SentinelRedisBroker",
+        "rediss+sentinel": "dashboard.broker.redis.sentinel:SentinelRedisBroker",
     },
     "dashboard.broker:Broker",
     instance=False,

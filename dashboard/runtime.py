@@ -102,6 +102,7 @@ class Runtime:
             history=config.broker.history,
             prefix=config.broker.prefix,
             lease_ttl=config.broker.lease_ttl,
+            min_replicas=config.broker.min_replicas,
         )
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -33,7 +34,9 @@ def make_broker(request, tmp_path) -> Callable[[], Broker]:
     if request.param == "sqlite":
         files = iter(range(100))  # two brokers at once are two processes: each has its own file
         return lambda: from_url(f"sqlite:///{tmp_path}/broker{next(files)}.db", history=100)
-    return lambda: from_url(request.param, history=100)
+    # A prefix of the test's own: a shared backend among them starts each test empty.
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    return lambda: from_url(request.param, history=100, prefix=prefix)
 
 
 @contextlib.asynccontextmanager

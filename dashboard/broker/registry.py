@@ -43,10 +43,21 @@ def is_shared(url: str) -> bool:
     return backend(urlsplit(url).scheme).shared
 
 
-def from_url(url: str, *, history: int = 1000, prefix: str = "dashboard", lease_ttl: float = 5.0) -> Broker:
+def from_url(
+    url: str,
+    *,
+    history: int = 1000,
+    prefix: str = "dashboard",
+    lease_ttl: float = 5.0,
+    min_replicas: int = 0,
+) -> Broker:
     """The broker for `url`, by its scheme: `sqlite:///file.db`, `memory://`, `redis://host:port/db`
-    (`rediss://` for TLS), or a backend a package registered under `dashboard.brokers`.
+    (`rediss://` for TLS), `redis+sentinel://host:port[,host:port...]/service/db`, or a backend a
+    package registered under `dashboard.brokers`.
 
     `prefix` and `lease_ttl` concern shared brokers: the first part of their key names, and how
-    long a feed's lease outlives an instance that stopped renewing it."""
-    return backend(urlsplit(url).scheme).from_url(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
+    long a feed's lease outlives an instance that stopped renewing it. `min_replicas` concerns
+    Redis only (the config refuses it elsewhere), so it is passed only when set."""
+    extra = {"min_replicas": min_replicas} if min_replicas else {}
+    cls = backend(urlsplit(url).scheme)
+    return cls.from_url(url, history=history, prefix=prefix, lease_ttl=lease_ttl, **extra)

@@ -95,6 +95,13 @@ class BrokerConfig(Strict):
         le=60,
         description="Redis only: seconds a feed's lease outlives an instance that stopped renewing it",
     )
+    min_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Redis only: a publish is acknowledged once this many replicas hold the event (WAIT), "
+        "else refused with 503; 0 acknowledges what the primary stored, which a failover may lose",
+    )
 
     @field_validator("url")
     @classmethod
@@ -104,6 +111,12 @@ class BrokerConfig(Strict):
         except BrokerConfigError as exc:
             raise ValueError(f"unsupported broker URL {url!r}: {exc}") from None
         return url
+
+    @model_validator(mode="after")
+    def _replicas_need_redis(self) -> BrokerConfig:
+        if self.min_replicas and not self.url.partition("://")[0].startswith("redis"):
+            raise ValueError("min_replicas concerns Redis only: use a redis:// or redis+sentinel:// url")
+        return self
 
 
 class ViewersConfig(Strict):

@@ -16,10 +16,11 @@ Publishing, leases, the reader and those reads each have their own connections, 
 reconnecting streams never takes the connection a feed needs to publish.
 
 The parts: scripts.py (the Lua steps), reader.py (the reader and the rings), leases.py (feed
-leases), ledger.py (the ledger primitive). Keys, all under the prefix: `<prefix>:id`,
-`<prefix>:topic:<name>` (a topic's stream), `<prefix>:evicted:<name>`, `<prefix>:lease:<name>`,
-`<prefix>:claim:<key>`, `<prefix>:window:<account>`, `<prefix>:spend:<day>`, and the channel
-`<prefix>:presence`.
+leases), ledger.py (the ledger primitive), replicas.py (`min_replicas`: publishing with WAIT),
+sentinel.py (`redis+sentinel://`: the same broker, its primary found through Redis Sentinel).
+Keys, all under the prefix: `<prefix>:id`, `<prefix>:topic:<name>` (a topic's stream),
+`<prefix>:evicted:<name>`, `<prefix>:lease:<name>`, `<prefix>:claim:<key>`,
+`<prefix>:window:<account>`, `<prefix>:spend:<day>`, and the channel `<prefix>:presence`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from dashboard.broker.leases import Lease, fence
 from dashboard.broker.redis.leases import RedisLeases
 from dashboard.broker.redis.ledger import RedisLedger
 from dashboard.broker.redis.reader import BLOCK_MS, RECONNECT, StreamReader, decode, entry_id
+from dashboard.broker.redis.replicas import ReplicaWait
 from dashboard.broker.redis.scripts import PUBLISH
 from dashboard.errors import BrokerUnavailable, InvalidEvent, LeadershipLost
 from dashboard.events import Event, Message, encode_data, event_type
@@ -62,17 +64,26 @@ class RedisBroker(Broker):
     shared = True
 
     @classmethod
-    def from_url(cls, url: str, *, history: int, prefix: str, lease_ttl: float) -> RedisBroker:
-        return cls(url, history=history, prefix=prefix, lease_ttl=lease_ttl)
+    def from_url(
+        cls, url: str, *, history: int, prefix: str, lease_ttl: float, min_replicas: int = 0
+    ) -> RedisBroker:
+        return cls(url, history=history, prefix=prefix, lease_ttl=lease_ttl, min_replicas=min_replicas)
 
-    def __init__(self, url: str, *, prefix: str = "dashboard", lease_ttl: float = 5.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "dashboard",
+        lease_ttl: float = 5.0,
+        min_replicas: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.prefix = prefix
         self.lease_ttl = lease_ttl
-        parts = urlsplit(url)
-        # For messages: never the password.
-        self.where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
+        self.where = self.location(url)
+        self.replicas = ReplicaWait(min_replicas, self.where) if min_replicas else None
         self._client: aioredis.Redis | None = None  # publishing, claims and the ledger
         self._lease_client: aioredis.Redis | None = None  # leases and presence
         self._history_client: aioredis.Redis | None = None  # history older than the rings
@@ -82,6 +93,12 @@ class RedisBroker(Broker):
         self.leases = RedisLeases(prefix, lease_ttl)
         self.ledger = RedisLedger(prefix, self._unavailable)
         self._older_reads: dict[tuple[str, int, int], asyncio.Task[list[Message]]] = {}
+
+    @staticmethod
+    def location(url: str) -> str:
+        """Where Redis is, for messages: never the password."""
+        parts = urlsplit(url)
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}{parts.path or ''}"
 
     # -- keys ----------------------------------------------------------------------------------
     @property
@@ -186,19 +203,21 @@ class RedisBroker(Broker):
         ts = time.time()
         try:
             await self.reader.settle_last(self._client)
-            sid = await self._publish_script(
-                keys=[self.id_key, self.stream_key(topic), self.leases.key(topic), self.evicted_key(topic)],
-                args=[
-                    state.history.maxlen or self.default_history,
-                    self.reader.last,
-                    requested,
-                    token,
-                    int(self.lease_ttl * 1000),
-                    kind,
-                    data,
-                    repr(ts),
-                ],
-            )
+            keys = [self.id_key, self.stream_key(topic), self.leases.key(topic), self.evicted_key(topic)]
+            args = [
+                state.history.maxlen or self.default_history,
+                self.reader.last,
+                requested,
+                token,
+                int(self.lease_ttl * 1000),
+                kind,
+                data,
+                repr(ts),
+            ]
+            if self.replicas is None:
+                sid = await self._publish_script(keys=keys, args=args)
+            else:
+                sid = await self.replicas.store(self._client, self._publish_script, topic, event, keys, args)
         except ResponseError as exc:
             reason = str(exc)
             if reason.startswith("FENCED"):
