@@ -257,6 +257,7 @@ def _config_status(url: str) -> dict | None:
 WORKER_CONFIG_ENV = "DASHBOARD_WORKER_CONFIG"  # how `serve --workers N` tells its workers the config
 WORKER_HOST_ENV = "DASHBOARD_WORKER_HOST"  # ... and the address they serve on
 WORKER_WATCH_ENV = "DASHBOARD_WORKER_WATCH"  # ... and whether they watch the config file
+WORKER_PARENT_ENV = "DASHBOARD_WORKER_PARENT"  # ... and the process they must not outlive
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where workers keep the metrics they share
 WATCH_EVERY = 1.0  # seconds between looks at the config file under `serve --watch`
 
@@ -414,6 +415,7 @@ def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket)
     host = sock.getsockname()[0]
     os.environ[WORKER_HOST_ENV] = config.server.host
     os.environ[WORKER_WATCH_ENV] = "1" if args.watch else ""
+    os.environ[WORKER_PARENT_ENV] = str(os.getpid())  # a worker whose parent is gone stops
     uv_config = uvicorn.Config(
         "dashboard.cli:worker_app",
         factory=True,
@@ -496,6 +498,7 @@ def worker_app():
     runtime = Runtime(config, path)
     _close_streams_on_exit(runtime)
     runtime.listen_for_reload(WATCH_EVERY if os.environ.get(WORKER_WATCH_ENV) else None)
+    runtime.stop_with_parent(int(os.environ.get(WORKER_PARENT_ENV) or os.getppid()))
     return runtime.app
 
 

@@ -43,6 +43,7 @@ from dashboard.web.telemetry import Telemetry
 
 log = logging.getLogger("dashboard.runtime")
 
+PARENT_CHECK_EVERY = 1.0  # seconds between a worker's looks at whether its parent is alive
 COME_BACK_MS = (250, 1250)  # the `retry:` a stream is sent when the server stops: spread over a second
 RESTART_ONLY = ("host", "port", "header_timeout")  # server settings a reload cannot change (the bind)
 #: what the streams of a topic a reload removed are told, before it ends (the page drops its panels)
@@ -97,6 +98,7 @@ class Runtime:
         self._reloading = asyncio.Lock()
         self._pending: set[asyncio.Task[bool]] = set()  # reloads asked for by a signal
         self._watcher: asyncio.Task[None] | None = None
+        self._orphan_watch: asyncio.Task[None] | None = None
         self.broker = brokers.from_url(
             config.broker.url,
             history=config.broker.history,
@@ -165,6 +167,19 @@ class Runtime:
         reload applied), when it was loaded, and the last reload asked: when, whether it applied,
         and in short why not (the log has every error with file:line)."""
         return {"generation": self.generation, "loaded_at": self.loaded_at, "last_reload": self.last_reload}
+
+    def stop_with_parent(self, parent: int) -> None:
+        """Stop (as on SIGTERM) once the parent process `parent` is gone (this process is another's
+        child then): a worker of `serve --workers N` whose parent was killed must not go on holding
+        the port. Called on the worker's loop."""
+
+        async def watch() -> None:
+            while os.getppid() == parent:
+                await asyncio.sleep(PARENT_CHECK_EVERY)
+            log.warning("the parent process %d is gone: this worker stops", parent)
+            signal.raise_signal(signal.SIGTERM)
+
+        self._orphan_watch = asyncio.get_running_loop().create_task(watch(), name="parent-watch")
 
     def _spawn_reload(self, why: str) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(reason=why), name="reload")
@@ -286,7 +301,8 @@ class Runtime:
         finally:
             self.close_streams()
             heartbeat.cancel()
-            await cancel_and_wait([*self._pending, *([self._watcher] if self._watcher else [])])
+            watchers = [task for task in (self._watcher, self._orphan_watch) if task is not None]
+            await cancel_and_wait([*self._pending, *watchers])
             await cancel_and_wait([presence, *metrics])
             await self.presence.leave()
             await self.alerts.stop()

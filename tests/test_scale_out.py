@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -319,6 +320,14 @@ def test_redis_restart_mid_stream_degrades_then_resumes_without_a_restart(own_re
     assert any(e.event == "count" for e in after), "the feed publishes again"
 
 
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (a child of nobody's, not reaped here)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def worker_processes(server: Server) -> list[psutil.Process]:
     return [c for c in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
@@ -405,3 +414,19 @@ def test_a_redis_outage_pauses_the_leaders_feed_and_loses_nothing_it_made(own_re
     log = server.output()
     assert log.count("feed 'count' paused") == 1 and log.count("feed 'count' resumed") == 1, log
     assert "Traceback" not in log, log
+
+
+def test_workers_stop_when_their_parent_is_killed_and_free_the_port(redis_prefix, serve):
+    server = serve(config(redis_prefix), args=["--workers", "2"])
+    workers = wait_for("two worker processes", lambda: len(found := worker_processes(server)) == 2 and found)
+    server.proc.kill()  # kill -9: the parent cannot tell its workers
+    server.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (alive := [w for w in workers if running(w)]):
+        time.sleep(0.1)
+    for process in alive:
+        process.kill()
+    assert not alive, f"workers left running without their parent: {alive}"
+    with socket.socket() as sock:  # nothing holds the port any more: a new server can take it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
