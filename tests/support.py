@@ -297,3 +297,19 @@ def raise_open_files_limit(wanted: int) -> None:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= wanted, f"cannot open {wanted} files here"
+
+
+def wait_for(what: str, check, timeout: float = 15.0, every: float = 0.1):
+    """Poll `check()` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout}s (last seen: {last!r})")

@@ -33,7 +33,14 @@ LAYERS: list[tuple[str, ...]] = [
         "dashboard.context",
     ),
     ("dashboard.web", "dashboard.runtime"),  # everything HTTP; the composition root
-    ("dashboard", "dashboard.http", "dashboard.ai", "dashboard.cli", "dashboard.__main__"),  # faces
+    (
+        "dashboard",
+        "dashboard.http",
+        "dashboard.ai",
+        "dashboard.cli",
+        "dashboard.serving",
+        "dashboard.__main__",
+    ),  # faces
 ]
 FORBIDDEN = [("dashboard.relay", "dashboard.auth")]  # the relay is told who pays, never asks
 PUBLIC_FACES = {"dashboard", "dashboard.http", "dashboard.ai"}

@@ -15,7 +15,7 @@ import time
 import httpx
 from httpx_sse import connect_sse
 
-from tests.support import REDIS_URL, ROOT
+from tests.support import REDIS_URL, ROOT, wait_for
 
 COUNTER = "tests.feeds_for_tests:Counter"
 BEFORE = f"""
@@ -36,16 +36,6 @@ def status(server) -> dict:
     return httpx.get(f"{server.url}/healthz", timeout=5).json()["config"]
 
 
-def wait_for(predicate, timeout: float = 15.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Reader(threading.Thread):
     """Reads one stream on one connection until told to stop: every event, ids and all."""
 
@@ -58,14 +48,17 @@ class Reader(threading.Thread):
         self.opened = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=30) as client, connect_sse(client, "GET", self.url) as source:
-            assert source.response.status_code == 200
-            self.opened.set()
-            for sse in source.iter_sse():
-                if sse.data:
-                    self.events.append((sse.event, sse.id, sse.data))
-                if self.stop.is_set():
-                    return
+        try:
+            with httpx.Client(timeout=30) as client, connect_sse(client, "GET", self.url) as source:
+                assert source.response.status_code == 200
+                self.opened.set()
+                for sse in source.iter_sse():
+                    if sse.data:
+                        self.events.append((sse.event, sse.id, sse.data))
+                    if self.stop.is_set():
+                        return
+        except httpx.HTTPError:  # the server went away (the test is over): the stream ended too
+            pass
         self.ended = True
 
     def numbers(self, event: str) -> list[int]:
@@ -90,7 +83,7 @@ def test_reload_adds_removes_and_changes_topics_while_unchanged_streams_go_on(se
 
     server.config.write_text(AFTER)
     os.kill(server.proc.pid, signal.SIGHUP)
-    wait_for(lambda: status(server)["generation"] == 2, what="generation 2")
+    wait_for("generation 2", lambda: status(server)["generation"] == 2)
     assert httpx.get(f"{server.url}/healthz").json()["instance"].endswith(f":{server.proc.pid}")
     time.sleep(1.0)  # the unchanged topic keeps flowing on the same connections
     steady.stop.set()
@@ -103,7 +96,7 @@ def test_reload_adds_removes_and_changes_topics_while_unchanged_streams_go_on(se
     assert len(steady.numbers("message")) > 20
     assert not [e for e in steady.events + mux.events if e[0].endswith("gap")]
     # The removed topic: its streams were told, then its own stream ended; the mux one goes on.
-    wait_for(lambda: gone.ended, what="the removed topic's stream to end")
+    wait_for("the removed topic's stream to end", lambda: gone.ended)
     removed = [json.loads(d) for name, _, d in gone.events if name == "status"]
     assert removed and removed[-1]["state"] == "removed", gone.events[-3:]
     told = [json.loads(d) for name, _, d in mux.events if name == "gone:status"]
@@ -127,7 +120,7 @@ def test_an_invalid_reload_keeps_the_old_config_serving(serve):
     server = serve(BEFORE)
     server.config.write_text(BEFORE + "  broken: {feed: no_such_feed}\n")
     os.kill(server.proc.pid, signal.SIGHUP)
-    last = wait_for(lambda: status(server)["last_reload"], what="the reload to be refused")
+    last = wait_for("the reload to be refused", lambda: status(server)["last_reload"])
     assert last["ok"] is False and "1 error(s) in" in last["error"]
     assert status(server)["generation"] == 1
     with server.client() as client:
@@ -139,7 +132,7 @@ def test_an_invalid_reload_keeps_the_old_config_serving(serve):
     server.config.write_text("topics: [unclosed\n")
     before = status(server)["last_reload"]
     os.kill(server.proc.pid, signal.SIGHUP)
-    wait_for(lambda: status(server)["last_reload"] != before, what="a second refusal")
+    wait_for("a second refusal", lambda: status(server)["last_reload"] != before)
     assert status(server)["last_reload"]["ok"] is False and status(server)["generation"] == 1
     assert server.proc.poll() is None
 
@@ -148,7 +141,7 @@ def test_sighup_never_kills_even_many_at_once_or_at_start(serve):
     server = serve(BEFORE)
     for _ in range(20):
         os.kill(server.proc.pid, signal.SIGHUP)
-    wait_for(lambda: status(server)["generation"] > 1, what="a reload")
+    wait_for("a reload", lambda: status(server)["generation"] > 1)
     time.sleep(0.5)
     assert server.proc.poll() is None
     # a SIGHUP while the server is still starting (before it serves) does not kill it either
@@ -205,7 +198,7 @@ def test_dashboard_reload_finds_the_server_and_says_how_it_went(serve):
 def test_serve_watch_reloads_when_the_file_changes(serve):
     server = serve(BEFORE, args=["--watch"])
     server.config.write_text(AFTER)
-    wait_for(lambda: status(server)["generation"] == 2, what="the watcher's reload")
+    wait_for("the watcher's reload", lambda: status(server)["generation"] == 2)
     with server.client() as client:
         assert "fresh" in client.get("/api/topics").json()["topics"]
 
@@ -214,7 +207,7 @@ def test_what_needs_a_restart_is_named_and_the_rest_applies(serve):
     server = serve(BEFORE)
     server.config.write_text("server: {port: 1, header_timeout: 5}\nbroker: {history: 7}\n" + AFTER)
     os.kill(server.proc.pid, signal.SIGHUP)
-    wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+    wait_for("the reload", lambda: status(server)["generation"] == 2)
     log = server.output()
     assert "server.port, server.header_timeout, broker changed and needs a restart" in log
     with server.client() as client:
@@ -230,7 +223,7 @@ def test_auth_changes_take_effect_for_new_requests(serve):
         assert ok.status_code < 300
         server.config.write_text("auth: {publish_tokens: [new-token]}\ntopics:\n" + inbox)
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+        wait_for("the reload", lambda: status(server)["generation"] == 2)
         old = client.post("/publish/inbox", json=note, headers={"Authorization": "Bearer old-token"})
         new = client.post("/publish/inbox", json=note, headers={"Authorization": "Bearer new-token"})
         assert old.status_code == 401 and new.status_code < 300
@@ -255,7 +248,7 @@ def test_a_stopping_server_tells_streams_to_come_back_soon(serve):
 def test_a_reload_reaches_every_worker(redis_prefix, serve):
     broker = f"broker: {{url: {REDIS_URL}, prefix: {redis_prefix}}}\n"
     server = serve(broker + BEFORE, args=["--workers", "2"])
-    wait_for(lambda: len(worker_pids(server)) == 2, what="two workers")
+    wait_for("two workers", lambda: len(worker_pids(server)) == 2)
     server.config.write_text(broker + AFTER)
     pids = worker_pids(server)
     port = server.url.rsplit(":", 1)[1]
@@ -275,7 +268,7 @@ def test_a_reload_reaches_every_worker(redis_prefix, serve):
             instances.add(body["instance"])
         return list(seen) == [("changes", "fresh", "steady")] and len(instances) == 2
 
-    wait_for(all_reloaded, what="every worker on the new config")
+    wait_for("every worker on the new config", all_reloaded)
     assert worker_pids(server) == pids  # reloaded in place, not restarted
     assert {int(instance.rsplit(":", 1)[1]) for instance in instances} == set(pids)
     with httpx.Client(timeout=10) as client, connect_sse(client, "GET", f"{server.url}/sse/fresh") as source:
@@ -301,17 +294,17 @@ def test_alert_rules_and_dashboards_follow_a_reload(serve):
         assert client.get("/api/alerts").json()["alerts"] == {}
         server.config.write_text(BEFORE + inbox + rules + "dashboards:\n  ops: {panels: [{topic: steady}]}\n")
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+        wait_for("the reload", lambda: status(server)["generation"] == 2)
 
         # the new rule follows the topic's events from now on, and fires (n passes 3 at once)
         def rule_state() -> str | None:
             return client.get("/api/alerts").json()["alerts"].get("n-high", {}).get("state")
 
-        wait_for(lambda: rule_state() == "firing", what="the new rule to fire")
+        wait_for("the new rule to fire", lambda: rule_state() == "firing")
         assert client.get("/d/ops").status_code == 200
         server.config.write_text(BEFORE + inbox)
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: status(server)["generation"] == 3, what="the second reload")
+        wait_for("the second reload", lambda: status(server)["generation"] == 3)
         assert client.get("/api/alerts").json()["alerts"] == {}
         assert client.get("/d/ops").status_code == 404
 
@@ -332,7 +325,7 @@ def test_a_reload_switches_providers_for_new_requests(upstream, serve):
         assert client.post("/v1/chat/completions", json=body).status_code == 200
         server.config.write_text(textwrap.dedent(config("t-other")))
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: status(server)["generation"] == 2, what="the reload")
+        wait_for("the reload", lambda: status(server)["generation"] == 2)
         refused = client.post("/v1/chat/completions", json=body)
         assert refused.status_code in (400, 404) and "t-echo" in refused.text
 
@@ -366,7 +359,7 @@ def test_reloads_that_change_no_topic_leave_each_feed_running_once(serve):
     server = serve(BEFORE)
     for generation in (2, 3, 4):
         os.kill(server.proc.pid, signal.SIGHUP)  # the same config: nothing to start or stop
-        wait_for(lambda g=generation: status(server)["generation"] == g, what=f"generation {generation}")
+        wait_for(f"generation {generation}", lambda g=generation: status(server)["generation"] == g)
     steady = Reader(f"{server.url}/sse/steady?replay=0")
     steady.start()
     assert steady.opened.wait(10)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from tests.support import REDIS_URL, ROOT, Server, free_port, read_events
+from tests.support import REDIS_URL, ROOT, Server, free_port, read_events, wait_for
 
 
 def config(prefix: str, *, url: str = REDIS_URL, lease_ttl: float = 5.0) -> str:
@@ -33,22 +33,6 @@ def config(prefix: str, *, url: str = REDIS_URL, lease_ttl: float = 5.0) -> str:
       alerts: {{feed: notifications}}
     auth: {{publish_tokens: [scale-token]}}
     """
-
-
-def wait_for(what: str, check, timeout: float = 15.0, every: float = 0.1):
-    """Poll `check()` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout}s (last seen: {last!r})")
 
 
 def leader_of(servers: list[Server], topic: str) -> Server | None:

@@ -20,9 +20,9 @@ from dashboard.config.schema import BrokerConfig
 from dashboard.errors import BrokerConfigError, BrokerUnavailable
 from dashboard.events import Event
 from dashboard.web.sink import StreamSink
-from tests.support import free_port, run_async
+from tests.support import free_port, run_async, wait_for
 from tests.test_broker_contract import parse_frames
-from tests.test_scale_out import Tail, config, wait_for
+from tests.test_scale_out import Tail, config
 
 SERVICE = "mymaster"
 DOWN_AFTER_MS = 1000  # the sentinels' down-after-milliseconds: how long a silent primary is trusted

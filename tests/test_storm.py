@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.support import REDIS_URL, open_streams, raise_open_files_limit, read_events, run_async
-from tests.test_scale_out import leader_of, wait_for
+from tests.support import REDIS_URL, open_streams, raise_open_files_limit, read_events, run_async, wait_for
+from tests.test_scale_out import leader_of
 
 STREAMS = 2000
 
