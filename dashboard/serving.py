@@ -83,12 +83,18 @@ def banner(config: Config, bound: tuple, first: str, events: str = "") -> None:
         print(f"  warning: {warning}", flush=True)
 
 
-def bounded_connections(config: Config) -> dict:
-    """uvicorn settings that bound how long a connection is held without a request: a head must
-    arrive within server.header_timeout, and an idle keep-alive connection closes."""
+def server_options(args: argparse.Namespace, config: Config) -> dict:
+    """uvicorn's settings, one process or workers alike: the log, a short graceful stop, the peer
+    address as the connection's own (auth.viewers.trusted_proxies is checked against it, and an
+    X-Forwarded-For header must not stand in for it), and connections bounded in time (a head
+    within server.header_timeout; an idle keep-alive connection closes)."""
     from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT, http_protocol
 
     return {
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": 5,
+        "proxy_headers": False,
         "http": http_protocol(config.server.header_timeout),
         "timeout_keep_alive": KEEP_ALIVE_TIMEOUT,
     }
@@ -137,13 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime.app,
         host=host,
         port=port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
-        access_log=args.access_log,
-        # The peer address stays the connection's own: auth.viewers.trusted_proxies is checked
-        # against it, and an X-Forwarded-For header must not be able to stand in for it.
-        proxy_headers=False,
-        **bounded_connections(config),
+        **server_options(args, config),
     )
     server = uvicorn.Server(uv_config)
 
@@ -218,11 +218,7 @@ def serve_workers(args: argparse.Namespace, config: Config, sock: socket.socket)
         host=host,
         port=sock.getsockname()[1],
         workers=args.workers,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
-        access_log=args.access_log,
-        proxy_headers=False,  # as in a single process: the peer is who connected
-        **bounded_connections(config),
+        **server_options(args, config),
     )
     sock.listen(uv_config.backlog)  # connections wait in the backlog until a worker is up
     own_metrics = not os.environ.get(METRICS_DIR_ENV)
