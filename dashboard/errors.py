@@ -53,6 +53,14 @@ class ConfigIssue:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.message}"
 
+    def shown(self) -> str:
+        """The issue as `dashboard check` prints it: the message, then `--> file:line:column` (the
+        form editors jump to) over the line at fault with a caret under the column."""
+        if not (self.line and self.column):
+            return str(self)
+        excerpt = "".join(f"\n      {line}" for line in self.excerpt.splitlines())
+        return f"{self}\n    --> {self.file}:{self.line}:{self.column}{excerpt}"
+
 
 class ConfigError(SetupError):
     """The configuration cannot be used; `issues` lists every problem found."""
@@ -151,6 +159,29 @@ class LeadershipLost(BrokerError):
 
 
 def did_you_mean(word: object, choices: Iterable[object]) -> str:
-    """ " (did you mean 'x'?)" when one of `choices` is close to `word`, else ""."""
-    close = get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """ " (did you mean 'x'?)" when one of `choices` is close to `word` (" ('x' or 'y'?)" when two
+    are equally close), else "". Swapped letters count as the smallest slip: 'chrat' is 'chart'."""
+    word, names = str(word), [str(c) for c in choices]
+    scored = sorted((typo_distance(word, name), name) for name in names)
+    best = [name for distance, name in scored if distance == scored[0][0] <= max(1, len(word) / 3)]
+    if not best:
+        best = get_close_matches(word, names, n=1, cutoff=0.6)
+    if not best:
+        return ""
+    return f" (did you mean {' or '.join(repr(name) for name in best[:2])}?)"
+
+
+def typo_distance(a: str, b: str) -> float:
+    """Edits from `a` to `b`: a letter added, dropped or changed counts 1, two letters swapped 0.5
+    (optimal string alignment distance, with the swap weighted as the commonest slip)."""
+    before: list[float] = []
+    earlier: list[float] = []
+    row: list[float] = [float(j) for j in range(len(b) + 1)]
+    for i in range(1, len(a) + 1):
+        before, row = row, [float(i)] + [0.0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(before[j] + 1, row[j - 1] + 1, before[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1] and a[i - 1] != b[j - 1]:
+                row[j] = min(row[j], earlier[j - 2] + 0.5)
+        earlier = before
+    return row[-1]

@@ -39,9 +39,7 @@ def load_checked(path: str | None) -> Config | None:
     except ConfigError as exc:
         print(f"{len(exc.issues)} error(s) in the configuration:", file=sys.stderr)
         for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-            for line in issue.excerpt.splitlines():
-                print(f"      {line}", file=sys.stderr)
+            print(f"  {issue.shown()}", file=sys.stderr)
         return None
 
 

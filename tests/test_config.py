@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from dashboard.config import load_config, parse_config
-from dashboard.errors import ConfigError
+from dashboard.errors import ConfigError, did_you_mean
 from dashboard.web.boards import effective_panels
 from tests.support import ROOT
 
@@ -263,7 +263,7 @@ def test_merge_key_bombs_and_self_reference_are_config_errors():
         ),
         (
             "topics: {a: {feed: demo}}\npanels:\n  - {topic: a, view: chrat}\n",
-            "cfg.yaml:3: panels.0.view: unknown view 'chrat' (did you mean 'chat'?): use one of alerts,",
+            "cfg.yaml:3: panels.0.view: unknown view 'chrat' (did you mean 'chart'?): use one of alerts,",
         ),
         (
             "topics: {cpu: {feed: demo}}\npanels:\n  - {topic: cpus}\n",
@@ -314,9 +314,55 @@ def test_check_shows_the_line_at_fault_with_a_caret_under_the_column(tmp_path):
     assert result.returncode == 1
     assert result.stderr.splitlines()[1:] == [
         f"  {bad}:4: unknown key 'optoins' in topics.a (did you mean 'options'?)",
+        f"    --> {bad}:4:5",
         "          optoins: {interval: 1}",
         "          ^",
     ], result.stderr
+
+
+def test_a_bad_value_is_shown_at_the_value_and_a_missing_one_at_its_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: lots\ntopics:\n  cpu: {feed: metrcs}\n  b:\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert result.stderr.splitlines()[1:] == [
+        f"  {bad}:2: server.port: expected a whole number, got text",
+        f"    --> {bad}:2:9",
+        "        port: lots",
+        "              ^",
+        f"  {bad}:4: topics.cpu.feed: unknown feed type 'metrcs' (did you mean 'metrics'?); known: ai, demo, "
+        "metrics, notifications, server, spend (or give a dotted path, package.module:Class)",
+        f"    --> {bad}:4:15",
+        "        cpu: {feed: metrcs}",
+        "                    ^",
+        f"  {bad}:5: topics.b: expected a mapping (keys indented under it, or {{key: value}}), got nothing: "
+        "are its keys indented under it?",
+        f"    --> {bad}:5:3",
+        "        b:",
+        "        ^",
+    ], result.stderr
+
+
+def test_a_misspelt_topics_section_is_one_error_not_one_per_panel():
+    errors = errors_of("topcis:\n  cpu: {feed: metrics}\npanels:\n  - {topic: cpu}\n  - {topic: cpu}\n")
+    assert errors == ["cfg.yaml:1: unknown key 'topcis' in the top level (did you mean 'topics'?)"]
+
+
+@pytest.mark.parametrize(
+    ("word", "choices", "said"),
+    [
+        ("chrat", ["chat", "chart", "stat"], " (did you mean 'chart'?)"),  # two letters swapped
+        ("stta", ["stat", "star"], " (did you mean 'stat'?)"),
+        ("lgo", ["log", "list"], " (did you mean 'log'?)"),
+        ("cpus", ["cpu", "gpu"], " (did you mean 'cpu'?)"),
+        ("mem", ["cpu", "gpu"], ""),
+        ("gpu", ["cpu", "apu"], " (did you mean 'apu' or 'cpu'?)"),  # two as close: both
+        ("hostname", ["host", "port"], " (did you mean 'host'?)"),  # far in edits, close in letters
+    ],
+)
+def test_did_you_mean_prefers_the_smallest_slip(word, choices, said):
+    assert did_you_mean(word, choices) == said
 
 
 def test_a_topic_without_a_panel_is_a_warning_when_panels_are_listed():

@@ -53,7 +53,8 @@ class Source:
     def __init__(self, text: str, file: str) -> None:
         self.file = file
         self.text_lines = text.splitlines()
-        self.positions: dict[tuple[Any, ...], Position] = {}
+        self.positions: dict[tuple[Any, ...], Position] = {}  # where each key is written
+        self.values: dict[tuple[Any, ...], Position] = {}  # ... and where its value starts
         self.issues: list[ConfigIssue] = []
         self._flattened: set[int] = set()
         loader = yaml.SafeLoader(text)
@@ -75,6 +76,7 @@ class Source:
 
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, path: tuple[Any, ...]) -> Any:
         self.positions.setdefault(path, _position(node.start_mark))
+        self.values.setdefault(path, _position(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             own: set[Any] = set()  # a key written twice is an error; one from a `<<:` merge is not
             # An anchored mapping met again through an alias is already flattened: not checked again.
@@ -123,12 +125,15 @@ class Source:
                 excerpt = f"{text}\n{' ' * (column - 1)}^"
         self.issues.append(ConfigIssue(self.file, line, message, column, excerpt))
 
-    def issue(self, loc: tuple[Any, ...], message: str) -> None:
-        """A problem with the value at `loc` (a path such as ("topics", "cpu", "feed"))."""
-        self.issue_at(self.position(loc), message)
+    def issue(self, loc: tuple[Any, ...], message: str, at_value: bool = False) -> None:
+        """A problem with the key at `loc` (a path such as ("topics", "cpu", "feed")), or with
+        its value."""
+        self.issue_at(self.position(loc, at_value), message)
 
-    def position(self, loc: tuple[Any, ...]) -> Position | tuple[None, None]:
-        """Where the value at `loc` is written, or its nearest parent that is."""
+    def position(self, loc: tuple[Any, ...], at_value: bool = False) -> Position | tuple[None, None]:
+        """Where the key at `loc` (or its value) is written, or its nearest parent's key."""
+        if at_value and loc in self.values:
+            return self.values[loc]
         for end in range(len(loc), -1, -1):
             if loc[:end] in self.positions:
                 return self.positions[loc[:end]]

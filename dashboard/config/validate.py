@@ -47,13 +47,16 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 if found is not None:
                     resolved[name] = found
 
-    # Panels and rules are checked against the raw topics too, so these errors come in the same round.
+    # Panels and rules are checked against the raw topics too, so these errors come in the same round;
+    # not when `topics:` is misspelt, where its "did you mean" says all there is to say.
     known = topics if isinstance(topics, dict) else {}
-    for where in _topic_references(data):
+    unknown = [key for key in data if key not in Config.model_fields]
+    misspelt = topics is None and any(did_you_mean(key, ["topics"]) for key in unknown)
+    for where in [] if misspelt else _topic_references(data):
         topic = _at(data, where)
         if isinstance(topic, str) and topic not in known:
             path = ".".join(str(p) for p in where)
-            source.issue(where, f"{path}: no topic named {topic!r}{did_you_mean(topic, known)}")
+            source.issue(where, f"{path}: no topic named {topic!r}{did_you_mean(topic, known)}", True)
         elif where[-1] == "notify" and topic in resolved and resolved[topic][0].default_view != "list":
             source.issue(
                 where,
@@ -70,7 +73,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         config = Config.model_validate({**data, "source": file})
     except ValidationError as exc:
         for error in exc.errors():
-            source.issue(error["loc"], describe(error, Config))
+            source.issue(error["loc"], describe(error, Config), about_value(error))
 
     if config is not None:
         for loc, message in [*key_problems(config.auth), *alert_problems(config)]:
@@ -127,14 +130,14 @@ def _resolve_topic(
     try:
         cls = resolve_feed(feed)
     except DashboardError as exc:
-        source.issue(("topics", name, "feed"), f"topics.{name}.feed: {exc}")
+        source.issue(("topics", name, "feed"), f"topics.{name}.feed: {exc}", at_value=True)
         return None
     try:
         return cls, cls.Options.model_validate(options)
     except ValidationError as exc:
         for error in exc.errors():
             loc = ("topics", name, "options", *error["loc"])
-            source.issue(loc, describe({**error, "loc": loc}, cls.Options, skip=3))
+            source.issue(loc, describe({**error, "loc": loc}, cls.Options, skip=3), about_value(error))
         return None
 
 
@@ -262,6 +265,11 @@ def kind_of(value: Any) -> str:
     if value is None:
         return "nothing"
     return "text"
+
+
+def about_value(error: Any) -> bool:
+    """Whether a schema error is about a value (shown at the value) rather than a key."""
+    return error["type"] not in ("extra_forbidden", "missing") and error.get("input") is not None
 
 
 def describe(error: Any, model: type[BaseModel], skip: int = 0) -> str:
