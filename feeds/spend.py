@@ -15,7 +15,7 @@ from dashboard import Event, Feed
 class Spend(Feed):
     """AI spend today per api key and per model, updated as completions settle."""
 
-    default_view = "json"
+    default_view = "table"
 
     def attach(self, publish: Any, context: Any = None) -> None:
         super().attach(publish, context)

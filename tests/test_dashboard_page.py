@@ -561,18 +561,18 @@ def test_the_table_view_shows_rows_per_key_and_per_model_as_text(serve, open_pag
     rows = spend.locator("table").evaluate_all(
         "tables => tables.map(t => [...t.rows].map(r => [...r.cells].map(c => c.textContent)))"
     )
-    assert rows[0] == [["name", "day", "cost_usd"], ["", "2026-12-04", "$0.0042"]]
+    assert rows[0] == [["day", "cost_usd"], ["2026-12-04", "$0.0042"]]  # totals: one row, no name
     assert rows[1] == [
         ["name", "requests", "cost_usd"],
         ["team-a", "3", "$0.0040"],
-        ["team-b", "1", "$0.0002"],
+        ["team-b", "1", "$0.00020"],
     ]
     assert rows[2] == [["name", "requests", "completion_tokens"], ["gpt-x", "4", "1,200"]]
     keys = panel(page, "Keys").locator("table")
     assert keys.evaluate("t => [...t.rows].map(r => [...r.cells].map(c => c.textContent))") == [
         ["name", "Cost"],
         ["team-a", "$0.0040"],
-        ["team-b", "$0.0002"],
+        ["team-b", "$0.00020"],
     ]
     page.wait_for_timeout(600)  # hostile text arrives: shown as text, nothing runs
     assert page.evaluate("() => window.__pwned") is None

@@ -19,7 +19,7 @@ import jwt
 import openai
 import pytest
 
-from tests.support import REDIS_URL, free_port, run_async, sse_stream
+from tests.support import REDIS_URL, free_port, run_async, sse_stream, wait_for
 from tests.upstream import answer_text, relay_config
 
 KEY = "sk-keys-0123456789abcdef0123456789"
@@ -335,18 +335,21 @@ def test_the_spend_panel_updates_as_requests_settle(upstream, serve, open_page):
     keys = f"    - {{name: team-a, token: {TEAM}, daily_usd: 1.0}}\n"
     server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
     opened = open_page(server.url)
-    latest = opened.page.locator("section.panel:has(h2:text-is('spend')) pre.json-latest")
-    latest.wait_for()
-    assert "team-a" not in latest.text_content()
+    spend = opened.page.locator("section.panel:has(h2:text-is('spend'))")
+    spend.locator("table").first.wait_for()  # a table by default: the day's totals
+    assert "team-a" not in spend.text_content()
+    keys = spend.locator("table:has(caption:text-is('keys'))")
+    cells = "t => [...t.rows].map(r => [...r.cells].map(c => c.textContent))"
     client = openai_sdk(server, TEAM)
     client.chat.completions.create(model="t-echo", messages=HI)
-    opened.page.wait_for_function(
-        "el => JSON.parse(el.textContent).keys['team-a']?.requests === 1", arg=latest.element_handle()
-    )
+    keys.wait_for()
+    assert wait_for("team-a's first request", lambda: keys.evaluate(cells)[1][:2] == ["team-a", "1"], 15)
     client.chat.completions.create(model="t-echo", messages=HI)
-    opened.page.wait_for_function(
-        "el => JSON.parse(el.textContent).keys['team-a']?.cost_usd === 4.6e-05", arg=latest.element_handle()
-    )
+    assert wait_for("team-a's second request", lambda: keys.evaluate(cells)[1][:2] == ["team-a", "2"], 15)
+    assert keys.evaluate(cells) == [
+        ["name", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "held_usd"],
+        ["team-a", "2", "22", "12", "$0.000046", "$0.0000"],
+    ]
     opened.screenshot("spend-panel.png")
     assert TEAM not in opened.page.content()
 

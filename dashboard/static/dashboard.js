@@ -131,9 +131,17 @@
     if (unit === "ms" && abs >= 1000) return withUnit(value / 1000, "s", decimals);
     if (unit === "s" && abs >= 3600) return formatNumber(value / 3600, decimals) + " h";
     if (unit === "s" && abs >= 60) return formatNumber(value / 60, decimals) + " min";
-    if (unit === "USD" || unit === "$") return "$" + formatNumber(value, typeof decimals === "number" ? decimals : abs < 1 ? 4 : 2);
+    if (unit === "USD" || unit === "$") return "$" + formatNumber(value, typeof decimals === "number" ? decimals : cents(abs));
     if (unit === "%") return formatNumber(value, decimals) + "%";
     return formatNumber(value, decimals) + (unit ? " " + unit : "");
+  }
+
+  // Decimals for a sum in dollars: cents from $1, 4 places below, and two significant digits
+  // below a tenth of a cent, so a completion's $0.000046 does not read as $0.0000.
+  function cents(abs) {
+    if (abs >= 1) return 2;
+    if (abs >= 0.001 || abs === 0) return 4;
+    return Math.min(12, 1 - Math.floor(Math.log10(abs)));
   }
 
   // The level a value is at, by its thresholds: "crit", "warn" or "ok" (below: low values are bad).

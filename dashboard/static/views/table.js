@@ -38,8 +38,9 @@ window.Dashboard.views.table = function (panel) {
   }
 
   function table(caption, rows) {
-    const named = !Array.isArray(rows); // rows keyed by name: the name is the first column
-    const entries = named ? Object.entries(rows) : rows.map((row, i) => [String(i + 1), row]);
+    // rows keyed by name: the name is the first column (not for the one row of totals, keyed "")
+    const named = !Array.isArray(rows) && !(Object.keys(rows).length === 1 && "" in rows);
+    const entries = Array.isArray(rows) ? rows.map((row, i) => [String(i + 1), row]) : Object.entries(rows);
     const columns = specs.size ? [...specs.keys()] : [];
     if (!columns.length) {
       for (const [, row] of entries) for (const key of Object.keys(row)) if (!columns.includes(key)) columns.push(key);
