@@ -94,7 +94,7 @@ def test_entry_point_feeds_are_listed_and_usable_by_name(tmp_path):
 
 
 def test_a_feed_module_in_the_current_folder_is_found_by_the_dashboard_command(tmp_path):
-    """README "Write a feed": the module sits in the folder `dashboard` is started from."""
+    """README "A first panel in five minutes": the module sits in the folder `dashboard` is started from."""
     (tmp_path / "myfeeds.py").write_text((ROOT / "tests" / "sample_feeds.py").read_text())
     (tmp_path / "config.yaml").write_text('topics:\n  count: {feed: "myfeeds:Ticker"}\n')
     command = shutil.which("dashboard")

@@ -7,7 +7,6 @@ a 400 naming the parameter and the provider."""
 from __future__ import annotations
 
 import json
-import re
 
 import anthropic
 import httpx
@@ -19,6 +18,7 @@ from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
 from dashboard.relay.dialects.anthropic import ToAnthropic
 from dashboard.relay.dialects.openai import ToOpenAI
 from dashboard.relay.errors import Untranslatable, UpstreamProtocolError
+from tests.doc_samples import sample
 from tests.support import ROOT, ServerFactory
 from tests.upstream import TOOL_CALLS, TOOL_PREAMBLE, relay_config, tool_call_id
 
@@ -274,12 +274,10 @@ def test_untranslatable_names_the_parameter():
     assert info.value.param == "top_k"
 
 
-def test_the_readme_agent_loop_runs_against_the_simulated_provider(server, capsys):
-    """The README's agent loop, as it is (but for the server's address): the simulated provider
+def test_the_documented_agent_loop_runs_against_the_simulated_provider(server, capsys):
+    """docs/ai-relay.md's agent loop, as it is (but for the server's address): the simulated provider
     calls the tool, then answers with its result."""
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    loop = next(b for b in blocks if "def get_weather" in b)
+    loop = sample(ROOT / "docs" / "ai-relay.md", "client: agent loop")
     exec(loop.replace("http://127.0.0.1:8000", server.url), {})
     assert capsys.readouterr().out == "The tool answered: 18C and sunny in Paris.\n"
 
