@@ -59,7 +59,8 @@ class SentinelSet:
                 f"sentinel parallel-syncs {SERVICE} 2\n"
             )
             self._run(port, str(conf), "--sentinel")
-        wait_for("every sentinel to see the others and both replicas", self.ready, timeout=20)
+        # sentinels find each other by hello messages every 2 s and the replicas in INFO every 10 s
+        wait_for("every sentinel to see the others and both replicas", self.ready, timeout=45)
 
     def replicas_synced(self) -> bool:
         """Whether the primary lists both replicas as online."""

@@ -344,6 +344,47 @@ def test_a_bad_value_is_shown_at_the_value_and_a_missing_one_at_its_key(tmp_path
     ], result.stderr
 
 
+@pytest.mark.parametrize(
+    ("panel", "expected"),
+    [
+        (
+            "{topic: a, view: stat, options: {feilds: {n: {label: Count}}}}",
+            "cfg.yaml:3: unknown key 'feilds' in panels.0.options (did you mean 'fields'?)",
+        ),
+        (
+            "{topic: a, view: chart, options: {fields: {n: {thresholds: {warning: 5}}}}}",
+            "cfg.yaml:3: unknown key 'warning' in panels.0.options.fields.n.thresholds "
+            "(did you mean 'warn'?)",
+        ),
+        (
+            "{topic: a, view: chart, options: {fields: [n], colour: red}}",
+            "cfg.yaml:3: unknown key 'colour' in panels.0.options; "
+            "it takes fields, window, unit, min, max, event",
+        ),
+        (
+            "{topic: a, view: chart, options: {window: 0}}",
+            "cfg.yaml:3: panels.0.options.window: must be more than",
+        ),
+        (
+            "{topic: a, view: log, options: {max: lots}}",
+            "cfg.yaml:3: panels.0.options.max: expected a whole number",
+        ),
+        ("{topic: a, options: {rows: x}}", "cfg.yaml:3: panels.0.options: the json view takes no options"),
+        (  # the view a panel names no view for is its feed's: metrics' is the chart
+            "{topic: m, options: {fields: {cpu_percent: {unit: 5}}}}",
+            "cfg.yaml:3: panels.0.options.fields.cpu_percent.unit: expected text, got a number",
+        ),
+    ],
+)
+def test_a_panels_options_are_checked_against_its_view(panel, expected):
+    errors = errors_of(f"topics: {{a: {{feed: demo}}, m: {{feed: metrics}}}}\npanels:\n  - {panel}\n")
+    assert [e for e in errors if e.startswith(expected)] == errors, errors
+    ok = "fields: {n: {label: Count, unit: B/s, thresholds: {warn: 1, crit: 2, below: true}}}, window: 60"
+    assert parse_config(
+        f"topics: {{a: {{feed: demo}}}}\npanels:\n  - {{topic: a, view: chart, options: {{{ok}}}}}\n"
+    )
+
+
 def test_a_misspelt_topics_section_is_one_error_not_one_per_panel():
     errors = errors_of("topcis:\n  cpu: {feed: metrics}\npanels:\n  - {topic: cpu}\n  - {topic: cpu}\n")
     assert errors == ["cfg.yaml:1: unknown key 'topcis' in the top level (did you mean 'topics'?)"]

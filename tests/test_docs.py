@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, TypeAdapter
 
 from dashboard.config import Config, parse_config
+from dashboard.config.panels import VIEW_OPTIONS
 from dashboard.plugins import FEEDS
 from tests.doc_samples import CHAPTERS, README, Sample, sample, samples
 from tests.support import ROOT, Server, read_events
@@ -250,3 +251,23 @@ def test_the_sdk_examples_stream_from_the_simulated_provider(serve, capsys):
         exec(sample(relay, mark).replace("http://127.0.0.1:8000", server.url), {})
         printed = capsys.readouterr().out
         assert len(printed.split()) >= 3, f"{mark}: {printed!r}"
+
+
+def test_every_option_of_every_built_in_view_is_documented():
+    """The views table of the dashboard chapter names each option the config check accepts."""
+    rows = {}
+    for line in (ROOT / "docs" / "dashboard.md").read_text().splitlines():
+        match = re.fullmatch(r"\| `(\w+)` \|.*\| (.*) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    problems = []
+    for view, model in VIEW_OPTIONS.items():
+        if view not in rows:
+            problems.append(f"{view}: no row in the views table")
+            continue
+        names = set(re.findall(r"`(\w+)`", rows[view]))
+        missing = [key for key in model.model_fields if key not in names]
+        problems += [f"{view}: option {key} is not documented" for key in missing]
+        if not model.model_fields and rows[view] != "none":
+            problems.append(f"{view} takes no options, the table says {rows[view]}")
+    assert not problems, "docs/dashboard.md:\n" + "\n".join(problems)

@@ -9,6 +9,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from dashboard.config.panels import VIEW_OPTIONS, NoOptions
 from dashboard.config.schema import NAME_PATTERN, TOPIC_NAME, AuthConfig, Config
 from dashboard.config.source import Source, read_config
 from dashboard.errors import ConfigError, ConfigIssue, DashboardError, did_you_mean
@@ -63,6 +64,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 f"{'.'.join(str(p) for p in where)}: topic {topic!r} does not carry notifications "
                 "(use a topic of the notifications feed)",
             )
+    _check_view_options(data, resolved, source)
     boards = data.get("dashboards")
     for name in boards if isinstance(boards, dict) else ():
         if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
@@ -90,21 +92,50 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     return config
 
 
-def _topic_references(data: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Where the config names a topic: panels, boards' panels, alert rules and what they notify."""
+def _panel_paths(data: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Where each panel is: under `panels:` and each board's `panels:`."""
     found: list[tuple[Any, ...]] = []
 
     def panels_at(*path: Any) -> None:
         panels = _at(data, path)
         for i, panel in enumerate(panels if isinstance(panels, list) else []):
             if isinstance(panel, dict):
-                found.append((*path, i, "topic"))
+                found.append((*path, i))
 
     panels_at("panels")
     boards = data.get("dashboards")
     for name, board in boards.items() if isinstance(boards, dict) else ():
         if isinstance(board, dict):
             panels_at("dashboards", name, "panels")
+    return found
+
+
+def _check_view_options(data: dict[str, Any], resolved: dict[str, tuple[type[Feed], Any]], source: Source):
+    """Each panel's options against what its view takes (its own, or its feed's default view)."""
+    for where in _panel_paths(data):
+        panel = _at(data, where)
+        view = panel.get("view")
+        if view is None and panel.get("topic") in resolved:
+            view = resolved[panel["topic"]][0].default_view
+        model = VIEW_OPTIONS.get(view) if isinstance(view, str) else None
+        if model is None or not isinstance(panel.get("options"), dict):
+            continue  # an installed view checks its own; a wrong kind is the schema's to say
+        if model is NoOptions and panel["options"]:
+            path = ".".join(str(p) for p in where)
+            source.issue((*where, "options"), f"{path}.options: the {view} view takes no options")
+            continue
+        try:
+            model.model_validate(panel["options"])
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = (*where, "options", *error["loc"])
+                message = describe({**error, "loc": loc}, model, skip=len(where) + 1)
+                source.issue(loc, message, about_value(error))
+
+
+def _topic_references(data: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Where the config names a topic: panels, boards' panels, alert rules and what they notify."""
+    found = [(*where, "topic") for where in _panel_paths(data)]
     rules = data.get("alerts")
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
         if isinstance(rule, dict):
