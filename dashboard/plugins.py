@@ -13,11 +13,14 @@ import importlib.resources
 import importlib.util
 import inspect
 import pkgutil
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from importlib.resources.abc import Traversable
 from typing import Any
+
+from dashboard.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,26 @@ class Registry:
 def import_target(target: str) -> Any:
     """The object a `module:attr` target names (the module itself without `:attr`)."""
     module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except SyntaxError as exc:  # the user's own module: where, not a traceback
+        raise ImportError(f"{exc.msg} ({exc.filename}:{exc.lineno}:{exc.offset})") from exc
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ImportError(
+            f"importing it raised {type(exc).__name__}: {exc} ({frame.filename}:{frame.lineno})"
+        ) from exc
     if not attr:
         return module
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise AttributeError(f"module {module_name!r} has no attribute {attr!r}") from None
+        public = [name for name in vars(module) if not name.startswith("_")]
+        raise AttributeError(
+            f"module {module_name!r} has no attribute {attr!r}{did_you_mean(attr, public)}"
+        ) from None
 
 
 def package_file(target: str, suffix: str) -> Traversable:

@@ -145,7 +145,15 @@ class Supervisor:
                     await self._status(runner, "running")
                 else:
                     runner.state = "running"
-                async for event in runner.feed.stream():
+                stream = runner.feed.stream()
+                if not hasattr(stream, "__aiter__"):
+                    if asyncio.iscoroutine(stream):
+                        stream.close()  # not awaited on purpose: say what to write instead
+                    raise TypeError(
+                        f"feed {runner.topic!r}: stream() gave {type(stream).__name__}, not an async "
+                        "iterator; write it as `async def stream(self):` that yields Event(...)"
+                    )
+                async for event in stream:
                     if not isinstance(event, Event):
                         raise TypeError(
                             f"feed {runner.topic!r} yielded {type(event).__name__}, expected dashboard.Event"

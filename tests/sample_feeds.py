@@ -77,6 +77,13 @@ class NotAnEvent(Feed):
         yield {"n": 1}
 
 
+class NotAsync(Feed):
+    """A stream written as a plain function returning a list: the feed is told how to write it."""
+
+    def stream(self):  # type: ignore[override]
+        return [Event(data={"n": 1})]
+
+
 class PlainInbox(Feed):
     """Takes pushed events with a plain (not async) on_publish."""
 

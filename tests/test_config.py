@@ -413,3 +413,34 @@ def test_a_topic_without_a_panel_is_a_warning_when_panels_are_listed():
         "add one, e.g. - {topic: b}"
     ]
     assert parse_config("topics: {a: {feed: demo}, b: {feed: demo}}\n").warnings() == []  # one panel each
+
+
+@pytest.mark.parametrize(
+    ("module", "feed", "expected"),
+    [
+        (
+            "from dashboard import Feed\nclass Ticker(Feed)\n    pass\n",
+            "Ticker",
+            "cannot import 'broken': expected ':' ({file}:2:19)",
+        ),
+        (
+            "x = 1 / 0\n",
+            "Ticker",
+            "cannot import 'broken': importing it raised ZeroDivisionError: division by zero ({file}:1)",
+        ),
+        (
+            "from dashboard import Feed\n\nclass Ticker(Feed):\n    pass\n",
+            "Tikcer",
+            "module 'broken' has no attribute 'Tikcer' (did you mean 'Ticker'?)",
+        ),
+    ],
+)
+def test_a_feed_module_that_does_not_load_is_one_line_with_where(tmp_path, module, feed, expected):
+    (tmp_path / "broken.py").write_text(module)
+    (tmp_path / "config.yaml").write_text(f"topics:\n  a: {{feed: 'broken:{feed}'}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dashboard", "check"], capture_output=True, text=True, cwd=tmp_path
+    )
+    said = expected.format(file=tmp_path / "broken.py")
+    assert f"config.yaml:2: topics.a.feed: {said}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

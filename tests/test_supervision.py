@@ -2,7 +2,7 @@
 
 import time
 
-from tests.support import sse_stream
+from tests.support import sse_stream, wait_for
 
 CONFIG = """
 supervisor: {initial_backoff: 0.05, max_backoff: 0.2}
@@ -10,6 +10,7 @@ topics:
   flaky: {feed: "tests.sample_feeds:Flaky", options: {fail_after: 3}}
   steady: {feed: "tests.sample_feeds:Ticker", options: {rate_hz: 50}}
   wrong: {feed: "tests.sample_feeds:NotAnEvent"}
+  plain: {feed: "tests.sample_feeds:NotAsync"}
 """
 
 
@@ -63,6 +64,15 @@ def test_a_feed_yielding_something_else_is_told_what_is_expected(serve):
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
     assert status["last_error"] == "TypeError: feed 'wrong' yielded dict, expected dashboard.Event"
+    with server.client() as client:
+        plain = wait_for(
+            "the plain-function feed to fail",
+            lambda: (s := client.get("/api/topics").json()["topics"]["plain"]["status"])["restarts"] and s,
+        )
+    assert plain["last_error"] == (
+        "TypeError: feed 'plain': stream() gave list, not an async iterator; write it as "
+        "`async def stream(self):` that yields Event(...)"
+    )
 
 
 def test_stop_waits_for_each_feed_and_releases_its_lease():
