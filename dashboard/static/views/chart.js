@@ -54,6 +54,15 @@ window.Dashboard.views.chart = function (panel) {
     return units.size === 1 && [...units][0] ? withUnit(v, [...units][0], 1) : compact.format(v);
   }
 
+  // The y axis as wide as its longest label ("500.0 kB/s"), measured in the axis's font.
+  function labelWidth(u, values, axisIndex, cycle) {
+    const y = u.axes[axisIndex];
+    if (cycle > 1) return y._size; // uPlot asks again after layout: keep the first answer
+    const longest = (values || []).reduce((a, b) => (String(b).length > a.length ? String(b) : a), "");
+    u.ctx.font = y.font[0];
+    return Math.ceil(y.ticks.size + y.gap + u.ctx.measureText(longest).width / devicePixelRatio) + 4;
+  }
+
   // Where warning and critical start: a dashed line each, in the level's colour and named in text,
   // so that neither colour nor dash alone carries the meaning.
   function thresholds() {
@@ -131,7 +140,7 @@ window.Dashboard.views.chart = function (panel) {
       },
       axes: [
         { ...axis, space: 70, incrs: TIME_STEPS, values: (u, ticks) => ticks.map((t) => clock(t * 1000)) },
-        { ...axis, size: 70, values: (u, ticks) => ticks.map(tick) },
+        { ...axis, size: labelWidth, values: (u, ticks) => ticks.map(tick) },
       ],
       series: [
         { label: "time", value: (u, t) => (t === null || t === undefined ? "–" : clock(t * 1000)) },
@@ -159,6 +168,8 @@ window.Dashboard.views.chart = function (panel) {
     if (plot && xs.length && !(plot.cursor.left >= 0)) plot.setLegend({ idx: xs.length - 1 });
   }
 
+  let step = 0; // seconds between events, as a running average
+
   new ResizeObserver(() => {
     if (plot) plot.setSize(size());
   }).observe(box);
@@ -185,7 +196,16 @@ window.Dashboard.views.chart = function (panel) {
         return;
       }
       const x = meta.time / 1000;
-      if (xs.length && x < xs[xs.length - 1]) return; // out of order: uPlot needs sorted x
+      const dt = xs.length ? x - xs[xs.length - 1] : 0;
+      if (dt < 0) return; // out of order: uPlot needs sorted x
+      if (step && dt > Math.max(5 * step, 2)) {
+        // a silence (the server restarted, the feed stalled): a break in the line, not a straight
+        // stroke across the time nothing came
+        xs.push(x - dt / 2);
+        for (const series of ys) series.push(null);
+      } else if (dt > 0) {
+        step = step ? step * 0.9 + dt * 0.1 : dt; // the usual time between events
+      }
       xs.push(x);
       fields.forEach((name, i) => {
         const v = data[name];
