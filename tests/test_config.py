@@ -385,6 +385,17 @@ def test_a_panels_options_are_checked_against_its_view(panel, expected):
     )
 
 
+def test_a_key_without_a_space_after_its_colon_is_named_and_an_empty_config_warned_of():
+    assert errors_of("topics:\n  count:\n    feed:myfeeds:Ticker\n") == [
+        "cfg.yaml:3: topics.count: expected a mapping (keys indented under it, or {key: value}), got text: "
+        "a key needs a space after its ':' (feed: ..., not feed:...)"
+    ]
+    assert parse_config("", "cfg.yaml").warnings() == [
+        "no topics: the page will be empty; add some under `topics:`, e.g. clock: {feed: demo}"
+    ]
+    assert parse_config("topics: {}\n").warnings() == []  # a relay alone
+
+
 def test_a_misspelt_topics_section_is_one_error_not_one_per_panel():
     errors = errors_of("topcis:\n  cpu: {feed: metrics}\npanels:\n  - {topic: cpu}\n  - {topic: cpu}\n")
     assert errors == ["cfg.yaml:1: unknown key 'topcis' in the top level (did you mean 'topics'?)"]

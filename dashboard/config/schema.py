@@ -428,6 +428,10 @@ class Config(Strict):
     def warnings(self) -> list[str]:
         """What is valid but most likely not meant (`dashboard check` and the startup lines say it)."""
         warnings = []
+        if "topics" not in self.model_fields_set:  # `topics: {}` is a relay alone, on purpose
+            warnings.append(
+                "no topics: the page will be empty; add some under `topics:`, e.g. clock: {feed: demo}"
+            )
         shown = {panel.topic for panel in self.panels or []}
         for board in (self.dashboards or {}).values():
             shown |= {panel.topic for panel in board.panels}

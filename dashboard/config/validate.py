@@ -3,6 +3,7 @@ feed options, unique names), every problem at once with its file:line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -320,7 +321,15 @@ def describe(error: Any, model: type[BaseModel], skip: int = 0) -> str:
     if kind in EXPECTED:
         got = kind_of(error.get("input"))
         hint = ""
-        if kind in ("dict_type", "model_type") and got in ("text", "nothing"):
+        value = error.get("input")
+        if (
+            kind in ("dict_type", "model_type")
+            and isinstance(value, str)
+            and re.match(r"[\w.-]+:[^\s/]", value)
+        ):
+            key = value.partition(":")[0]
+            hint = f": a key needs a space after its ':' ({key}: ..., not {key}:...)"
+        elif kind in ("dict_type", "model_type") and got in ("text", "nothing"):
             hint = ": are its keys indented under it?"
         return f"{path}: expected {EXPECTED[kind]}, got {got}{hint}"
     if kind == "string_pattern_mismatch":
