@@ -291,6 +291,11 @@ def test_merge_key_bombs_and_self_reference_are_config_errors():
             "keys above it?",
         ),
         ("topics: [a, b\n", "cfg.yaml:2: invalid YAML: a '[' that is not closed by ']'"),
+        (
+            "topics:\n  a: {feed: demo\npanels: []\n",
+            "cfg.yaml:3: invalid YAML: a '{' that is not closed by '}', or items without a ',' between them "
+            "(opened at line 2, column 6)",
+        ),
         ("server: {port: 99999}\n", "cfg.yaml:1: server.port: must be at most 65535"),
         (
             "topics:\n  a: {feed: demo, options: {mode: wlk}}\n",

@@ -66,7 +66,16 @@ class Source:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = _position(mark) if mark else (None, None)
-            self.issue_at(where, f"invalid YAML: {yaml_problem(exc)}")
+            opened = getattr(exc, "context_mark", None)
+            if opened and (getattr(exc, "problem", None) or "").startswith(
+                ("expected ',' or", "found unexpected end")
+            ):
+                line, column = _position(opened)
+                self.issue_at(
+                    where, f"invalid YAML: {yaml_problem(exc)} (opened at line {line}, column {column})"
+                )
+            else:
+                self.issue_at(where, f"invalid YAML: {yaml_problem(exc)}")
             self.data = {}
         except RecursionError:
             self.issue_at(_position(loader.get_mark()), "invalid YAML: nested too deeply")
