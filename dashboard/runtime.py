@@ -35,7 +35,7 @@ from dashboard.security import is_loopback
 from dashboard.supervisor import Supervisor
 from dashboard.tasks import cancel_and_wait
 from dashboard.web import direct, sse
-from dashboard.web.admission import FD_HEADROOM, Admission, open_files_limit
+from dashboard.web.admission import Admission, stream_capacity
 from dashboard.web.app import Reloadable, create_app
 from dashboard.web.boards import boards
 from dashboard.web.logfilter import HIDE_TOKENS
@@ -109,7 +109,7 @@ class Runtime:
         backoff = Backoff(config.supervisor.initial_backoff, config.supervisor.max_backoff)
         self.supervisor = Supervisor(self.publish, backoff, leases=self.broker)
         self.heartbeat = sse.Heartbeat(config.server.keepalive)
-        self.admission = Admission(open_files_limit() - FD_HEADROOM, config.server.max_streams_per_client)
+        self.admission = Admission(stream_capacity(), config.server.max_streams_per_client)
         self.telemetry = Telemetry(self.broker, self.supervisor, self.admission)
         self.feeds: dict[str, Feed] = {}
         self.relay = Relay(config.ai)

@@ -25,6 +25,7 @@ from dashboard.auth.exposure import network_problems
 from dashboard.config import Config, load_config
 from dashboard.errors import ConfigError, DashboardError, SetupError
 from dashboard.security import is_loopback
+from dashboard.web.admission import describe_capacity, raise_open_files_limit
 
 if TYPE_CHECKING:
     from dashboard.runtime import Runtime
@@ -58,7 +59,7 @@ WATCH_EVERY = 1.0  # seconds between looks at the config file under `serve --wat
 
 def banner(config: Config, bound: tuple, first: str, events: str = "") -> None:
     """The startup lines: the URL, the config, where events are kept, the topics, what is open to
-    whom, and the limits."""
+    whom, the limits, and how many streams a process can hold."""
     from dashboard.web.gate import allowed_hosts
     from dashboard.web.protocol import KEEP_ALIVE_TIMEOUT
 
@@ -77,6 +78,7 @@ def banner(config: Config, bound: tuple, first: str, events: str = "") -> None:
         f"{KEEP_ALIVE_TIMEOUT}s, {server.max_streams_per_client} streams per client",
         flush=True,
     )
+    print(f"  streams: {describe_capacity()}", flush=True)
     for warning in config.warnings():
         print(f"  warning: {warning}", flush=True)
 
@@ -127,11 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SetupError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
+    raise_open_files_limit()  # before the workers start: they inherit it
     if args.workers > 1:
         return serve_workers(args, config, sock)
-    from dashboard.web.admission import raise_open_files_limit
-
-    raise_open_files_limit()
     try:
         runtime = Runtime(config, args.config)
     except DashboardError as exc:
@@ -282,9 +282,6 @@ def worker_app():
     path = os.environ.get(WORKER_CONFIG_ENV) or None
     config = load_config(path)
     config = config.bound_to(os.environ.get(WORKER_HOST_ENV) or config.server.host)
-    from dashboard.web.admission import raise_open_files_limit
-
-    raise_open_files_limit()
     runtime = Runtime(config, path)
     _close_streams_on_exit(runtime)
     runtime.listen_for_reload(WATCH_EVERY if os.environ.get(WORKER_WATCH_ENV) else None)

@@ -40,7 +40,9 @@ class Server:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # extra `dashboard serve` arguments
-    open_files: int | None = None  # the process's limit on open files (soft and hard)
+    open_files: int | tuple[int, int] | None = (
+        None  # the process's limit on open files: both, or (soft, hard)
+    )
     home: Path | None = None  # the folder it runs in (default: the config's), where its files go
     proc: subprocess.Popen | None = None
     url: str = ""
@@ -51,7 +53,7 @@ class Server:
         cmd += ["--port", str(self.port), *self.args]
         self.started_at = len(self.output())
         logfile = self.log.open("ab")
-        limit = self.open_files
+        limits = (self.open_files,) * 2 if isinstance(self.open_files, int) else self.open_files
         # In a folder of its own, as a user would start it: the default broker's file lands there.
         home = self.home or self.config.parent
         home.mkdir(exist_ok=True)
@@ -62,9 +64,7 @@ class Server:
             stdout=logfile,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": path, **self.env},
-            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
-            if limit
-            else None,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits)) if limits else None,
         )
         return self.wait_for_url(timeout)
 
@@ -119,7 +119,7 @@ class ServerFactory:
         port: int = 0,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
-        open_files: int | None = None,
+        open_files: int | tuple[int, int] | None = None,
     ) -> Server:
         n = len(self.servers)
         path = self.tmp / f"config{n}.yaml"

@@ -1,5 +1,9 @@
 """Admission of new streams: how many this process may hold (its open files), how many one client
-may, and the refusals past them (503 overloaded, 429 too_many_streams), with Retry-After."""
+may, and the refusals past them (503 overloaded, 429 too_many_streams), with Retry-After.
+
+Past the open files limit itself (connections that are not streams yet), uvloop's accept drops a
+new connection at once and keeps listening, without a log line; admission keeps FD_HEADROOM files
+free so that a new stream is answered 503 long before that."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dashboard.errors import HTTPError
 log = logging.getLogger("dashboard.sse")
 
 FD_HEADROOM = 100  # open files kept free of streams: Redis, logs, plain requests, the listener
+MORE_FILES = "ulimit -n before it starts; systemd's LimitNOFILE; docker's --ulimit nofile"
 SHED_RETRY_AFTER = 2  # seconds a refused stream is asked to wait (the page backs off on its own)
 CLIENT_RETRY_AFTER = 5  # ... when its client holds server.max_streams_per_client already
 
@@ -24,11 +29,26 @@ def open_files_limit() -> int:
 
 def raise_open_files_limit() -> None:
     """Raise this process's soft limit on open files to its hard one (the soft default, often 1,024,
-    is far below what a server of streams carries). Done where a server process starts (cli)."""
+    is far below what a server of streams carries). Done where a server process starts (serving);
+    workers inherit it. The hard limit is the system's to raise, not the server's."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def stream_capacity() -> int:
+    """How many streams this process can hold at once: its open files, less the headroom."""
+    return max(1, open_files_limit() - FD_HEADROOM)
+
+
+def describe_capacity() -> str:
+    """The startup line on streams: how many this process can hold, from what, and how to hold more."""
+    return (
+        f"up to {stream_capacity()} open at once per process (open files limit {open_files_limit()}, "
+        f"{FD_HEADROOM} kept for feeds, the broker, upstreams and logs); more: raise the limit "
+        f"({MORE_FILES})"
+    )
 
 
 class Admission:
@@ -38,7 +58,7 @@ class Admission:
     take every place. Once the server stops (`stopping`), no new stream is opened."""
 
     def __init__(self, limit: int, per_client: int = 100) -> None:
-        self.limit = max(1, limit)
+        self.limit = max(1, limit)  # stream_capacity() in a server
         self.per_client = per_client
         self.open = 0
         self.clients: dict[str, int] = {}  # client address -> its open streams (only those with some)
@@ -67,7 +87,10 @@ class Admission:
                 )
             raise HTTPError(
                 503,
-                f"this server holds {self.open} streams, its most; retry in {SHED_RETRY_AFTER}s",
+                f"this server holds {self.open} streams, its most (open files limit "
+                f"{self.limit + FD_HEADROOM}, less {FD_HEADROOM} kept for other work); retry in "
+                f"{SHED_RETRY_AFTER}s. To hold more, raise the server's open files limit ({MORE_FILES}) "
+                "or add instances (README: Scale out)",
                 "overloaded",
                 headers={"Retry-After": str(SHED_RETRY_AFTER)},
             )
