@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.harness import spread
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Run inside a checkout (its own bench.harness): one measurement of sse-dashboard, as JSON.
@@ -52,10 +54,6 @@ def measure(checkout: Path, script: str) -> dict[str, float]:
     if done.returncode != 0:
         raise RuntimeError(f"measuring {checkout} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> int:

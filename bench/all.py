@@ -24,9 +24,9 @@ def main() -> None:
     print("\n".join(fanout.report(fan)), "\n")
 
     connections = int(10000 * scale)
-    idle_runs = idle.measure(connections, seconds / 2)
+    idle_runs = idle.measure(connections, keepalive=seconds / 2, rounds=1)
     print(f"## Idle: {connections} open streams\n")
-    print("\n".join(idle.report(idle_runs)), "\n")
+    print("\n".join(idle.report(idle_runs, keepalive=seconds / 2)), "\n")
 
     print("## Latency: publish to receive, 20 events/s\n")
     print("\n".join(latency.report(latency.measure(seconds))), "\n")

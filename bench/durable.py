@@ -12,13 +12,9 @@ import os
 import statistics
 import sys
 
-from bench.harness import drive, machine, start
+from bench.harness import drive, machine, spread, start
 
 BROKERS = ("memory://", "sqlite")
-
-
-def spread(values: list[float], unit: str = "") -> str:
-    return f"{statistics.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> int:

@@ -8,7 +8,10 @@ from dashboard import Event, Feed
 
 
 class Stamp(Feed):
-    """Events carrying their publish time, at `rate_hz`, padded to about `size` bytes."""
+    """Events carrying their publish time, at `rate_hz`, padded to about `size` bytes; a benchmark
+    may also POST one (`Target.publish`)."""
+
+    accepts_publish = True
 
     class Options(Feed.Options):
         rate_hz: float = 20.0
