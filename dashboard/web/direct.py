@@ -114,31 +114,24 @@ async def _disconnected(receive: Receive, callback: Callable[[], None]) -> None:
     callback()
 
 
-class _Hangup:
-    """The cycle's `message_event`, as lean as a stream needs (an asyncio.Event holds a deque of
-    waiters: most of a kilobyte per idle stream); calls `callback` once when the client left."""
+class LeanEvent:
+    """asyncio.Event's verbs without its deque of waiters, which holds a block of 64 slots even
+    when empty (most of a kilobyte per idle connection): a list is made when someone waits."""
 
-    __slots__ = ("callback", "cycle", "flag", "waiters")
+    __slots__ = ("flag", "waiters")
 
-    def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
-        self.cycle: Any = cycle
-        self.callback: Callable[[], None] | None = callback
-        self.flag = False
-        self.waiters: list[asyncio.Future[bool]] = []
+    def __init__(self, flag: bool = False) -> None:
+        self.flag = flag
+        self.waiters: list[asyncio.Future[bool]] | None = None
 
     def is_set(self) -> bool:
         return self.flag
 
     def set(self) -> None:
         self.flag = True
-        for waiter in self.waiters:
+        for waiter in self.waiters or ():
             if not waiter.done():
                 waiter.set_result(True)
-        cycle, callback = self.cycle, self.callback
-        if cycle is not None and (cycle.disconnected or cycle.response_complete):
-            self.cycle = self.callback = None  # the end: no reference cycle left for the collector
-            if cycle.disconnected and callback is not None:
-                callback()
 
     def clear(self) -> None:
         self.flag = False
@@ -146,12 +139,33 @@ class _Hangup:
     async def wait(self) -> bool:
         if not self.flag:
             waiter = asyncio.get_running_loop().create_future()
+            if self.waiters is None:
+                self.waiters = []
             self.waiters.append(waiter)
             try:
                 await waiter
             finally:
                 self.waiters.remove(waiter)
         return True
+
+
+class _Hangup(LeanEvent):
+    """The cycle's `message_event`, which also calls `callback` once when the client left."""
+
+    __slots__ = ("callback", "cycle")
+
+    def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
+        super().__init__()
+        self.cycle: Any = cycle
+        self.callback: Callable[[], None] | None = callback
+
+    def set(self) -> None:
+        super().set()
+        cycle, callback = self.cycle, self.callback
+        if cycle is not None and (cycle.disconnected or cycle.response_complete):
+            self.cycle = self.callback = None  # the end: no reference cycle left for the collector
+            if cycle.disconnected and callback is not None:
+                callback()
 
 
 def _cycle(scope: Scope) -> Any:

@@ -4,19 +4,34 @@ hold a connection for ever (nginx's client_header_timeout, Go's ReadHeaderTimeou
 
 uvicorn arms its one timer (`timeout_keep_alive`) only once a response is complete; before the
 first request, and while a head arrives, nothing bounds the wait. The subclass keeps uvicorn's
-RequestResponseCycle, so streams still take the fast path (see direct.py).
+RequestResponseCycle, so streams still take the fast path (see direct.py). It also holds two
+queues uvicorn makes per connection in leaner objects (a list, a LeanEvent): idle streams are
+mostly such per-connection objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dashboard.web.direct import LeanEvent
+
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle connection stays open after a response (uvicorn's setting)
+
+
+class Pipeline(list):
+    """uvicorn's queue of pipelined requests as a list: an empty deque holds a block of 64 slots,
+    most of a kilobyte per idle connection (uvicorn appends on the left and pops on the right)."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -30,12 +45,17 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.pipeline) is deque:  # requests pipelined behind the one under way
+            self.pipeline = Pipeline()
         self.header_timeout = header_timeout
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_begun = False  # the deadline of the head under way runs from its first byte
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        writable = getattr(self.flow, "_is_writable_event", None)  # what a response's writes wait on
+        if type(writable) is asyncio.Event:
+            self.flow._is_writable_event = LeanEvent(writable.is_set())
         self._arm()
         self.head_begun = True  # the first head's deadline runs from the connection, as Go's does
 
