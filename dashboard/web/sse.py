@@ -30,6 +30,9 @@ SSE_HEADERS = [
 ]
 
 
+YIELD_EVERY = 1000  # keepalives written between two looks at the rest of the loop (about 20 ms)
+
+
 class Heartbeat:
     """One timer for every open stream: a keepalive comment to each that was silent for a period."""
 
@@ -45,7 +48,11 @@ class Heartbeat:
             # push every later one back, and each stream's keepalive with it.
             due = max(due + self.interval, loop.time())
             await asyncio.sleep(due - loop.time())
-            for sink in tuple(self.sinks):
+            for n, sink in enumerate(tuple(self.sinks), 1):
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # events go out meanwhile, not after the whole tick
+                if sink not in self.sinks:
+                    continue  # its stream ended meanwhile
                 try:
                     if not sink.wrote:
                         sink.keepalive()
