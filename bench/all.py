@@ -38,13 +38,13 @@ def main() -> None:
     ours = fan["sse-dashboard"]
     print("## Headline\n")
     for peer in ("sse-starlette", "nginx-nchan"):
-        run = fan.get(peer)
-        if isinstance(run, fanout.Run):
-            ratio = run.cpu_us_per_event / ours.cpu_us_per_event
+        runs = fan.get(peer)
+        if isinstance(runs, list) and isinstance(ours, list):
+            ratio = fanout.cpu_per_event(runs) / fanout.cpu_per_event(ours)
             print(f"- CPU per delivered event: {peer} / sse-dashboard = {ratio:.2f}")
         else:
-            print(f"- {peer}: {run}")
-    if any(isinstance(r, fanout.Run) and r.client_limited for r in fan.values()):
+            print(f"- {peer}: {runs}")
+    if any(isinstance(runs, list) and any(r.client_limited for r in runs) for runs in fan.values()):
         print("- WARNING: a run was limited by the load client; its numbers understate the server")
 
 
