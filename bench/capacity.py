@@ -125,9 +125,10 @@ def plan(wanted: int) -> Plan:
     sources = source_addresses(streams)
     somaxconn = (sysctl("net.core.somaxconn") or [0])[0]
     note(
-        f"{streams} streams: open files per process {files}; {client_processes(streams, 1)}+ client "
-        f"processes over {len(sources)} source address(es) 127.0.0.1-{len(sources)} x "
-        f"{ports_per_source()} ports; fs.nr_open {nr_open}, fs.file-max {file_max}, net.core.somaxconn "
-        f"{somaxconn} (clients connect a few hundred at a time, so the listen backlog does not fill)"
+        f"{streams} streams: open files per process {files}; client processes: one per "
+        f"{files - CLIENT_RESERVE} streams at least, over {len(sources)} source address(es) "
+        f"127.0.0.1-{len(sources)} x {ports_per_source()} ports; fs.nr_open {nr_open}, fs.file-max "
+        f"{file_max}, net.core.somaxconn {somaxconn} (clients connect a few hundred at a time, so the "
+        "listen backlog does not fill)"
     )
     return result
