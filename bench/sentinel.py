@@ -21,14 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import machine
+from bench.harness import machine, spread
 from tests.sentinels import SentinelSet, failover_under_load, present_ids
 
 MODES = (0, 1)
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def one_round(min_replicas: int) -> dict[str, float]:
@@ -71,7 +67,7 @@ def main() -> int:
     for mode in MODES:
         rows = runs[mode]
         cells = [spread([r[k] for r in rows]) for k in ("p50", "p99", "failover")]
-        cells += [spread([r[k] for r in rows], 0) for k in ("acked", "lost")]
+        cells += [spread([r[k] for r in rows], digits=0) for k in ("acked", "lost")]
         print(f"| {mode} | " + " | ".join(cells) + " |")
     ratio = statistics.median(r["p50"] for r in runs[1]) / statistics.median(r["p50"] for r in runs[0])
     print(f"publish latency p50, min_replicas 1 against 0: {ratio:.2f}x")
