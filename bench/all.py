@@ -24,9 +24,10 @@ def main() -> None:
     print("\n".join(fanout.report(fan)), "\n")
 
     connections = int(10000 * scale)
-    idle_runs = idle.measure(connections, keepalive=seconds / 2, rounds=1)
+    keepalive = round(seconds / 2)  # whole seconds: Nchan's ping interval takes no fraction
+    idle_runs = idle.measure(connections, keepalive=keepalive, rounds=1)
     print(f"## Idle: {connections} open streams\n")
-    print("\n".join(idle.report(idle_runs, keepalive=seconds / 2)), "\n")
+    print("\n".join(idle.report(idle_runs, keepalive=keepalive)), "\n")
 
     print("## Latency: publish to receive, 20 events/s\n")
     print("\n".join(latency.report(latency.measure(seconds))), "\n")

@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keepalive", type=float, default=15.0, help="seconds between keepalives")
+    parser.add_argument("--keepalive", type=int, default=15, help="whole seconds between keepalives")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
     args = parser.parse_args()
     checked = plan(args.subscribers)
