@@ -240,3 +240,48 @@ def test_openai_events_read_without_decoding_agree_with_the_full_parse(data):
     full = dialect.parse_event(event, data, json.loads(data), {})
     seen = (lean.token, lean.finish_reason, lean.usage, lean.start, lean.usage_only, lean.last)
     assert seen == (full.token, full.finish_reason, full.usage, full.start, full.usage_only, full.last), data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        *PLAIN_TOKENS,
+        '{"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}',
+        '{"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}]}',
+        '{"choices":[{"delta":{"content":"x"},"finish_reason":null}],"usage":{"prompt_tokens":1}}',
+        '{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]},"finish_reason":null}]}',
+        '{"error":{"message":"boom"}}',
+        "[DONE]",
+    ],
+)
+def test_openai_plain_events_on_bytes_agree_with_the_lean_read(data):
+    """The fast path's test on the provider's bytes (forward.py) takes exactly what the lean read of
+    one parsed event takes, alone or among plain tokens, and counts the tokens alike."""
+    from dashboard.relay import dialects
+    from dashboard.relay.sse import SSEEvent
+
+    dialect = dialects.get("openai")
+    lean = None if data == "[DONE]" else dialect.lean_event(SSEEvent(data.encode()), data)
+    frame = b"data: " + data.encode() + b"\n\n"
+    expected = None if lean is None else int(lean.token)
+    assert dialect.plain_events(frame) == expected, data
+    plain = b"data: " + PLAIN_TOKENS[0].encode() + b"\n\n"
+    together = dialect.plain_events(plain + frame + plain)
+    assert together == (None if expected is None else expected + 2), data
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        b"data: " + PLAIN_TOKENS[0].encode() + b"\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",  # multi-line
+        b"event: delta\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
+        b"id: 3\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
+        b": keepalive\n\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
+        b"data: " + PLAIN_TOKENS[0].encode() + b"\n\n\n\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
+        b"data:" + PLAIN_TOKENS[0].encode() + b"\n\n",
+    ],
+)
+def test_openai_plain_events_leave_every_other_frame_to_the_parser(events):
+    from dashboard.relay import dialects
+
+    assert dialects.get("openai").plain_events(events) is None

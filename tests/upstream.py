@@ -62,7 +62,13 @@ def chunk(text: str | None = None, *, finish: str | None = None, role: bool = Fa
 def frame(obj: Any, eol: str = "\n", *, multiline: bool = False) -> bytes:
     """One event; an Anthropic one (a dict with a `type`) is named by it. `multiline`: the JSON is
     spread over one `data:` line per line, as SSE allows."""
-    data = obj if isinstance(obj, str) else json.dumps(obj, indent=1 if multiline else None)
+    # Compact, as the providers write it (and as the relay's fast path recognises plain tokens)
+    separators = None if multiline else (",", ":")
+    data = (
+        obj
+        if isinstance(obj, str)
+        else json.dumps(obj, indent=1 if multiline else None, separators=separators)
+    )
     named = f"event: {obj['type']}{eol}" if isinstance(obj, dict) and "type" in obj else ""
     return (named + "".join(f"data: {line}{eol}" for line in data.split("\n")) + eol).encode()
 

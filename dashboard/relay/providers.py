@@ -10,7 +10,7 @@ from dashboard.config import AIProvider
 from dashboard.events import valid_text
 from dashboard.relay import dialects, routing
 from dashboard.relay.capacity import Capacity
-from dashboard.relay.transport import RelayTransport
+from dashboard.relay.transport import RelayTransport, origin_of, request_head
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.+/=]{8,}")
 _GRAM = 8
@@ -75,6 +75,8 @@ class Provider:
         self.chat_url = httpx.URL(base + self.dialect.path)
         self.models_url = httpx.URL(base + "/models")
         self.transport = self._make_transport()
+        self._origin = origin_of(self.chat_url)
+        self._post_head = request_head("POST", self.chat_url, self.headers)
 
     def serves(self, model: str) -> bool:
         return routing.serves(self.config, model)
@@ -94,6 +96,15 @@ class Provider:
         return httpx.Request(
             method, url, headers=self.headers, content=content, extensions={"timeout": self._timeouts}
         )
+
+    async def post(self, payload: bytes) -> httpx.Response:
+        """`payload` POSTed to the completion endpoint; the response once its head is in. Over the
+        relay's own transport, the request is written from bytes prepared once per provider."""
+        transport = self.transport
+        if isinstance(transport, RelayTransport):
+            message = self._post_head + b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            return await transport.exchange(self._origin, message, self.timeouts.connect)
+        return await self.send(self.request("POST", self.chat_url, payload))
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Straight to the transport: the relay needs no cookies, redirects or auth flows, and this

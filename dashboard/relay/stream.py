@@ -23,10 +23,11 @@ from dashboard.relay.errors import (
     UpstreamStreamError,
 )
 from dashboard.relay.failures import first_token_expired, mark, status_error, transport_error
+from dashboard.relay.forward import Forward, Write
 from dashboard.relay.metrics import Measure, now
 from dashboard.relay.providers import Provider
 from dashboard.relay.sse import SSEEvent, SSEParser, SSEProtocolError
-from dashboard.relay.transport import Body
+from dashboard.relay.transport import Body, Sink
 
 _DONE = "[DONE]"
 
@@ -49,16 +50,16 @@ class UpstreamStream:
         self.response: httpx.Response | None = None
         self._read: BodyReader | None = None
         self._ready: list[SSEEvent] = []
+        self._forward: Forward | None = None
         self.finished = False  # [DONE] seen, or a finish_reason and then a clean end
 
     async def open(self, payload: bytes) -> None:
         provider = self.provider
         loop = asyncio.get_running_loop()
         first = min(self.deadline, loop.time() + provider.timeouts.first_token)
-        request = provider.request("POST", provider.chat_url, payload)
         try:
             async with asyncio.timeout_at(first):
-                self.response = response = await provider.send(request)
+                self.response = response = await provider.post(payload)
                 if response.status_code >= 400:
                     raise await status_error(provider, response, first)
                 ctype = response.headers.get("content-type", "")
@@ -114,6 +115,13 @@ class UpstreamStream:
         except SSEProtocolError as exc:
             raise UpstreamProtocolError(f"provider {self.provider.name!r}: {exc}") from None
 
+    def forward(self, write: Write) -> None:
+        """Have the provider's plain events written to the client by `write` as they arrive, while
+        `batches()` waits (see forward.py): a lean stream read by the relay's own HTTP client only."""
+        if self.lean and self.response is not None and isinstance(self.response.stream, Body):
+            secrets = self.provider.redactor.secret_bytes
+            self._forward = Forward(write, self.provider.dialect, secrets, self.measure)
+
     async def batches(self) -> AsyncIterator[list[Chunk]]:
         """The stream's chunks, a batch per network read; ends after [DONE]."""
         provider, measure = self.provider, self.measure
@@ -132,9 +140,12 @@ class UpstreamStream:
             if self.finished:
                 return
             limit = min(self.deadline, loop.time() + idle)
+            sink = self._forward if not self.parser.pending else None  # it starts on an event
             try:
-                part = await read(limit)
+                part = await read(limit, sink)
             except TimeoutError:
+                if sink is not None and limit != self.deadline and sink.last + idle > loop.time():
+                    continue  # not idle: the events went straight to the client meanwhile
                 # Which bound it was, not the clock's reading: a timer may fire a tick early.
                 if limit == self.deadline:
                     raise TotalTimeout(
@@ -244,19 +255,20 @@ class UpstreamStream:
             await response.aclose()
 
 
-BodyReader = Callable[[float | None], Awaitable[bytes | None]]
+BodyReader = Callable[..., Awaitable[bytes | None]]  # (until, sink=None)
 
 
 def body_reader(response: httpx.Response) -> BodyReader:
-    """`read(until)`: the next part of a response's body (None at its end), TimeoutError if none
-    comes by `until`. The relay's own transport does this without a timer per part; other
-    streams (the simulated provider's) are read through asyncio.timeout_at."""
+    """`read(until, sink=None)`: the next part of a response's body (None at its end), TimeoutError
+    if none comes by `until`. The relay's own transport does this without a timer per part, and
+    hands what arrives meanwhile to `sink` first; other streams (the simulated provider's) are
+    read through asyncio.timeout_at, and the sink is not used."""
     stream = response.stream
     if isinstance(stream, Body):
         return stream.read
     parts = aiter(stream)  # type: ignore[arg-type]
 
-    async def read(until: float | None) -> bytes | None:
+    async def read(until: float | None, sink: Sink | None = None) -> bytes | None:
         async with asyncio.timeout_at(until):
             return await anext(parts, None)
 

@@ -13,6 +13,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import httptools
 import httpx
@@ -22,10 +23,38 @@ MAX_IDLE = 1000  # idle connections kept per origin
 _HIGH_WATER = 1 << 20  # buffered body bytes at which reading from the socket pauses
 
 
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def request_head(method: str, url: httpx.URL, headers: dict[str, str]) -> bytes:
+    """A request's head as httpx writes it (Host first), up to the Content-Length that ends it: the
+    hot path adds `Content-Length: N` and the body to it (see `exchange`)."""
+    request = httpx.Request(method, url, headers=headers)
+    lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), url.raw_path)]
+    lines += [b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    return b"".join(lines)
+
+
+class Sink(Protocol):
+    """Takes a response's body as it arrives, in the connection's callback, while a reader waits."""
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take `data`: None when taken (a part may be held, see `held`), else the bytes the reader
+        is to have instead (what the sink held and `data`), and the sink is let go."""
+
+    def give_back(self) -> bytes:
+        """What the sink holds and has not passed on (a part of an event), given back to the
+        reader when it stops waiting; the sink then holds nothing."""
+
+
 class _Connection(asyncio.Protocol):
     """One connection to an upstream, answering one request at a time."""
 
-    def __init__(self, origin: tuple[str, str, int]) -> None:
+    def __init__(self, origin: Origin) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -43,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.error: httpx.TransportError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.sink: Sink | None = None
         self.paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -86,6 +116,13 @@ class _Connection(asyncio.Protocol):
             self.head.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            rest = sink.feed(body)
+            if rest is None:
+                return
+            self.sink = None  # it stopped: the reader takes it from here
+            body = rest
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
@@ -124,19 +161,17 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, request: httpx.Request, content: bytes) -> None:
+    def send(self, message: bytes) -> None:
+        """Send a request: its head and body, whole."""
         self._reset()
-        url = request.url
-        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
-        lines += [b"%s: %s\r\n" % header for header in request.headers.raw]
-        lines.append(b"\r\n")
         assert self.transport is not None
-        self.transport.write(b"".join(lines) + content)
+        self.transport.write(message)
 
-    async def read(self, until: float | None = None) -> bytes | None:
+    async def read(self, until: float | None = None, sink: Sink | None = None) -> bytes | None:
         """What arrived of the body since the last read, at least a byte; None at its end.
         TimeoutError if nothing arrives by `until` (the loop's time): a timer is set only when
-        there is nothing to hand over yet, which under load is rarely."""
+        there is nothing to hand over yet, which under load is rarely. While it waits, what
+        arrives goes to `sink` first, if given, and wakes the reader only when the sink lets go."""
         while not self.body:
             if self.error is not None:
                 raise self.error
@@ -145,11 +180,16 @@ class _Connection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self.waiter = waiter = loop.create_future()
             timer = None if until is None else loop.call_at(until, _expire, waiter)
+            self.sink = sink
             try:
                 await waiter
             finally:
+                self.sink = None
                 if timer is not None:
                     timer.cancel()
+                if sink is not None and (held := sink.give_back()):
+                    self.body.insert(0, held)
+                    self.buffered += len(held)
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()
         self.buffered = 0
@@ -171,11 +211,12 @@ class Body(httpx.AsyncByteStream):
         self.pool = pool
         self.connection: _Connection | None = connection
 
-    async def read(self, until: float | None = None) -> bytes | None:
-        """The next part of the body (all that arrived since the last read), None at its end."""
+    async def read(self, until: float | None = None, sink: Sink | None = None) -> bytes | None:
+        """The next part of the body (all that arrived since the last read), None at its end;
+        `sink`: see `_Connection.read`."""
         if self.connection is None:
             return None
-        return await self.connection.read(until)
+        return await self.connection.read(until, sink)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (data := await self.read()) is not None:
@@ -192,30 +233,37 @@ class RelayTransport(httpx.AsyncBaseTransport):
     environment are not read: the relay talks to the providers it is configured with."""
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.idle: dict[Origin, list[_Connection]] = {}
         self._ssl = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        content = request.content
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
+        lines += [b"%s: %s\r\n" % header for header in request.headers.raw]
+        lines.append(b"\r\n")
         timeout = (request.extensions.get("timeout") or {}).get("connect")
+        return await self.exchange(origin_of(url), b"".join(lines) + request.content, timeout)
+
+    async def exchange(self, origin: Origin, message: bytes, timeout: float | None) -> httpx.Response:
+        """Send `message` (a whole request, head and body, as bytes) to `origin` and return the
+        response once its head is in: the hot path, which builds no httpx.Request (see
+        `request_head`); `timeout`: for connecting, when a new connection is needed."""
         idle = self.idle.get(origin)
         now = time.monotonic()
         while idle:
             connection = idle.pop()
             if connection.reusable(now):
                 try:
-                    return await self._exchange(connection, request, content)
+                    return await self._exchange(connection, message)
                 except (httpx.ReadError, httpx.RemoteProtocolError):
                     if connection.received:
                         raise
                     # closed by the server while idle, as we sent: a fresh connection will do
             connection.close()
         connection = await self._connect(origin, timeout)
-        return await self._exchange(connection, request, content)
+        return await self._exchange(connection, message)
 
-    async def _connect(self, origin: tuple[str, str, int], timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         ssl = None
@@ -232,10 +280,8 @@ class RelayTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         return connection
 
-    async def _exchange(
-        self, connection: _Connection, request: httpx.Request, content: bytes
-    ) -> httpx.Response:
-        connection.send(request, content)
+    async def _exchange(self, connection: _Connection, message: bytes) -> httpx.Response:
+        connection.send(message)
         try:
             status = await connection.head
         except BaseException:

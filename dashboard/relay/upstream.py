@@ -46,6 +46,7 @@ T = TypeVar("T")
 Price = Callable[[int, int], float | None]  # prompt and completion tokens -> USD, None without prices
 OPENAI = dialects.get("openai")
 _MAX_BODY = 64 << 20  # a non-streamed answer larger than this is not a chat completion
+_ROUTES_KEPT = 1024  # models whose providers are remembered (requests name a few, again and again)
 
 
 class Relay:
@@ -73,6 +74,7 @@ class Relay:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self._routes: dict[str, list[Provider]] = {}  # model -> the providers serving it (see route)
         self.routing = config.routing
 
     @staticmethod
@@ -99,8 +101,15 @@ class Relay:
 
     def route(self, model: str) -> list[Provider]:
         """The providers that serve `model`, in the configured order (the first is tried first)."""
+        providers = self._routes.get(model)
+        if providers is not None:
+            return providers
         providers = [p for p in self.providers if p.serves(model)]
-        if not providers:
+        if providers:
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[model] = providers
+        else:
             served = ", ".join(sorted({m for p in self.providers for m in p.config.models})) or "none"
             raise NoProvider(f"no provider serves model {model!r} (configured models: {served})")
         return providers
@@ -255,12 +264,11 @@ async def _complete_once(
 ) -> tuple[bytes, Completion]:
     loop = asyncio.get_running_loop()
     first = min(deadline, loop.time() + provider.timeouts.first_token)
-    request = provider.request("POST", provider.chat_url, payload)
     response: httpx.Response | None = None
     try:
         try:
             async with asyncio.timeout_at(first):
-                response = await provider.send(request)
+                response = await provider.post(payload)
         except TimeoutError:
             raise first_token_expired(provider, deadline, first) from None
         if response.status_code >= 400:

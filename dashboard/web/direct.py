@@ -32,8 +32,6 @@ _CYCLE_ATTRIBUTES = (
     "more_body",
 )
 
-Writer = Callable[[bytes], bool]  # writes one HTTP chunk now, or returns False (paused, gone)
-
 
 def http_chunk(data: bytes) -> bytes:
     """`data` framed as one HTTP/1.1 chunk (what a direct write puts on the socket)."""
@@ -56,10 +54,12 @@ def direct_writer(scope: Scope, *, body_read: bool = False) -> Writer | None:
         return None
     if getattr(cycle, "chunked_encoding", None) is not True:
         return None
-    return _Writer(cycle)
+    return Writer(cycle)
 
 
-class _Writer:
+class Writer:
+    """Called with one HTTP chunk: writes it now, or returns False (paused, gone)."""
+
     __slots__ = ("cycle", "flow", "transport")
 
     def __init__(self, cycle: Any) -> None:
@@ -78,6 +78,10 @@ class _Writer:
             return False
         self.transport.write(chunk)
         return True
+
+    def chunk(self, data: bytes) -> bool:
+        """`data` framed as one HTTP chunk and written (see http_chunk), or False as above."""
+        return self(b"%x\r\n%s\r\n" % (len(data), data))
 
 
 def on_hangup(scope: Scope, callback: Callable[[], None]) -> bool:

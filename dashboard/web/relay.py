@@ -118,8 +118,10 @@ class RelayRoutes:
 
 def _stream_flag(request: Request, body: dict[str, Any]) -> None:
     """`?stream=true` counts as `"stream": true` when the body does not say."""
+    if "stream" in body or not request.scope.get("query_string"):
+        return
     raw = request.query_params.get("stream")
-    if raw is None or "stream" in body:
+    if raw is None:
         return
     if raw.lower() not in _FLAGS:
         raise HTTPError(400, f"?stream= must be true or false, got {raw!r}", "invalid_request")
@@ -210,6 +212,8 @@ class RelayedStream(_Relayed):
             # Chunks go straight to the client's socket, as the SSE fan-out's do, past the
             # middleware's `send` wrappers (through them only while the socket is paused).
             write = direct_writer(scope, body_read=True)
+            if write is not None:
+                upstream.forward(write.chunk)  # plain events of the client's own dialect, as they are
             async for batch in upstream.batches():
                 out = renderer.frames(batch)
                 if out:

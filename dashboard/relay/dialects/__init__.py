@@ -131,6 +131,15 @@ class Dialect:
         clients of the same dialect, which are sent the event as it is). None: parse it in full."""
         return None
 
+    def plain_events(self, events: bytes) -> int | None:
+        """How many of `events` (whole events as the provider sent them, LF line ends) carry a
+        token, when a search of the bytes shows that every one of them is a plain event of this
+        dialect: one a client of the same dialect is sent as it is, and that tells the relay
+        nothing but that it carries a token or not (no usage, finish, error, role or tool call).
+        None: at least one is not (each is then parsed in full). Only for events the relay's own
+        HTTP client reads (see forward.py)."""
+        return None
+
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         """A non-streamed answer; ValueError when it is not one."""
         raise NotImplementedError

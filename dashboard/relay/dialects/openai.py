@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ _TYPES = {
 DONE = encode_frame("[DONE]")
 # Keys that make an event more than a plain token: it is then parsed in full.
 _LEAN_EXCLUDES = ('"usage"', '"error"', '"role"', '"tool_calls"', '"reasoning', '"refusal"', '"choices":[]')
+_NOT_PLAIN = re.compile("|".join(re.escape(key) for key in _LEAN_EXCLUDES).encode())
 
 
 def dumps(obj: Any) -> str:
@@ -72,6 +74,22 @@ class OpenAI(Dialect):
         ):
             return None
         return Chunk(data, token='"content":""' not in data)
+
+    def plain_events(self, events: bytes) -> int | None:
+        # Counted over all the events at once (as lean_event searches one): each is one `data: {`
+        # line, none holds a key that needs parsing, and every finish_reason in them is null.
+        n = events.count(b"\n\n")
+        if (
+            not events.startswith(b"data: {")
+            or events.count(b"\n") != 2 * n
+            or events.count(b"\n\ndata: {") != n - 1
+            or events.count(b'"finish_reason":') != n
+            or events.count(b'"finish_reason":null') != n
+            or events.count(b'"content":"') != n
+            or _NOT_PLAIN.search(events) is not None
+        ):
+            return None
+        return n - events.count(b'"content":""')
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         choices = obj.get("choices")

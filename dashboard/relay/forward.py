@@ -1,0 +1,81 @@
+"""Same-dialect streams: plain events go to the client as the provider's own bytes, straight from the
+upstream connection's callback.
+
+When the client speaks the provider's dialect, most events are tokens that the client is sent as
+they are and the relay needs nothing from (no usage, finish or error). `Forward` finds event
+boundaries on the bytes as they arrive, asks the dialect whether every whole event among them is
+such a plain one (`Dialect.plain_events`, a few searches of the bytes), and writes them on: no task
+wakes, nothing is decoded or re-framed. Anything else stops it and goes to the stream's reader, which
+parses it the ordinary way (stream.py): an event to parse, a line end other than LF, bytes that are
+not UTF-8 or hold a secret to redact, a client that cannot take more now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from dashboard.relay.dialects import Dialect
+from dashboard.relay.metrics import Measure, now
+
+MAX_HELD = 1 << 16  # a part of an event held this long goes to the reader instead
+
+Write = Callable[[bytes], bool]  # writes bytes to the client now, or returns False (paused, gone)
+
+
+class Forward:
+    """A `transport.Sink` writing a same-dialect stream's plain events to the client."""
+
+    __slots__ = ("clock", "held", "last", "measure", "plain", "secrets", "write")
+
+    def __init__(self, write: Write, dialect: Dialect, secrets: list[bytes], measure: Measure) -> None:
+        self.write = write
+        self.plain = dialect.plain_events
+        self.secrets = secrets
+        self.measure = measure
+        self.held = b""  # the start of an event whose end has not arrived
+        self.clock = asyncio.get_running_loop().time
+        self.last = self.clock()  # when bytes last arrived: the idle timeout counts from there
+
+    def feed(self, data: bytes) -> bytes | None:
+        held = self.held
+        buf = held + data if held else data
+        self.last = self.clock()
+        if b"\r" in data:
+            self.held = b""
+            return buf
+        end = buf.rfind(b"\n\n") + 2
+        if end == 1:  # no event ends here yet
+            if len(buf) > MAX_HELD:
+                self.held = b""
+                return buf
+            self.held = buf
+            return None
+        events = buf[:end] if end < len(buf) else buf
+        tokens = self.plain(events)
+        if tokens is None or not self._clean(events) or not self.write(events):
+            self.held = b""
+            return buf
+        self.held = buf[end:]
+        if tokens:
+            measure = self.measure
+            measure.text_chunks += tokens
+            if measure.first_token_out is None:
+                measure.first_token_out = now()
+        return None
+
+    def _clean(self, events: bytes) -> bool:
+        """Whether `events` can go out as they are: UTF-8, with no secret in them to redact."""
+        for secret in self.secrets:
+            if secret in events:
+                return False
+        if not events.isascii():
+            try:
+                events.decode()
+            except UnicodeDecodeError:
+                return False
+        return True
+
+    def give_back(self) -> bytes:
+        held, self.held = self.held, b""
+        return held
