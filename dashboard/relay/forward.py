@@ -44,7 +44,7 @@ class Forward:
         if b"\r" in data:
             self.held = b""
             return buf
-        end = buf.rfind(b"\n\n") + 2
+        end = len(buf) if buf[-2:] == b"\n\n" else buf.rfind(b"\n\n") + 2
         if end == 1:  # no event ends here yet
             if len(buf) > MAX_HELD:
                 self.held = b""

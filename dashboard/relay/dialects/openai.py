@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ _TYPES = {
 DONE = encode_frame("[DONE]")
 # Keys that make an event more than a plain token: it is then parsed in full.
 _LEAN_EXCLUDES = ('"usage"', '"error"', '"role"', '"tool_calls"', '"reasoning', '"refusal"', '"choices":[]')
-_NOT_PLAIN = re.compile("|".join(re.escape(key) for key in _LEAN_EXCLUDES).encode())
+_NOT_PLAIN = tuple(key.encode() for key in _LEAN_EXCLUDES)
 
 
 def dumps(obj: Any) -> str:
@@ -76,19 +75,31 @@ class OpenAI(Dialect):
         return Chunk(data, token='"content":""' not in data)
 
     def plain_events(self, events: bytes) -> int | None:
-        # Counted over all the events at once (as lean_event searches one): each is one `data: {`
-        # line, none holds a key that needs parsing, and every finish_reason in them is null.
+        # As lean_event searches one event's text, over the bytes of all at once: each is one
+        # `data: {` line, no key that needs parsing is there, and every finish_reason is null.
+        # (Searched with `in` where it will do: the counting and finding methods cost more per call.)
         n = events.count(b"\n\n")
-        if (
-            not events.startswith(b"data: {")
+        if n == 1:  # the common case, one event
+            if (
+                events[:7] != b"data: {"
+                or b"\n" in events[7:-2]
+                or b'"finish_reason":null' not in events
+                or events.count(b'"finish_reason":') != 1
+                or events.count(b'"content":"') != 1
+            ):
+                return None
+        elif (
+            events[:7] != b"data: {"
             or events.count(b"\n") != 2 * n
             or events.count(b"\n\ndata: {") != n - 1
             or events.count(b'"finish_reason":') != n
             or events.count(b'"finish_reason":null') != n
             or events.count(b'"content":"') != n
-            or _NOT_PLAIN.search(events) is not None
         ):
             return None
+        for key in _NOT_PLAIN:
+            if key in events:
+                return None
         return n - events.count(b'"content":""')
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
