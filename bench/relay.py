@@ -1,14 +1,19 @@
 """Relay benchmark: the same streams read directly from an upstream and through the relay.
 
-    python -m bench.relay [--pairs 400] [--streams 200,500] [--rounds 3] [--write-results]
+    python -m bench.relay [--pairs 400] [--streams 200,500] [--rounds 3] [--litellm PATH] [--write-results]
 
 Runs a lean OpenAI-compatible upstream (own process), `dashboard serve` with a provider on it
-(own process), LiteLLM's proxy on it too when `litellm` is installed, and a raw-socket client here.
+(own process), LiteLLM's proxy on it too when its `litellm` command is found (`--litellm`, else
+beside this Python, else on PATH), and a raw-socket client here.
 `python-pipe` is the floor of any relay written in Python on this machine: a bare TCP pipe on
 uvloop (own process) that copies bytes both ways and knows nothing of HTTP, keys or limits.
 Reports the time to first token and the gaps between chunks, direct versus through each relay: what
 a relay adds (p50, p99), and with 200 and 500 concurrent streams, how many chunk gaps stretched
-beyond twice the upstream's. Every figure is the median of the rounds, with its range.
+beyond twice the upstream's and the CPU each target spent per chunk. A routing scenario puts a second
+upstream, one that fails every request (503), first in the relays' lists: they must fall back to the
+healthy one (the pipe goes straight to the healthy one: the floor). Each target is also given as a
+ratio to the pipe, and the issue's targets are checked against those ratios at the end. Every figure
+is the median of the rounds, with its range.
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -49,7 +56,12 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding
 
 
 # -- the upstream (run as `python -m bench.relay --upstream PORTFILE`) --------------------------------
-async def upstream_main(portfile: str) -> None:
+FAILED = b'{"error":{"message":"overloaded","type":"server_error","code":null}}'
+
+
+async def upstream_main(portfile: str, failing: bool = False) -> None:
+    """The upstream; `failing`: it answers every request 503 at once (a provider that is down)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -57,7 +69,14 @@ async def upstream_main(portfile: str) -> None:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
                 body = json.loads(await reader.readexactly(length))
-                _, n, gap_ms = body["model"].split("-")  # bench-<chunks>-<gap ms>
+                if failing:
+                    writer.write(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(FAILED), FAILED)
+                    )
+                    continue
+                # bench-<chunks>-<gap ms> (route-...; LiteLLM's wildcard deployments send <chunks>-<gap ms>)
+                n, gap_ms = body["model"].split("-")[-2:]
                 writer.write(HEAD)
                 for i in range(int(n)):
                     if i:
@@ -124,12 +143,19 @@ async def pipe_main(spec: str) -> None:
 
 
 # -- the client ------------------------------------------------------------------------------------
-async def one_stream(port: int, path: str, chunks: int, gap_ms: int) -> tuple[float, list[float]]:
-    """(time to first chunk, gaps between chunks) in seconds, for one streamed completion."""
+async def one_stream(
+    port: int, path: str, chunks: int, gap_ms: int, model: str = "bench"
+) -> tuple[float, list[float]]:
+    """(time to first chunk, gaps between chunks) in seconds, for one streamed completion; `model`:
+    `bench`, or `route` for the routing scenario (the upstream reads only the numbers after it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     body = json.dumps(
-        {"model": f"bench-{chunks}-{gap_ms}", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+        {
+            "model": f"{model}-{chunks}-{gap_ms}",
+            "stream": True,
+            "messages": [{"role": "user", "content": "go"}],
+        }
     ).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
@@ -185,21 +211,32 @@ def cpu_seconds(server: psutil.Process) -> float:
     return total
 
 
-async def concurrent(port: int, server: psutil.Process, streams: int, chunks: int, gap_ms: int) -> dict:
+async def concurrent(
+    port: int, server: psutil.Process, streams: int, chunks: int, gap_ms: int, model: str = "bench"
+) -> dict:
+    """`streams` streams started at once. In the routing scenario (`model` route) a stream that
+    fails is counted, not fatal."""
     path = "/v1/chat/completions"
     wall, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(server)
-    results = await asyncio.gather(*(one_stream(port, path, chunks, gap_ms) for _ in range(streams)))
+    outcomes = await asyncio.gather(
+        *(one_stream(port, path, chunks, gap_ms, model) for _ in range(streams)),
+        return_exceptions=model != "bench",
+    )
     server_cpu = cpu_seconds(server) - served
+    results = [r for r in outcomes if not isinstance(r, BaseException)]
+    if not results:
+        raise RuntimeError(f"every stream failed: {outcomes[0]!r}")
     gaps = [g for _, gs in results for g in gs]
     limit = 2 * gap_ms / 1000
     return {
         "p99_gap": pct(gaps, 99),
         "over_2x": sum(g > limit for g in gaps) / len(gaps),
         "p99_ttft": pct([t for t, _ in results], 99),
+        "failed": 1 - len(results) / streams,
         # the client's share of one core meanwhile: far below 1, it was not what held streams back
         "client_cpu": (time.process_time() - cpu) / (time.perf_counter() - wall),
         # the target's own CPU per relayed chunk, per-request work included (direct: the upstream's)
-        "server_cpu_per_chunk": server_cpu / (streams * chunks),
+        "server_cpu_per_chunk": server_cpu / (len(results) * chunks),
     }
 
 
@@ -217,7 +254,15 @@ async def one_round(
             name: await concurrent(ports[name], servers[name], streams, args.chunks, args.gap)
             for name in order
         }
-    return {"seq": seq, "conc": conc}
+    route = {}
+    if args.route_streams:
+        route = {
+            name: await concurrent(
+                ports[name], servers[name], args.route_streams, args.chunks, args.gap, "route"
+            )
+            for name in order
+        }
+    return {"seq": seq, "conc": conc, "route": route}
 
 
 def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str:
@@ -228,7 +273,9 @@ def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str
 
 
 # -- orchestration ---------------------------------------------------------------------------------
-def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
+def start_upstream(tmp: Path, *, failing: bool = False) -> tuple[subprocess.Popen, int]:
+    if failing:
+        return _start_own(tmp, "failing", "--failing-upstream", str(tmp / "failing.port"))
     return _start_own(tmp, "upstream", "--upstream", str(tmp / "upstream.port"))
 
 
@@ -248,21 +295,32 @@ def _start_own(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen, int]
     raise RuntimeError(f"the bench {name} did not start")
 
 
-def start_relay(tmp: Path, upstream_port: int, checkout: Path = ROOT) -> tuple[subprocess.Popen, int]:
-    """`dashboard serve` from `checkout` (this one, or a baseline's) in front of the upstream."""
+def start_relay(
+    tmp: Path, upstream_port: int, failing_port: int, checkout: Path = ROOT
+) -> tuple[subprocess.Popen, int]:
+    """`dashboard serve` from `checkout` (this one, or a baseline's) in front of the upstream; the
+    routing scenario's models (`route-*`) go to the failing upstream first, then to the upstream."""
     tmp = tmp / checkout.name
     tmp.mkdir(exist_ok=True)
     config = tmp / "config.yaml"
+    timeouts = "timeouts: {first_token: 30, idle: 30, total: 120}"
     config.write_text(
         "ai:\n  providers:\n"
         f"    - {{name: bench, base_url: 'http://127.0.0.1:{upstream_port}/v1', models: ['bench-*'],"
-        " include_usage: false, timeouts: {first_token: 30, idle: 30, total: 120}}\n"
+        f" include_usage: false, {timeouts}}}\n"
+        f"    - {{name: failing, base_url: 'http://127.0.0.1:{failing_port}/v1', models: ['route-*'],"
+        f" include_usage: false, {timeouts}, retries: {{attempts: 1}}}}\n"
+        f"    - {{name: healthy, base_url: 'http://127.0.0.1:{upstream_port}/v1', models: ['route-*'],"
+        f" include_usage: false, {timeouts}}}\n"
         "topics: {}\n"
     )
     log = (tmp / "relay.log").open("wb")
+    # In its own folder, where its default broker keeps its file, importing `checkout`'s code.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "serve", "--config", str(config), "--port", "0"],
-        cwd=checkout,
+        cwd=tmp,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -278,20 +336,37 @@ def start_relay(tmp: Path, upstream_port: int, checkout: Path = ROOT) -> tuple[s
     raise RuntimeError("the relay did not start")
 
 
-def start_litellm(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
-    """LiteLLM's proxy (one worker) in front of the same upstream, as a peer."""
+def find_litellm(given: str | None) -> str | None:
+    """LiteLLM's `litellm` command: `given` (--litellm, or $BENCH_LITELLM), else the one beside this
+    Python (its virtual environment's bin), else one on PATH; None when there is none."""
+    if given:
+        return given
+    beside = Path(sys.executable).parent / "litellm"
+    return str(beside) if beside.exists() else shutil.which("litellm")
+
+
+def start_litellm(
+    tmp: Path, command_path: str, upstream_port: int, failing_port: int
+) -> tuple[subprocess.Popen, int]:
+    """LiteLLM's proxy (one worker) in front of the same upstream, as a peer; `route-*` models on
+    two deployments, the failing upstream and the upstream (a failure is retried on the other)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = tmp / "litellm.yaml"
+    deployment = "  - model_name: '{name}'\n    litellm_params:\n      model: 'openai/*'\n"
+    deployment += "      api_base: 'http://127.0.0.1:{port}/v1'\n      api_key: 'unused'\n"
     config.write_text(
-        "model_list:\n  - model_name: '*'\n    litellm_params:\n      model: 'openai/*'\n"
-        f"      api_base: 'http://127.0.0.1:{upstream_port}/v1'\n      api_key: 'unused'\n"
-        f"general_settings:\n  master_key: '{BENCH_KEY}'\n"
+        "model_list:\n"
+        + deployment.format(name="bench-*", port=upstream_port)
+        + deployment.format(name="route-*", port=failing_port)
+        + deployment.format(name="route-*", port=upstream_port)
+        + "router_settings:\n  num_retries: 2\n  allowed_fails: 3\n  cooldown_time: 30\n"
+        + f"general_settings:\n  master_key: '{BENCH_KEY}'\n"
     )
     log = (tmp / "litellm.log").open("wb")
     command = [
-        "litellm",
+        command_path,
         "--config",
         str(config),
         "--host",
@@ -331,6 +406,15 @@ def machine() -> dict:
     }
 
 
+PIPE = "python-pipe"
+OURS = "sse-dashboard"
+
+
+def ratios(figures: list[dict], name: str, to: str, key: Callable[[Any], float]) -> list[float]:
+    """Target `name`'s figure (`key` of its figures) over target `to`'s, round by round."""
+    return [key(f[name]) / key(f[to]) for f in figures]
+
+
 def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before: tuple, note: str) -> str:
     names = [n for n in rounds[0]["seq"] if n != "direct"]
     lines = [
@@ -338,13 +422,13 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
         f"load average before/after: {load_before[0]:.2f} / {info['load'][0]:.2f}",
         "",
         f"Each figure: the median of {len(rounds)} rounds, (min-max) over them; targets asked in turn, "
-        "the order turning each round.",
+        "the order turning each round; a ratio to the pipe is taken round by round.",
         "",
         f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart; added = "
         "the target's time to first token less the upstream's own (direct), in ms:",
         "",
-        "| target | TTFT p50 | TTFT p99 | added p50 | added p99 |",
-        "|---|---|---|---|---|",
+        "| target | TTFT p50 | TTFT p99 | added p50 | added p99 | TTFT p50 / pipe's |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ["direct", *names]:
         p50 = [r["seq"][name][0] for r in rounds]
@@ -352,35 +436,77 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
         added50 = [r["seq"][name][0] - r["seq"]["direct"][0] for r in rounds]
         added99 = [r["seq"][name][1] - r["seq"]["direct"][1] for r in rounds]
         added = "| - | - |" if name == "direct" else f"| {spread(added50)} | {spread(added99)} |"
-        lines.append(f"| {name} | {spread(p50)} | {spread(p99)} {added}")
-    for streams in args.streams:
+        to_pipe = spread(ratios([r["seq"] for r in rounds], name, PIPE, lambda f: f[0]), 1, "{:.1f}x")
+        lines.append(f"| {name} | {spread(p50)} | {spread(p99)} {added} {to_pipe} |")
+    scenarios = [
+        (f"{streams} concurrent streams", lambda r, streams=streams: r["conc"][streams], False)
+        for streams in args.streams
+    ]
+    if args.route_streams:
+        title = (
+            f"Routing: {args.route_streams} concurrent streams of a model two upstreams serve, the first "
+            "of them failing every request at once (503). The relays fall back to the second (sse-dashboard: "
+            "`routing: fallback`, no retry at the failing one, which its cool-down then passes over; "
+            "LiteLLM: two deployments, `num_retries: 2`, `allowed_fails: 3`); direct and the pipe go to the "
+            "healthy one: the floor. Failed: streams that ended without their answer"
+        )
+        scenarios.append((title, lambda r: r["route"], True))
+    for title, scenario, routed in scenarios:
         lines += [
             "",
-            f"{streams} concurrent streams, {args.chunks} chunks {args.gap} ms apart (target: at most "
-            f"0.5% of gaps over {2 * args.gap} ms, TTFT p99 within 2x of direct's; client CPU: the bench "
-            "client's CPU time over the wall time, 100% being one core; server CPU: the target process's "
-            "CPU time per chunk, per-request work included, direct's being the upstream's own):",
+            f"{title}; {args.chunks} chunks {args.gap} ms apart (target: at most 0.5% of gaps over "
+            f"{2 * args.gap} ms; client CPU: the bench client's CPU time over the wall time, 100% being one "
+            "core; server CPU: the target process's CPU time per chunk, per-request work included, direct's "
+            "being the upstream's own):",
             "",
-            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's | client CPU "
-            "| server CPU per chunk, µs |",
-            "|---|---|---|---|---|---|---|",
+            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's "
+            "| TTFT p99 / pipe's | client CPU | server CPU per chunk, µs | server CPU / pipe's |"
+            + (" failed, % |" if routed else ""),
+            "|---" * (10 if routed else 9) + "|",
         ]
+        figures = [scenario(r) for r in rounds]
         for name in ["direct", *names]:
-            res = [r["conc"][streams][name] for r in rounds]
-            ratio = [
-                r["conc"][streams][name]["p99_ttft"] / r["conc"][streams]["direct"]["p99_ttft"]
-                for r in rounds
-            ]
-            lines.append(
+            res = [f[name] for f in figures]
+            ttft = ratios(figures, name, "direct", lambda f: f["p99_ttft"])
+            ttft_pipe = ratios(figures, name, PIPE, lambda f: f["p99_ttft"])
+            cpu_pipe = ratios(figures, name, PIPE, lambda f: f["server_cpu_per_chunk"])
+            row = (
                 f"| {name} | {spread([x['over_2x'] for x in res], 100, '{:.2f}')} | "
                 f"{spread([x['p99_gap'] for x in res], fmt='{:.1f}')} | "
-                f"{spread([x['p99_ttft'] for x in res], fmt='{:.0f}')} | {spread(ratio, 1, '{:.1f}x')} | "
+                f"{spread([x['p99_ttft'] for x in res], fmt='{:.0f}')} | {spread(ttft, 1, '{:.1f}x')} | "
+                f"{spread(ttft_pipe, 1, '{:.1f}x')} | "
                 f"{spread([x['client_cpu'] for x in res], 100, '{:.0f}%')} | "
-                f"{spread([x['server_cpu_per_chunk'] for x in res], 1e6, '{:.0f}')} |"
+                f"{spread([x['server_cpu_per_chunk'] for x in res], 1e6, '{:.0f}')} | "
+                f"{spread(cpu_pipe, 1, '{:.1f}x')} |"
             )
+            if routed:
+                row += f" {spread([x['failed'] for x in res], 100, '{:.1f}')} |"
+            lines.append(row)
+    lines += ["", *targets(rounds, args)]
     if note:
         lines += ["", note]
     return "\n".join(lines)
+
+
+def targets(rounds: list[dict], args: argparse.Namespace) -> list[str]:
+    """Issue 23's targets for sse-dashboard, each with its figure (median and range) and whether the
+    median meets it."""
+    out = ["Targets (sse-dashboard; the median decides):", ""]
+
+    def check(what: str, values: list[float], limit: float, fmt: str, scale: float = 1) -> None:
+        met = "met" if statistics.median(values) <= limit else "NOT met"
+        out.append(f"- {what}: {spread(values, scale, fmt)}, target {fmt.format(limit * scale)}: {met}")
+
+    added = [r["seq"][OURS][0] - r["seq"]["direct"][0] for r in rounds]
+    check("sequential added TTFT p50, ms", added, 0.0003, "{:.2f}", 1000)
+    for streams in args.streams:
+        conc = [r["conc"][streams] for r in rounds]
+        cpu = [c[OURS]["server_cpu_per_chunk"] / c[PIPE]["server_cpu_per_chunk"] for c in conc]
+        ttft = [c[OURS]["p99_ttft"] / c[PIPE]["p99_ttft"] for c in conc]
+        check(f"{streams} streams: server CPU per chunk / pipe's", cpu, 2, "{:.1f}x")
+        check(f"{streams} streams: TTFT p99 / pipe's", ttft, 3, "{:.1f}x")
+        check(f"{streams} streams: gaps over 2x, %", [c[OURS]["over_2x"] for c in conc], 0.005, "{:.2f}", 100)
+    return out
 
 
 def write_results(text: str) -> None:
@@ -399,6 +525,7 @@ def write_results(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
+    parser.add_argument("--failing-upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--pipe", metavar="PORTFILE:UPSTREAM_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
     parser.add_argument(
@@ -410,6 +537,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are their medians (default 3)")
     parser.add_argument("--chunks", type=int, default=50, help="chunks per concurrent stream (default 50)")
     parser.add_argument("--gap", type=int, default=20, help="upstream gap between chunks, ms (default 20)")
+    parser.add_argument(
+        "--route-streams",
+        type=int,
+        default=200,
+        help="concurrent streams of the routing scenario (default 200; 0 leaves it out)",
+    )
+    parser.add_argument(
+        "--litellm",
+        default=os.environ.get("BENCH_LITELLM"),
+        help="LiteLLM's `litellm` command, e.g. in a virtualenv of its own (default: $BENCH_LITELLM, "
+        "else the one beside this Python, else on PATH)",
+    )
     parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument(
         "--baseline",
@@ -423,8 +562,8 @@ def main() -> int:
     except ImportError:
         uvloop = None
     runner = uvloop.run if uvloop else asyncio.run
-    if args.upstream:
-        runner(upstream_main(args.upstream))
+    if args.upstream or args.failing_upstream:
+        runner(upstream_main(args.upstream or args.failing_upstream, failing=bool(args.failing_upstream)))
         return 0
     if args.pipe:
         runner(pipe_main(args.pipe))
@@ -437,7 +576,9 @@ def main() -> int:
         try:
             up_proc, up_port = start_upstream(tmp)
             procs.append(up_proc)
-            relay_proc, relay_port = start_relay(tmp, up_port)
+            failing_proc, failing_port = start_upstream(tmp, failing=True)
+            procs.append(failing_proc)
+            relay_proc, relay_port = start_relay(tmp, up_port, failing_port)
             procs.append(relay_proc)
             pipe_proc, pipe_port = start_pipe(tmp, up_port)
             procs.append(pipe_proc)
@@ -445,15 +586,19 @@ def main() -> int:
             started = {"direct": up_proc, "python-pipe": pipe_proc, "sse-dashboard": relay_proc}
             if args.baseline is not None:
                 base_proc, ports["sse-dashboard@baseline"] = start_relay(
-                    tmp, up_port, args.baseline.resolve()
+                    tmp, up_port, failing_port, args.baseline.resolve()
                 )
                 procs.append(base_proc)
                 started["sse-dashboard@baseline"] = base_proc
             note = ""
-            if importlib.util.find_spec("litellm") is None:
-                note = "LiteLLM's proxy: skipped, not installed (`pip install 'litellm[proxy]'` adds it)."
+            litellm = find_litellm(args.litellm)
+            if litellm is None:
+                note = (
+                    "LiteLLM's proxy: skipped, not found (`pip install 'litellm[proxy]'`, in a virtualenv of "
+                    "its own if you like, then `--litellm PATH/bin/litellm`)."
+                )
             else:
-                litellm_proc, ports["litellm"] = start_litellm(tmp, up_port)
+                litellm_proc, ports["litellm"] = start_litellm(tmp, litellm, up_port, failing_port)
                 procs.append(litellm_proc)
                 started["litellm"] = litellm_proc
             servers = {name: psutil.Process(proc.pid) for name, proc in started.items()}
