@@ -263,11 +263,13 @@ def test_openai_plain_events_on_bytes_agree_with_the_lean_read(data):
     dialect = dialects.get("openai")
     lean = None if data == "[DONE]" else dialect.lean_event(SSEEvent(data.encode()), data)
     frame = b"data: " + data.encode() + b"\n\n"
-    expected = None if lean is None else int(lean.token)
+    expected = None if lean is None else (int(lean.token), lean.chars)
     assert dialect.plain_events(frame) == expected, data
-    plain = b"data: " + PLAIN_TOKENS[0].encode() + b"\n\n"
+    if lean is not None:  # the text's length as written, what metering estimates tokens from
+        assert lean.chars == len(json.dumps(json.loads(data)["choices"][0]["delta"]["content"])) - 2
+    plain = b"data: " + PLAIN_TOKENS[0].encode() + b"\n\n"  # "Hello"
     together = dialect.plain_events(plain + frame + plain)
-    assert together == (None if expected is None else expected + 2), data
+    assert together == (None if expected is None else (expected[0] + 2, expected[1] + 10)), data
 
 
 @pytest.mark.parametrize(

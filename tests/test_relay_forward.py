@@ -65,6 +65,7 @@ def test_plain_events_are_written_whole_in_order_however_cut(step):
     if step < len(PLAIN[0]):
         assert written == b"".join(PLAIN), "cut small, each plain event is written on its own"
     assert measure.text_chunks == sum(b'"content":""' not in e for e in sent)
+    assert measure.text_chars == sum(len(e.split(b'"content":"')[1].split(b'"')[0]) for e in sent)
     assert (measure.first_token_out is not None) == (measure.text_chunks > 0)
     events = SSEParser().feed(rest)
     finish = FINISH.split(b"\n\n")[0].removeprefix(b"data: ")

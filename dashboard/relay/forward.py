@@ -52,13 +52,15 @@ class Forward:
             self.held = buf
             return None
         events = buf[:end] if end < len(buf) else buf
-        tokens = self.plain(events)
-        if tokens is None or not self._clean(events) or not self.write(events):
+        plain = self.plain(events)
+        if plain is None or not self._clean(events) or not self.write(events):
             self.held = b""
             return buf
         self.held = buf[end:]
+        tokens, chars = plain
+        measure = self.measure
+        measure.text_chars += chars
         if tokens:
-            measure = self.measure
             measure.text_chunks += tokens
             if measure.first_token_out is None:
                 measure.first_token_out = now()

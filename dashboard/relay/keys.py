@@ -78,10 +78,18 @@ def account_of(key: APIKey, name: str | None = None) -> Account:
 
 @dataclass
 class Ticket:
-    """An admitted request: its reservation and the prompt estimate (used when no usage comes)."""
+    """An admitted request: its reservation, and its body for the prompt's estimate (used when no
+    usage comes; made when first asked for, which a request with no limits leaves until it ends)."""
 
     reservation: Reservation
-    prompt_tokens: int
+    body: dict[str, Any]
+    prompt: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        if self.prompt is None:
+            self.prompt = prompt_tokens(self.body)
+        return self.prompt
 
 
 class Keys:
@@ -133,13 +141,13 @@ class Keys:
         if not account.allows(model):
             REFUSED.labels(account.name, "model").inc()
             raise HTTPError(403, f"api key {account.name!r} may not use model {model!r}", "model_not_allowed")
+        if account.limits == NO_LIMITS:  # nothing to hold: no trip to the broker before answering
+            second = int(time.time())
+            return Ticket(Reservation(account.name, label, 0, 0, second, second // DAY), body)
         prompt = prompt_tokens(body)
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         completion = limit if type(limit) is int and limit > 0 else account.default_max_tokens
         cost = max((p.price(prompt, completion) or 0.0 for p in providers), default=0.0)
-        if account.limits == NO_LIMITS:  # nothing to hold: no trip to the broker before answering
-            second = int(time.time())
-            return Ticket(Reservation(account.name, label, 0, 0, second, second // DAY), prompt)
         nusd = math.ceil(cost * NANO)
         try:
             result = await self.ledger.reserve(account.name, label, account.limits, prompt + completion, nusd)
@@ -153,7 +161,7 @@ class Keys:
         if isinstance(result, Refusal):
             REFUSED.labels(account.name, result.reason).inc()
             raise refusal_error(account.name, result)
-        return Ticket(result, prompt)
+        return Ticket(result, body, prompt)
 
     async def settle(self, ticket: Ticket, measure: Measure, text_chars: int) -> None:
         """Charge what the request used. Never raises, except the caller's cancellation, and that

@@ -175,7 +175,7 @@ class UpstreamStream:
         except RelayError as exc:
             error = exc
         self.measure.text_chars += sum(
-            len(c.text) + sum(len(t.arguments) for t in c.tools or ()) for c in out
+            len(c.text) + c.chars + sum(len(t.arguments) for t in c.tools or ()) for c in out
         )
         return out, error
 

@@ -55,6 +55,7 @@ class Chunk:
     usage_only: bool = False  # OpenAI's closing usage chunk: relayed only to clients that asked for it
     last: bool = False  # the provider's end-of-stream event ([DONE], message_stop)
     tools: list[ToolDelta] | None = None  # pieces of tool calls
+    chars: int = 0  # a lean chunk's text length as written (its `text` is left empty): for metering
 
 
 @dataclass(slots=True)
@@ -131,13 +132,13 @@ class Dialect:
         clients of the same dialect, which are sent the event as it is). None: parse it in full."""
         return None
 
-    def plain_events(self, events: bytes) -> int | None:
+    def plain_events(self, events: bytes) -> tuple[int, int] | None:
         """How many of `events` (whole events as the provider sent them, LF line ends) carry a
-        token, when a search of the bytes shows that every one of them is a plain event of this
-        dialect: one a client of the same dialect is sent as it is, and that tells the relay
-        nothing but that it carries a token or not (no usage, finish, error, role or tool call).
-        None: at least one is not (each is then parsed in full). Only for events the relay's own
-        HTTP client reads (see forward.py)."""
+        token, and the length of their text as written, when a search of the bytes shows that
+        every one of them is a plain event of this dialect: one a client of the same dialect is
+        sent as it is, and that tells the relay nothing but that (no usage, finish, error, role or
+        tool call). None: at least one is not (each is then parsed in full). Only for events the
+        relay's own HTTP client reads (see forward.py)."""
         return None
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
