@@ -13,7 +13,7 @@ import httpx
 
 from dashboard.events import valid_text
 from dashboard.relay.capacity import Slot
-from dashboard.relay.dialects import Chunk
+from dashboard.relay.dialects import Chunk, Dialect
 from dashboard.relay.errors import (
     IdleTimeout,
     RelayError,
@@ -118,9 +118,14 @@ class UpstreamStream:
     def forward(self, write: Write) -> None:
         """Have the provider's plain events written to the client by `write` as they arrive, while
         `batches()` waits (see forward.py): a lean stream read by the relay's own HTTP client only."""
-        if self.lean and self.response is not None and isinstance(self.response.stream, Body):
-            secrets = self.provider.redactor.secret_bytes
-            self._forward = Forward(write, self.provider.dialect, secrets, self.measure)
+        dialect = self.provider.dialect
+        if (
+            self.lean
+            and type(dialect).plain_events is not Dialect.plain_events  # it knows plain events
+            and self.response is not None
+            and isinstance(self.response.stream, Body)
+        ):
+            self._forward = Forward(write, dialect, self.provider.redactor.secret_bytes, self.measure)
 
     async def batches(self) -> AsyncIterator[list[Chunk]]:
         """The stream's chunks, a batch per network read; ends after [DONE]."""
