@@ -82,6 +82,7 @@ class OpenAI(Dialect):
         if n == 1:  # the common case, one event
             if (
                 events[:7] != b"data: {"
+                or events[-3:] != b"}\n\n"  # a whole JSON object, as far as a glance can tell
                 or b"\n" in events[7:-2]
                 or b'"finish_reason":null' not in events
                 or events.count(b'"finish_reason":') != 1
@@ -92,6 +93,7 @@ class OpenAI(Dialect):
             events[:7] != b"data: {"
             or events.count(b"\n") != 2 * n
             or events.count(b"\n\ndata: {") != n - 1
+            or events.count(b"}\n\n") != n
             or events.count(b'"finish_reason":') != n
             or events.count(b'"finish_reason":null') != n
             or events.count(b'"content":"') != n
