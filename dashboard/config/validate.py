@@ -58,7 +58,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         topic = _at(data, where)
         if isinstance(topic, str) and topic not in known:
             path = ".".join(str(p) for p in where)
-            source.issue(where, f"{path}: no topic named {topic!r}{did_you_mean(topic, known)}", True)
+            said = f"{path}: no topic named {topic!r}{did_you_mean(topic, known)}"
+            source.issue(where, said, at_value=True)
         elif where[-1] == "notify" and topic in resolved and resolved[topic][0].default_view != "list":
             source.issue(
                 where,
