@@ -5,6 +5,7 @@ other event, and everything after it, is handed to the stream's parser untouched
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -101,3 +102,30 @@ def test_a_client_that_cannot_take_more_gets_nothing_from_the_sink():
 def test_a_part_held_when_the_reader_stops_waiting_is_given_back():
     written, rest, _ = run([PLAIN[0] + PLAIN[1][:10]])
     assert written == PLAIN[0] and rest == PLAIN[1][:10]
+
+
+def test_a_learned_shape_lets_through_only_what_the_dialect_would():
+    """Once a plain event has taught the sink how the provider writes them, a later event with the
+    same bytes around its text is taken without the dialect's check: only when that check would
+    have taken it too, with the same count of tokens and text."""
+    openai = dialects.get("openai")
+    prefix, suffix = PLAIN[0].split(b"Hel")
+    pieces = [b"a", b"\xc3\xa9", b'"', b'\\"', b"\\\\", b"\\", b"\n", b"\n\n", b"}", b"{", b"", b" "]
+    pieces += [b'"role":"x', b'","usage":{', b'"finish_reason":"stop', b"data: {", suffix, prefix]
+    rng = random.Random(7)
+    taken = 0
+    for n in range(3000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        event = prefix + text + suffix
+        if n == 0:  # shorter than the shape: it starts with its start and ends with its end, overlapping
+            event = prefix + suffix[1:]
+        elif rng.random() < 0.1:  # the bytes around the text a little different, too
+            event = event.replace(b'"id":"c"', b'"id":"c","role":"a"')
+        written, rest, measure = run([PLAIN[0], event])
+        if written == PLAIN[0] + event:
+            taken += 1
+            assert openai.plain_events(event) == (measure.text_chunks - 1, measure.text_chars - 3), event
+        else:
+            assert written == PLAIN[0] and rest == event, event
+    assert taken > 300, "the common case, a text with no quote or line end, is taken"
+

@@ -66,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.body: list[bytes] = []
+        self.gathered: list[bytes] = []  # the body parts of one read, for the sink
         self.buffered = 0
         self.received = False  # any byte of the answer
         self.complete = False
@@ -87,8 +88,13 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.gathered:
+                self._hand_on()
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP from the server: {exc}"))
             self.close()
+            return
+        if self.gathered:
+            self._hand_on()
 
     def eof_received(self) -> None:
         self.connection_lost(None)
@@ -116,6 +122,16 @@ class _Connection(asyncio.Protocol):
             self.head.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:  # handed on once the read is parsed: one write for its events
+            self.gathered.append(body)
+        else:
+            self._keep(body)
+
+    def _hand_on(self) -> None:
+        """The body parts of one read to the sink, together, or to the reader if it lets go."""
+        gathered = self.gathered
+        body = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+        gathered.clear()
         sink = self.sink
         if sink is not None:
             rest = sink.feed(body)
@@ -123,6 +139,9 @@ class _Connection(asyncio.Protocol):
                 return
             self.sink = None  # it stopped: the reader takes it from here
             body = rest
+        self._keep(body)
+
+    def _keep(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:

@@ -81,7 +81,11 @@ class Writer:
 
     def chunk(self, data: bytes) -> bool:
         """`data` framed as one HTTP chunk and written (see http_chunk), or False as above."""
-        return self(b"%x\r\n%s\r\n" % (len(data), data))
+        cycle = self.cycle
+        if cycle.disconnected or self.flow.write_paused or self.transport.is_closing():
+            return self(b"")  # as above, without a write
+        self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
 
 
 def on_hangup(scope: Scope, callback: Callable[[], None]) -> bool:

@@ -108,6 +108,9 @@ class Dialect:
 
     name = ""
     path = ""
+    # The key of a plain event's text, as written before its JSON string (`"content":"`): the
+    # relay's fast path learns from it how a provider writes its plain events (see forward.py).
+    plain_text_key = b""
 
     # -- as a provider speaks it -----------------------------------------------------------------
     def auth_headers(self, key: str) -> dict[str, str]:

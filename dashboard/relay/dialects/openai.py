@@ -28,6 +28,7 @@ def dumps(obj: Any) -> str:
 
 class OpenAI(Dialect):
     name = "openai"
+    plain_text_key = b'"content":"'
     path = "/chat/completions"
 
     def auth_headers(self, key: str) -> dict[str, str]:
