@@ -128,4 +128,3 @@ def test_a_learned_shape_lets_through_only_what_the_dialect_would():
         else:
             assert written == PLAIN[0] and rest == event, event
     assert taken > 300, "the common case, a text with no quote or line end, is taken"
-

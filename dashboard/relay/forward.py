@@ -83,9 +83,7 @@ class Forward:
             return None
         prefix, suffix = shape
         if not (
-            events.startswith(prefix)
-            and events.endswith(suffix)
-            and len(events) >= len(prefix) + len(suffix)
+            events.startswith(prefix) and events.endswith(suffix) and len(events) >= len(prefix) + len(suffix)
         ):
             return None
         text = events[len(prefix) : len(events) - len(suffix)]
