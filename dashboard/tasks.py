@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Iterable
 from contextvars import Context
 from typing import Any, TypeVar
@@ -68,3 +69,45 @@ class TaskGroup:
 
     async def aclose(self) -> None:
         await self.cancel()
+
+
+class Turns:
+    """At most `per_turn` callers of `wait()` go on in one turn of the event loop; the others wait,
+    first come first served, for later turns. Between turns the loop serves its I/O: a burst of new
+    requests, each a fraction of a millisecond of work before its first wait, then cannot hold up
+    the streams already under way for the whole burst. A caller that finds room goes on at once."""
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self.went = 0  # callers that went on in this turn
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.scheduled = False
+
+    async def wait(self) -> None:
+        if self.went < self.per_turn and not self.waiting:
+            self.went += 1
+            self._next_turn_soon()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        self._next_turn_soon()
+        await waiter  # a caller cancelled meanwhile is passed over
+
+    def _next_turn_soon(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """A new turn: the next callers in line go on in it (each woken for the turn after this
+        callback's, which is when they run)."""
+        self.scheduled = False
+        self.went = 0
+        waiting = self.waiting
+        while waiting and self.went < self.per_turn:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.went += 1
+        if waiting or self.went:
+            self._next_turn_soon()

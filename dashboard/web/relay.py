@@ -24,6 +24,7 @@ from dashboard.relay.lifecycle import Completion, Completions
 from dashboard.relay.metrics import Measure
 from dashboard.relay.responses import Responses
 from dashboard.relay.upstream import list_models, malformed
+from dashboard.tasks import Turns
 from dashboard.web.cors import cross_site
 from dashboard.web.direct import direct_writer, http_chunk, watch_hangup
 from dashboard.web.errors import media_type, read_json
@@ -34,6 +35,9 @@ log = logging.getLogger("dashboard.relay")
 OPENAI = dialects.get("openai")
 ANTHROPIC = dialects.get("anthropic")
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
+# Requests that begin their work in one turn of the event loop; the rest of a burst waits for the
+# next turns, while the streams under way are served in between (see Turns).
+STARTS_PER_TURN = 16
 
 
 def sdk_error(client: Dialect, error: HTTPError | RelayError) -> JSONResponse:
@@ -50,6 +54,7 @@ class RelayRoutes:
         self.access = access
         self.completions = completions
         self.max_body = max_body
+        self.turns = Turns(STARTS_PER_TURN)
 
     def _account(self, request: Request) -> Account:
         """Pages of other sites can neither read nor spend (403); a POST must say it is JSON (415), so
@@ -95,6 +100,7 @@ class RelayRoutes:
         the Responses API, and its request is first translated to chat completions (`asks`)."""
         measure = Measure(model="")  # from now: the time to first token counts reading the request
         client = asks
+        await self.turns.wait()
         try:
             account = self._account(request)
             body = await read_json(request, self.max_body)
