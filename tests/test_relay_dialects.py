@@ -209,6 +209,8 @@ PLAIN_TOKENS = [
     # text that spells keys: escaped quotes inside a string are never the keys themselves
     '{"choices":[{"delta":{"content":"\\"usage\\":{} \\"finish_reason\\":\\"stop\\""},'
     '"finish_reason":null}]}',
+    # text that ends in a backslash: its closing quote follows an escaped backslash
+    '{"choices":[{"delta":{"content":"back\\\\"},"finish_reason":null}]}',
 ]
 
 
