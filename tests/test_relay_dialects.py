@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 
+from dashboard.relay.dialects import Chunk
 from tests.support import ServerFactory
-from tests.upstream import answer_text, relay_config
+from tests.upstream import answer_text, frame, message_event, relay_config
 
 KEY = "sk-ant-test-" + secrets.token_hex(24)
 PROVIDERS = {"openai": "t", "anthropic": "m"}  # model prefix served by a provider of that dialect
@@ -209,6 +210,8 @@ PLAIN_TOKENS = [
     # text that spells keys: escaped quotes inside a string are never the keys themselves
     '{"choices":[{"delta":{"content":"\\"usage\\":{} \\"finish_reason\\":\\"stop\\""},'
     '"finish_reason":null}]}',
+    # text that ends in a backslash: its closing quote follows an escaped backslash
+    '{"choices":[{"delta":{"content":"back\\\\"},"finish_reason":null}]}',
 ]
 
 
@@ -287,3 +290,112 @@ def test_openai_plain_events_leave_every_other_frame_to_the_parser(events):
     from dashboard.relay import dialects
 
     assert dialects.get("openai").plain_events(events) is None
+
+
+def anthropic_delta(text: str, index: int = 0) -> bytes:
+    """A text delta as the Messages API writes it: named, compact JSON, text in UTF-8."""
+    delta = message_event("content_block_delta", index=index, delta={"type": "text_delta", "text": text})
+    return frame(delta, escape_non_ascii=False)
+
+
+ANTHROPIC_PLAIN = [
+    anthropic_delta("Hello"),
+    anthropic_delta(""),
+    anthropic_delta("Grüße aus 東京 🎉", index=12),
+    # text that spells keys and events: its quotes escaped, its line ends written as \n
+    anthropic_delta('say "type":"message_delta","usage":{"output_tokens":9} "error":{}'),
+    anthropic_delta('end"}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'),
+    anthropic_delta("a backslash at the end \\"),
+    anthropic_delta('\\" \\\\" \\\\\\"'),
+]
+
+
+@pytest.mark.parametrize("event", ANTHROPIC_PLAIN)
+def test_anthropic_plain_text_deltas_on_bytes_agree_with_the_full_parse(event):
+    """The fast path's test on the provider's bytes, the lean read of one parsed event and the full
+    parse say the same of a plain text delta, alone or among others, and count its text alike."""
+    from dashboard.relay import dialects
+    from dashboard.relay.sse import SSEParser
+
+    dialect = dialects.get("anthropic")
+    (parsed,) = SSEParser().feed(event)
+    data = parsed.data.decode()
+    full = dialect.parse_event(parsed, data, json.loads(data), {})
+    lean = dialect.lean_event(parsed, data)
+    assert lean is not None, f"a plain text delta was left to the full parse: {event!r}"
+
+    def said(c: Chunk) -> tuple:
+        return (c.data, c.event, c.token, c.finish_reason, c.usage, c.start, c.tools, c.last)
+
+    assert said(lean) == said(full)
+    # the text's length as written (escapes, UTF-8 bytes), what metering estimates tokens from
+    assert lean.chars == len(json.dumps(full.text, ensure_ascii=False).encode()) - 2
+    assert dialect.plain_events(event) == (int(full.token), lean.chars)
+    hello = ANTHROPIC_PLAIN[0]
+    assert dialect.plain_events(hello + event + hello) == (int(full.token) + 2, lean.chars + 10)
+
+
+ANTHROPIC_OTHERS = [
+    frame({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}}),
+    frame({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    frame({"type": "content_block_stop", "index": 0}),
+    frame({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+    frame({"type": "message_stop"}),
+    frame({"type": "ping"}),
+    frame({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    frame(
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{"},
+        }
+    ),
+    frame({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+    frame(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "s"}}
+    ),
+    # a text delta with more in it: a key after the text, after the delta, a second type (the last wins)
+    anthropic_delta("a").replace(b'"a"}}', b'"a","citations":[]}}'),
+    anthropic_delta("a").replace(b'"a"}}', b'"a"},"usage":{"output_tokens":3}}'),
+    anthropic_delta("a").replace(b'"a"}}', b'"a"},"type":"message_delta"}'),
+    anthropic_delta("a").replace(b'"index":0', b'"index":"0"'),
+    anthropic_delta("a").replace(b'"index":0', b'"index":-1'),
+    anthropic_delta("a").replace(b'"index":0', b'"index":12345678901'),
+    anthropic_delta("a").replace(b'"a"}}', b'"a\\"}}'),  # the text never ends
+    anthropic_delta("a").replace(b'"a"', b'"a\nb"'),  # a line end in the text
+]
+
+
+@pytest.mark.parametrize("event", ANTHROPIC_OTHERS)
+def test_anthropic_events_other_than_plain_text_deltas_are_parsed_in_full(event):
+    from dashboard.relay import dialects
+    from dashboard.relay.sse import SSEParser
+
+    dialect = dialects.get("anthropic")
+    assert dialect.plain_events(event) is None
+    assert dialect.plain_events(ANTHROPIC_PLAIN[0] + event + ANTHROPIC_PLAIN[0]) is None
+    for parsed in SSEParser().feed(event):
+        assert dialect.lean_event(parsed, parsed.data.decode()) is None, event
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        ANTHROPIC_PLAIN[0].split(b"\n", 1)[1],  # no `event:` line: the relay names it when it re-frames it
+        ANTHROPIC_PLAIN[0].replace(b"content_block_delta\n", b"message_delta\n"),  # named otherwise
+        ANTHROPIC_PLAIN[0].replace(b"event: ", b"event:"),
+        ANTHROPIC_PLAIN[0].replace(
+            b'{"type":"content_block_delta","index":0,', b'{"type": "content_block_delta", "index": 0, '
+        ),
+        ANTHROPIC_PLAIN[0].replace(b"\ndata", b"\nid: 3\ndata"),
+        ANTHROPIC_PLAIN[0].replace(b"\n\n", b"\n\n\n"),
+        b": keepalive\n\n" + ANTHROPIC_PLAIN[0],
+        ANTHROPIC_PLAIN[0] + b"\n" + ANTHROPIC_PLAIN[0],
+        ANTHROPIC_PLAIN[0] + ANTHROPIC_PLAIN[0][:-1],  # the second not ended
+        ANTHROPIC_PLAIN[0][:-2] + ANTHROPIC_PLAIN[0],  # the first not ended: two events run together
+    ],
+)
+def test_anthropic_plain_events_leave_every_other_frame_to_the_parser(events):
+    from dashboard.relay import dialects
+
+    assert dialects.get("anthropic").plain_events(events) is None

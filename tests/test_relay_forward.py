@@ -1,6 +1,7 @@
-"""The relay's fast path for same-dialect streams (dashboard/relay/forward.py) on hostile input: the
-provider's plain events are written as they are, whole and in order, however the bytes are cut; any
-other event, and everything after it, is handed to the stream's parser untouched."""
+"""The relay's fast path for same-dialect streams (dashboard/relay/forward.py) on hostile input, for
+each dialect that has one: the provider's plain events are written as they are, whole and in order,
+however the bytes are cut; any other event, and everything after it, is handed to the stream's
+parser untouched."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dashboard.relay import dialects
 from dashboard.relay.forward import Forward
 from dashboard.relay.metrics import Measure
 from dashboard.relay.sse import SSEParser
+from tests.upstream import frame, message_event
 
 SECRET = b"sk-secret-0123456789"
 PLAIN = [
@@ -23,7 +25,33 @@ PLAIN = [
 FINISH = b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
 
 
-def run(parts: list[bytes], *, writable: bool = True) -> tuple[bytes, bytes, Measure]:
+def text_delta(text: str, index: int = 0, **other: object) -> bytes:
+    """An Anthropic text delta as the API writes it (UTF-8, compact); `other`: keys added at the end."""
+    delta = message_event("content_block_delta", index=index, delta={"type": "text_delta", "text": text})
+    return frame({**delta, **other}, escape_non_ascii=False)
+
+
+def delta_of(kind: str, **fields: str) -> bytes:
+    """An Anthropic content_block_delta of another kind (thinking_delta, input_json_delta, ...)."""
+    return frame(message_event("content_block_delta", index=0, delta={"type": kind, **fields}))
+
+
+ANTHROPIC_PLAIN = [text_delta("Hel"), text_delta(""), text_delta("lo é")]
+ANTHROPIC_FINISH = b"".join(
+    frame(e)
+    for e in [
+        message_event("content_block_stop", index=0),
+        message_event("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 2}),
+        message_event("message_stop"),
+    ]
+)
+STREAMS = {"openai": (PLAIN, FINISH), "anthropic": (ANTHROPIC_PLAIN, ANTHROPIC_FINISH)}
+COUNTS = [(1, 3), (0, 0), (1, 5)]  # each plain event's: tokens, and its text's length as written
+
+
+def run(
+    parts: list[bytes], *, writable: bool = True, dialect: str = "openai"
+) -> tuple[bytes, bytes, Measure]:
     """Feed `parts` as a connection would: (what was written, what the reader got, the measure)."""
 
     async def go() -> tuple[bytes, bytes, Measure]:
@@ -35,7 +63,7 @@ def run(parts: list[bytes], *, writable: bool = True) -> tuple[bytes, bytes, Mea
                 written.append(data)
             return writable
 
-        sink = Forward(write, dialects.get("openai"), [SECRET], measure)
+        sink = Forward(write, dialects.get(dialect), [SECRET], measure)
         reader: list[bytes] = []
         for part in parts:
             if reader:  # the sink let go: the rest goes to the reader
@@ -55,63 +83,98 @@ def cuts(data: bytes, step: int) -> list[bytes]:
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
 @pytest.mark.parametrize("step", [1, 2, 7, 50, 10_000])
-def test_plain_events_are_written_whole_in_order_however_cut(step):
-    stream = b"".join(PLAIN) + FINISH
-    written, rest, measure = run(cuts(stream, step))
+def test_plain_events_are_written_whole_in_order_however_cut(dialect, step):
+    """Step 1 and 2 cut inside every character of two bytes, and between Anthropic's `event:` and
+    `data:` lines."""
+    plain, finish = STREAMS[dialect]
+    stream = b"".join(plain) + finish
+    written, rest, measure = run(cuts(stream, step), dialect=dialect)
     assert written + rest == stream, "every byte once, in order"
     # Whole plain events only; those that arrive with the finish go to the reader with it.
-    sent = [e for e in PLAIN if e in written]
-    assert written == b"".join(sent) and written == b"".join(PLAIN[: len(sent)]), written
-    if step < len(PLAIN[0]):
-        assert written == b"".join(PLAIN), "cut small, each plain event is written on its own"
-    assert measure.text_chunks == sum(b'"content":""' not in e for e in sent)
-    assert measure.text_chars == sum(len(e.split(b'"content":"')[1].split(b'"')[0]) for e in sent)
+    sent = [e for e in plain if e in written]
+    assert written == b"".join(sent) and written == b"".join(plain[: len(sent)]), written
+    if step < len(plain[0]):
+        assert written == b"".join(plain), "cut small, each plain event is written on its own"
+    assert measure.text_chunks == sum(tokens for tokens, _ in COUNTS[: len(sent)])
+    assert measure.text_chars == sum(chars for _, chars in COUNTS[: len(sent)])
     assert (measure.first_token_out is not None) == (measure.text_chunks > 0)
-    events = SSEParser().feed(rest)
-    finish = FINISH.split(b"\n\n")[0].removeprefix(b"data: ")
-    assert [e.data for e in events][-2:] == [finish, b"[DONE]"], "the reader starts on an event"
+    events = [e.data for e in SSEParser().feed(rest)]
+    last = [e.data for e in SSEParser().feed(finish)]
+    assert events[-len(last) :] == last, "the reader starts on an event"
 
 
-@pytest.mark.parametrize(
-    "other",
-    [
+OTHERS = [
+    (
+        "openai",
         b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n',
-        b'data: {"error":{"message":"boom"}}\n\n',
-        b": keepalive\n\n",
-        b'data: {"choices":[{"delta":{"content":"a"},\ndata: "finish_reason":null}]}\n\n',
-        PLAIN[0].replace(b"\n", b"\r\n"),
-        PLAIN[0].replace(b"Hel", SECRET),
-        PLAIN[0].replace(b"Hel", b"\xff\xfe"),
-        PLAIN[0].replace(b"}\n\n", b"\n\n"),  # cut short: not a whole JSON object
-    ],
-)
-def test_any_other_event_goes_to_the_reader_with_all_after_it(other):
-    stream = PLAIN[0] + other + PLAIN[1]
-    written, rest, _ = run([PLAIN[0], other + PLAIN[1]])
-    assert written == PLAIN[0]
-    assert rest == other + PLAIN[1]
+    ),
+    ("openai", b'data: {"error":{"message":"boom"}}\n\n'),
+    ("openai", b": keepalive\n\n"),
+    ("openai", b'data: {"choices":[{"delta":{"content":"a"},\ndata: "finish_reason":null}]}\n\n'),
+    ("openai", PLAIN[0].replace(b"\n", b"\r\n")),
+    ("openai", PLAIN[0].replace(b"Hel", SECRET)),
+    ("openai", PLAIN[0].replace(b"Hel", b"\xff\xfe")),
+    ("openai", PLAIN[0].replace(b"}\n\n", b"\n\n")),  # cut short: not a whole JSON object
+    ("anthropic", ANTHROPIC_FINISH),
+    ("anthropic", frame(message_event("ping"))),
+    ("anthropic", b'event: ping\ndata: {"type": "ping"}\n\n'),
+    ("anthropic", frame(message_event("error", error={"type": "overloaded_error", "message": "Overloaded"}))),
+    ("anthropic", b": keepalive\n\n"),
+    ("anthropic", delta_of("thinking_delta", thinking="hm")),
+    ("anthropic", delta_of("signature_delta", signature="sig")),
+    ("anthropic", delta_of("input_json_delta", partial_json='{"city":')),
+    ("anthropic", text_delta("a", usage={"output_tokens": 3})),
+    ("anthropic", text_delta("a").split(b"\n", 1)[1]),  # no `event:` line
+    ("anthropic", text_delta("a").replace(b'"index":0,', b'"index": 0, ')),  # spaced
+    ("anthropic", text_delta("a").replace(b"\n", b"\r\n")),
+    ("anthropic", text_delta("a").replace(b"\n\n", b"\n\n\n")),
+    ("anthropic", text_delta("a").replace(b"\ndata", b"\nid: 7\ndata")),
+    ("anthropic", text_delta(SECRET.decode())),
+    ("anthropic", text_delta("a").replace(b'"a"', b'"\xff\xfe"')),
+    ("anthropic", text_delta("a").replace(b"}}\n\n", b"}\n\n")),  # cut short: not a whole JSON object
+]
+
+
+@pytest.mark.parametrize(("dialect", "other"), OTHERS)
+def test_any_other_event_goes_to_the_reader_with_all_after_it(dialect, other):
+    plain = STREAMS[dialect][0]
+    stream = plain[0] + other + plain[1]
+    written, rest, _ = run([plain[0], other + plain[1]], dialect=dialect)
+    assert written == plain[0]
+    assert rest == other + plain[1]
     assert written + rest == stream
 
 
-def test_a_client_that_cannot_take_more_gets_nothing_from_the_sink():
-    written, rest, measure = run([PLAIN[0], PLAIN[1]], writable=False)
-    assert written == b"" and rest == PLAIN[0] + PLAIN[1] and measure.text_chunks == 0
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_a_client_that_cannot_take_more_gets_nothing_from_the_sink(dialect):
+    plain = STREAMS[dialect][0]
+    written, rest, measure = run([plain[0], plain[1]], writable=False, dialect=dialect)
+    assert written == b"" and rest == plain[0] + plain[1] and measure.text_chunks == 0
 
 
-def test_a_part_held_when_the_reader_stops_waiting_is_given_back():
-    written, rest, _ = run([PLAIN[0] + PLAIN[1][:10]])
-    assert written == PLAIN[0] and rest == PLAIN[1][:10]
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_a_part_held_when_the_reader_stops_waiting_is_given_back(dialect):
+    plain = STREAMS[dialect][0]
+    written, rest, _ = run([plain[0] + plain[1][:10]], dialect=dialect)
+    assert written == plain[0] and rest == plain[1][:10]
 
 
-def test_a_learned_shape_lets_through_only_what_the_dialect_would():
+# Per dialect: bytes around a plain event's text, and the same made a little different.
+AROUND = {"openai": (b'"id":"c"', b'"id":"c","role":"a"'), "anthropic": (b'"index":0', b'"index":0,"x":1')}
+
+
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_a_learned_shape_lets_through_only_what_the_dialect_would(dialect):
     """Once a plain event has taught the sink how the provider writes them, a later event with the
     same bytes around its text is taken without the dialect's check: only when that check would
     have taken it too, with the same count of tokens and text."""
-    openai = dialects.get("openai")
-    prefix, suffix = PLAIN[0].split(b"Hel")
+    plain = STREAMS[dialect][0]
+    check = dialects.get(dialect).plain_events
+    prefix, suffix = plain[0].split(b"Hel")
     pieces = [b"a", b"\xc3\xa9", b'"', b'\\"', b"\\\\", b"\\", b"\n", b"\n\n", b"}", b"{", b"", b" "]
-    pieces += [b'"role":"x', b'","usage":{', b'"finish_reason":"stop', b"data: {", suffix, prefix]
+    pieces += [b'"role":"x', b'","usage":{', b'"finish_reason":"stop', b"data: {", b"event: ", suffix, prefix]
     rng = random.Random(7)
     taken = 0
     for n in range(3000):
@@ -120,11 +183,25 @@ def test_a_learned_shape_lets_through_only_what_the_dialect_would():
         if n == 0:  # shorter than the shape: it starts with its start and ends with its end, overlapping
             event = prefix + suffix[1:]
         elif rng.random() < 0.1:  # the bytes around the text a little different, too
-            event = event.replace(b'"id":"c"', b'"id":"c","role":"a"')
-        written, rest, measure = run([PLAIN[0], event])
-        if written == PLAIN[0] + event:
+            event = event.replace(*AROUND[dialect])
+        written, rest, measure = run([plain[0], event], dialect=dialect)
+        if written == plain[0] + event:
             taken += 1
-            assert openai.plain_events(event) == (measure.text_chunks - 1, measure.text_chars - 3), event
+            assert check(event) == (measure.text_chunks - 1, measure.text_chars - 3), event
         else:
-            assert written == PLAIN[0] and rest == event, event
+            assert written == plain[0] and rest == event, event
     assert taken > 300, "the common case, a text with no quote or line end, is taken"
+
+
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_a_plain_event_with_text_teaches_the_bytes_around_its_text(dialect):
+    plain = STREAMS[dialect][0]
+
+    async def go() -> tuple[bytes, bytes] | None:
+        sink = Forward(lambda data: True, dialects.get(dialect), [], Measure(model="m"))
+        sink.feed(plain[1])  # no text: nothing to learn from
+        assert sink.shape is None
+        sink.feed(plain[0])
+        return sink.shape
+
+    assert asyncio.run(go()) == tuple(plain[0].split(b"Hel"))

@@ -59,15 +59,18 @@ def chunk(text: str | None = None, *, finish: str | None = None, role: bool = Fa
     }
 
 
-def frame(obj: Any, eol: str = "\n", *, multiline: bool = False) -> bytes:
+def frame(obj: Any, eol: str = "\n", *, multiline: bool = False, escape_non_ascii: bool = True) -> bytes:
     """One event; an Anthropic one (a dict with a `type`) is named by it. `multiline`: the JSON is
-    spread over one `data:` line per line, as SSE allows."""
+    spread over one `data:` line per line, as SSE allows; `escape_non_ascii=False`: text is written
+    as UTF-8, not as \\u escapes."""
     # Compact, as the providers write it (and as the relay's fast path recognises plain tokens)
     separators = None if multiline else (",", ":")
     data = (
         obj
         if isinstance(obj, str)
-        else json.dumps(obj, indent=1 if multiline else None, separators=separators)
+        else json.dumps(
+            obj, indent=1 if multiline else None, separators=separators, ensure_ascii=escape_non_ascii
+        )
     )
     named = f"event: {obj['type']}{eol}" if isinstance(obj, dict) and "type" in obj else ""
     return (named + "".join(f"data: {line}{eol}" for line in data.split("\n")) + eol).encode()
@@ -87,26 +90,26 @@ def message_start() -> dict:
     return message_event("message_start", message=message)
 
 
-def answer_events(provider: str, body: dict, *, anthropic: bool) -> list[Any]:
+def answer_events(provider: str, body: dict, *, anthropic: bool, words: list[str] = WORDS) -> list[Any]:
     """A complete, well-formed answer: the start, the words (first tagged with the provider), the
     finish, usage (OpenAI: when asked for), the end."""
-    words = [f"[{provider}] {word}" if i == 0 else word for i, word in enumerate(WORDS)]
+    tagged = [f"[{provider}] {word}" if i == 0 else word for i, word in enumerate(words)]
     if anthropic:
         block = {"type": "text", "text": ""}
-        usage = {"output_tokens": len(WORDS)}
+        usage = {"output_tokens": len(words)}
         stop = {"stop_reason": "end_turn", "stop_sequence": None}
         return [
             message_start(),
             message_event("content_block_start", index=0, content_block=block),
             message_event("ping"),
-            *(text_delta(w) for w in words),
+            *(text_delta(w) for w in tagged),
             message_event("content_block_stop", index=0),
             message_event("message_delta", delta=stop, usage=usage),
             message_event("message_stop"),
         ]
-    events: list[Any] = [chunk("", role=True), *(chunk(w) for w in words), chunk(finish="stop")]
+    events: list[Any] = [chunk("", role=True), *(chunk(w) for w in tagged), chunk(finish="stop")]
     if (body.get("stream_options") or {}).get("include_usage"):
-        usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 11 + len(WORDS)}
+        usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
         events.append({**chunk(), "choices": [], "usage": usage})
     return [*events, "[DONE]"]
 
@@ -115,8 +118,57 @@ def answer_frames(provider: str, body: dict, eol: str = "\n", *, anthropic: bool
     return [frame(e, eol) for e in answer_events(provider, body, anthropic=anthropic)]
 
 
-def answer_text(provider: str) -> str:
-    return f"[{provider}] " + "".join(WORDS)
+def answer_text(provider: str, words: list[str] = WORDS) -> str:
+    return f"[{provider}] " + "".join(words)
+
+
+# The `cut` scenario's words: characters of two, three and four bytes in UTF-8, escapes, an empty text
+CUT_WORDS = ["Grüße", " aus", " 東京", " 🎉", "", ' "quoted" \\ back\\', " end."]
+
+
+def cut_frames(provider: str, body: dict, *, anthropic: bool) -> list[bytes]:
+    """The `cut` scenario's answer: CUT_WORDS written as UTF-8."""
+    events = answer_events(provider, body, anthropic=anthropic, words=CUT_WORDS)
+    return [frame(e, escape_non_ascii=False) for e in events]
+
+
+def hostile_cuts(data: bytes) -> list[bytes]:
+    """`data` in pieces cut in the middle of every line, inside every character of more than one
+    byte, and after every line end: between an event's `event:` and `data:` lines, and between the
+    two line ends that close it."""
+    points: set[int] = set()
+    start = 0
+    for i, byte in enumerate(data):
+        if byte == 0x0A:
+            points |= {(start + i) // 2, i + 1}
+            start = i + 1
+        elif byte >= 0xC0:  # the first byte of a character of two bytes or more
+            points.add(i + 1)
+    cuts = sorted(p for p in points if 0 < p < len(data))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+# The `thinking` scenario (Anthropic): a thinking block, its signature, then the answer's text.
+THOUGHTS = ["Let me", " think."]
+SIGNATURE = "sig-0123456789"
+
+
+def thinking_events(provider: str, body: dict) -> list[Any]:
+    events = answer_events(provider, body, anthropic=True)
+    block = {"type": "thinking", "thinking": "", "signature": ""}
+    thinking = [message_event("content_block_start", index=0, content_block=block)]
+    for thought in THOUGHTS:
+        delta = {"type": "thinking_delta", "thinking": thought}
+        thinking.append(message_event("content_block_delta", index=0, delta=delta))
+    delta = {"type": "signature_delta", "signature": SIGNATURE}
+    thinking += [
+        message_event("content_block_delta", index=0, delta=delta),
+        message_event("content_block_stop", index=0),
+    ]
+    for event in events:  # the text moves to the second block
+        if "index" in event:
+            event["index"] = 1
+    return [events[0], *thinking, *events[1:]]
 
 
 # The `tool` scenario's calls: (name, arguments as JSON text, the pieces it is streamed in).
@@ -480,6 +532,25 @@ class Scenario:
             return
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         await self.json(200, {"id": "chatcmpl-up", "object": "chat.completion", "choices": [choice]})
+
+    async def s_cut(self, n: int) -> None:
+        """CUT_WORDS as an answer, its bytes cut at hostile places (hostile_cuts), each piece sent
+        on its own with a moment between, so that it arrives alone."""
+        await self.start_stream()
+        for piece in hostile_cuts(b"".join(cut_frames(self.provider, self.body, anthropic=self.anthropic))):
+            await self.send(piece)
+            await asyncio.sleep(0.005)
+        await self.end()
+
+    async def s_thinking(self, n: int) -> None:
+        """Anthropic only: the answer after a thinking block (thinking_events)."""
+        if not self.anthropic:
+            await self.error(404, "thinking is a Messages scenario", "not_found_error")
+            return
+        await self.start_stream()
+        for event in thinking_events(self.provider, self.body):
+            await self.send(frame(event))
+        await self.end()
 
     async def s_bytewise(self, n: int) -> None:
         await self.start_stream()

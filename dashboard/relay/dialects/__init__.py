@@ -83,6 +83,21 @@ def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
     return out
 
 
+def string_end(data: bytes, start: int) -> int:
+    """Where the JSON string whose text begins at `start` in `data` (its opening quote just before)
+    ends: the index of its closing quote, one not escaped by an odd run of backslashes; -1 when it
+    does not end in `data`."""
+    end = data.find(b'"', start)
+    while end > 0:
+        before = end
+        while data[before - 1] == 0x5C:  # the string's opening quote stops this run
+            before -= 1
+        if (end - before) % 2 == 0:
+            return end
+        end = data.find(b'"', end + 1)
+    return end
+
+
 def cached_tokens(counts: dict[str, Any] | None) -> int:
     """The cached prompt tokens of OpenAI-shaped token counts (0 when not reported)."""
     details = (counts or {}).get("prompt_tokens_details")

@@ -14,6 +14,7 @@ from dashboard.relay.dialects import (
     ToolCall,
     ToolDelta,
     cached_tokens,
+    string_end,
     usage,
 )
 from dashboard.relay.dialects._anthropic_requests import to_chat, to_messages
@@ -37,6 +38,16 @@ _STOP = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+# A plain text delta as the API writes it (compact JSON, its keys in this order): the one event a
+# client of this dialect is sent as it is, which tells the relay nothing but its text. A line
+# `event: content_block_delta`, then one `data:` line of _DATA, the index's digits, _TEXT, the text
+# as a JSON string and _DATA_END.
+_DATA = b'{"type":"content_block_delta","index":'
+_EVENT = b"event: content_block_delta\ndata: " + _DATA
+_TEXT = b',"delta":{"type":"text_delta","text":"'
+_DATA_END = b'"}}'
+_EVENT_END = _DATA_END + b"\n\n"
+_INDEX_DIGITS = 9  # at most: a text delta whose index is longer is parsed in full
 _TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -83,6 +94,7 @@ def _common_usage(counts: dict[str, Any], state: dict[str, Any]) -> dict[str, An
 
 class Anthropic(Dialect):
     name = "anthropic"
+    plain_text_key = b'"text":"'
     path = "/messages"
 
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -117,6 +129,33 @@ class Anthropic(Dialect):
         elif kind == "message_stop":
             chunk.last = True
         return chunk
+
+    def lean_event(self, event: SSEEvent, data: str) -> Chunk | None:
+        if event.event != "content_block_delta" or "\n" in data:  # a line end: several `data:` lines
+            return None
+        raw = data.encode()
+        span = _text_span(raw, 0, _DATA)
+        if span is None or raw[span[1] :] != _DATA_END:
+            return None
+        start, end = span
+        return Chunk(data, event.event, token=end > start, chars=end - start)
+
+    def plain_events(self, events: bytes) -> tuple[int, int] | None:
+        # Each event is checked whole, from its first byte to its last: the fixed parts, the index's
+        # digits and the text's closing quote; two line ends and a blank line each, and no others.
+        n = events.count(b"\n\n")
+        if events.count(b"\n") != 3 * n:
+            return None
+        tokens = chars = at = 0
+        for _ in range(n):
+            span = _text_span(events, at, _EVENT)
+            if span is None or not events.startswith(_EVENT_END, span[1]):
+                return None
+            start, end = span
+            tokens += end > start
+            chars += end - start
+            at = end + len(_EVENT_END)
+        return (tokens, chars) if at == len(events) else None
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         if obj.get("type") != "message" or not isinstance(obj.get("content"), list):
@@ -168,6 +207,20 @@ class Anthropic(Dialect):
     def error_frame(self, error: RelayError) -> bytes:
         body = self.error_body(error.status, error.message, error.code)
         return encode_frame(dumps(body), "error")
+
+
+def _text_span(data: bytes, at: int, head: bytes) -> tuple[int, int] | None:
+    """Where the text of the text delta at `at` in `data` begins and ends (its closing quote), when
+    the delta opens with `head`, then its index and the text: None for any other."""
+    if not data.startswith(head, at):
+        return None
+    digits = at + len(head)
+    start = data.find(_TEXT, digits, digits + _INDEX_DIGITS + len(_TEXT))
+    if start < 0 or not data[digits:start].isdigit():
+        return None
+    start += len(_TEXT)
+    end = string_end(data, start)
+    return None if end < 0 else (start, end)
 
 
 def _content(completion: Completion) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from dashboard.events import encode_frame, json_text
-from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer, ToolCall, ToolDelta
+from dashboard.relay.dialects import Chunk, Completion, Dialect, Renderer, ToolCall, ToolDelta, string_end
 from dashboard.relay.errors import RelayError
 from dashboard.relay.sse import SSEEvent
 
@@ -175,9 +175,7 @@ def _content_length(events: bytes, n: int) -> int:
     total = at = 0
     for _ in range(n):
         start = events.find(b'"content":"', at) + 11
-        end = events.find(b'"', start)
-        while events[end - 1] == 0x5C:  # an escaped quote (or an escaped backslash: close enough)
-            end = events.find(b'"', end + 1)
+        end = string_end(events, start)
         total += end - start
         at = end
     return total
