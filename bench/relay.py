@@ -8,12 +8,13 @@ beside this Python, else on PATH), and a raw-socket client here.
 `python-pipe` is the floor of any relay written in Python on this machine: a bare TCP pipe on
 uvloop (own process) that copies bytes both ways and knows nothing of HTTP, keys or limits.
 Reports the time to first token and the gaps between chunks, direct versus through each relay: what
-a relay adds (p50, p99), and with 200 and 500 concurrent streams, how many chunk gaps stretched
-beyond twice the upstream's and the CPU each target spent per chunk. A routing scenario puts a second
-upstream, one that fails every request (503), first in the relays' lists: they must fall back to the
-healthy one (the pipe goes straight to the healthy one: the floor). Each target is also given as a
-ratio to the pipe, and the issue's targets are checked against those ratios at the end. Every figure
-is the median of the rounds, with its range.
+a relay adds (p50, p99) to requests asked one at a time, each read to its end and followed by a short
+pause so that no target is still finishing one while the next is measured; and with 200 and 500
+concurrent streams, how many chunk gaps stretched beyond twice the upstream's and the CPU each target
+spent per chunk. A routing scenario puts a second upstream, one that fails every request (503), first
+in the relays' lists: they must fall back to the healthy one (the pipe goes straight to the healthy
+one: the floor). Each target is also given as a ratio to the pipe, and the issue's targets are
+checked against those ratios at the end. Every figure is the median of the rounds, with its range.
 """
 
 from __future__ import annotations
@@ -143,11 +144,17 @@ async def pipe_main(spec: str) -> None:
 
 
 # -- the client ------------------------------------------------------------------------------------
+TOKEN = b'"content":"tok'
+LAST_CHUNK = b"\r\n0\r\n\r\n"  # the chunk of length zero that ends a chunked response
+
+
 async def one_stream(
-    port: int, path: str, chunks: int, gap_ms: int, model: str = "bench"
+    port: int, path: str, chunks: int, gap_ms: int, model: str = "bench", to_end: bool = False
 ) -> tuple[float, list[float]]:
     """(time to first chunk, gaps between chunks) in seconds, for one streamed completion; `model`:
-    `bench`, or `route` for the routing scenario (the upstream reads only the numbers after it)."""
+    `bench`, or `route` for the routing scenario (the upstream reads only the numbers after it). The
+    client leaves once its `chunks` token chunks arrived, or with `to_end` once the target
+    ended the response (its last chunk, or closing the connection)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     body = json.dumps(
@@ -162,18 +169,20 @@ async def one_stream(
         f"authorization: Bearer {BENCH_KEY}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
     arrivals: list[float] = []
-    tail = b""
+    tail = b""  # the end of the bytes read before, shorter than TOKEN: one cut in two is found once
     started = time.perf_counter()
     writer.write(request)
     try:
-        while len(arrivals) < chunks:
+        while to_end or len(arrivals) < chunks:
             data = await reader.read(65536)
             if not data:
                 break
             now = time.perf_counter()
-            seen = (tail + data).count(b'"content":"tok')
-            arrivals.extend([now] * seen)
-            tail = data[-16:]
+            seen = tail + data
+            arrivals.extend([now] * seen.count(TOKEN))
+            if to_end and seen.endswith(LAST_CHUNK):
+                break
+            tail = seen[1 - len(TOKEN) :]
     finally:
         writer.close()
     if len(arrivals) < chunks:
@@ -190,14 +199,21 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
 
+QUIET = 0.005  # seconds between a sequential request's end and the next one
+
+
 async def sequential(ports: dict[str, int], pairs: int, order: list[str]) -> dict[str, list[float]]:
-    """Time to first token of each target, asked in turn (`order`) `pairs` times after a warm-up."""
+    """Time to first token of each target, asked in turn (`order`) `pairs` times after a warm-up. Each
+    request is read to its end and followed by a short pause: the target that just answered has then
+    finished with it (the finish, [DONE], its bookkeeping and log line) and does not share the CPU
+    with the next target's request being measured."""
     ttft: dict[str, list[float]] = {name: [] for name in ports}
     for i in range(pairs + 20):
         for name in order:
-            t, _ = await one_stream(ports[name], "/v1/chat/completions", 6, 5)
+            t, _ = await one_stream(ports[name], "/v1/chat/completions", 6, 5, to_end=True)
             if i >= 20:  # warm-up: connection pools, caches
                 ttft[name].append(t)
+            await asyncio.sleep(QUIET)
     return ttft
 
 
@@ -424,8 +440,10 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
         f"Each figure: the median of {len(rounds)} rounds, (min-max) over them; targets asked in turn, "
         "the order turning each round; a ratio to the pipe is taken round by round.",
         "",
-        f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart; added = "
-        "the target's time to first token less the upstream's own (direct), in ms:",
+        f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart, each read to its "
+        f"end and followed by a {QUIET * 1000:.0f} ms pause (the target that answered it is done before "
+        "the next request); added = the target's time to first token less the upstream's own (direct), "
+        "in ms:",
         "",
         "| target | TTFT p50 | TTFT p99 | added p50 | added p99 | TTFT p50 / pipe's |",
         "|---|---|---|---|---|---|",
