@@ -8,12 +8,16 @@ beside this Python, else on PATH), and a raw-socket client here.
 `python-pipe` is the floor of any relay written in Python on this machine: a bare TCP pipe on
 uvloop (own process) that copies bytes both ways and knows nothing of HTTP, keys or limits.
 Reports the time to first token and the gaps between chunks, direct versus through each relay: what
-a relay adds (p50, p99), and with 200 and 500 concurrent streams, how many chunk gaps stretched
-beyond twice the upstream's and the CPU each target spent per chunk. A routing scenario puts a second
-upstream, one that fails every request (503), first in the relays' lists: they must fall back to the
-healthy one (the pipe goes straight to the healthy one: the floor). Each target is also given as a
-ratio to the pipe, and the issue's targets are checked against those ratios at the end. Every figure
-is the median of the rounds, with its range.
+a relay adds (p50, p99) to requests asked one at a time, each read to its end and followed by a short
+pause so that no target is still finishing one while the next is measured; and with 200 and 500
+concurrent streams, how many chunk gaps stretched beyond twice the upstream's and the CPU each target
+spent per chunk. Two routing scenarios put a second upstream first in the relays' lists: one that
+fails every request (503), from which they must fall back to the healthy one, and one that sends its
+first chunk 300 ms late, with least-busy routing (the relays in processes of their own, as that
+setting is for all models), reporting the share of the streams it served. Direct and the pipe go
+straight to the healthy upstream: the floor. Each target is also given as a ratio to the pipe, and
+the issue's targets are checked against those ratios at the end. Every figure is the median of the
+rounds, with its range.
 """
 
 from __future__ import annotations
@@ -57,27 +61,39 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding
 
 # -- the upstream (run as `python -m bench.relay --upstream PORTFILE`) --------------------------------
 FAILED = b'{"error":{"message":"overloaded","type":"server_error","code":null}}'
+SLOWED_FIRST = 0.3  # seconds the slowed upstream waits before its first chunk
 
 
-async def upstream_main(portfile: str, failing: bool = False) -> None:
-    """The upstream; `failing`: it answers every request 503 at once (a provider that is down)."""
+async def upstream_main(portfile: str, kind: str = "healthy") -> None:
+    """The upstream. `kind`: healthy; failing, it answers every request 503 at once (a provider that
+    is down); slowed, it sends its first chunk SLOWED_FIRST late, then streams as the healthy one (a
+    provider under load). A GET is answered with the number of completions it was asked for so far."""
+    asked = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:  # keep-alive: one request after another on the connection
                 head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET "):
+                    count = b"%d" % asked
+                    writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n%s" % count)
+                    break
+                asked += 1
                 length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
                 body = json.loads(await reader.readexactly(length))
-                if failing:
+                if kind == "failing":
                     writer.write(
                         b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                         b"content-length: %d\r\n\r\n%s" % (len(FAILED), FAILED)
                     )
                     continue
-                # bench-<chunks>-<gap ms> (route-...; LiteLLM's wildcard deployments send <chunks>-<gap ms>)
+                # bench-<chunks>-<gap ms> (route-, slow-...; LiteLLM's wildcard deployments send the numbers)
                 n, gap_ms = body["model"].split("-")[-2:]
                 writer.write(HEAD)
+                if kind == "slowed":
+                    await asyncio.sleep(SLOWED_FIRST)
                 for i in range(int(n)):
                     if i:
                         await asyncio.sleep(int(gap_ms) / 1000)
@@ -143,11 +159,17 @@ async def pipe_main(spec: str) -> None:
 
 
 # -- the client ------------------------------------------------------------------------------------
+TOKEN = b'"content":"tok'
+LAST_CHUNK = b"\r\n0\r\n\r\n"  # the chunk of length zero that ends a chunked response
+
+
 async def one_stream(
-    port: int, path: str, chunks: int, gap_ms: int, model: str = "bench"
+    port: int, path: str, chunks: int, gap_ms: int, model: str = "bench", to_end: bool = False
 ) -> tuple[float, list[float]]:
     """(time to first chunk, gaps between chunks) in seconds, for one streamed completion; `model`:
-    `bench`, or `route` for the routing scenario (the upstream reads only the numbers after it)."""
+    `bench`, or `route` or `slow` for the routing scenarios (the upstream reads only the numbers after
+    it). The client leaves once its `chunks` token chunks arrived, or with `to_end` once the target
+    ended the response (its last chunk, or closing the connection)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     body = json.dumps(
@@ -162,23 +184,34 @@ async def one_stream(
         f"authorization: Bearer {BENCH_KEY}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
     arrivals: list[float] = []
-    tail = b""
+    tail = b""  # the end of the bytes read before, shorter than TOKEN: one cut in two is found once
     started = time.perf_counter()
     writer.write(request)
     try:
-        while len(arrivals) < chunks:
+        while to_end or len(arrivals) < chunks:
             data = await reader.read(65536)
             if not data:
                 break
             now = time.perf_counter()
-            seen = (tail + data).count(b'"content":"tok')
-            arrivals.extend([now] * seen)
-            tail = data[-16:]
+            seen = tail + data
+            arrivals.extend([now] * seen.count(TOKEN))
+            if to_end and seen.endswith(LAST_CHUNK):
+                break
+            tail = seen[1 - len(TOKEN) :]
     finally:
         writer.close()
     if len(arrivals) < chunks:
         raise RuntimeError(f"{path}: {len(arrivals)} of {chunks} chunks arrived")
     return arrivals[0] - started, [b - a for a, b in itertools.pairwise(arrivals)]
+
+
+async def asked(port: int) -> int:
+    """How many completions the bench upstream on `port` has been asked for."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /asked HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+    answer = await reader.read()  # to the end: the upstream closes the connection after it
+    writer.close()
+    return int(answer.rpartition(b"\r\n\r\n")[2])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -190,14 +223,21 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
 
+QUIET = 0.005  # seconds between a sequential request's end and the next one
+
+
 async def sequential(ports: dict[str, int], pairs: int, order: list[str]) -> dict[str, list[float]]:
-    """Time to first token of each target, asked in turn (`order`) `pairs` times after a warm-up."""
+    """Time to first token of each target, asked in turn (`order`) `pairs` times after a warm-up. Each
+    request is read to its end and followed by a short pause: the target that just answered has then
+    finished with it (the finish, [DONE], its bookkeeping and log line) and does not share the CPU
+    with the next target's request being measured."""
     ttft: dict[str, list[float]] = {name: [] for name in ports}
     for i in range(pairs + 20):
         for name in order:
-            t, _ = await one_stream(ports[name], "/v1/chat/completions", 6, 5)
+            t, _ = await one_stream(ports[name], "/v1/chat/completions", 6, 5, to_end=True)
             if i >= 20:  # warm-up: connection pools, caches
                 ttft[name].append(t)
+            await asyncio.sleep(QUIET)
     return ttft
 
 
@@ -214,8 +254,8 @@ def cpu_seconds(server: psutil.Process) -> float:
 async def concurrent(
     port: int, server: psutil.Process, streams: int, chunks: int, gap_ms: int, model: str = "bench"
 ) -> dict:
-    """`streams` streams started at once. In the routing scenario (`model` route) a stream that
-    fails is counted, not fatal."""
+    """`streams` streams started at once. In the routing scenarios (`model` route or slow) a stream
+    that fails is counted, not fatal."""
     path = "/v1/chat/completions"
     wall, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(server)
     outcomes = await asyncio.gather(
@@ -231,6 +271,7 @@ async def concurrent(
     return {
         "p99_gap": pct(gaps, 99),
         "over_2x": sum(g > limit for g in gaps) / len(gaps),
+        "p50_ttft": pct([t for t, _ in results], 50),
         "p99_ttft": pct([t for t, _ in results], 99),
         "failed": 1 - len(results) / streams,
         # the client's share of one core meanwhile: far below 1, it was not what held streams back
@@ -240,10 +281,26 @@ async def concurrent(
     }
 
 
-async def one_round(
-    args: argparse.Namespace, ports: dict[str, int], servers: dict[str, psutil.Process], n: int
+async def slowed_share(
+    args: argparse.Namespace, port: int, server: psutil.Process, upstreams: tuple[int, int]
 ) -> dict:
-    """One round; the targets' order turns round by round so none always goes first."""
+    """The slowed scenario for one target (`concurrent`), with the share of its streams that the
+    slowed upstream served: `upstreams` (the slowed one's port, the healthy one's) count them."""
+    before = [await asked(p) for p in upstreams]
+    result = await concurrent(port, server, args.route_streams, args.chunks, args.gap, "slow")
+    slowed, healthy = [await asked(p) - b for p, b in zip(upstreams, before, strict=True)]
+    return {**result, "slowed_share": slowed / max(1, slowed + healthy)}
+
+
+async def one_round(
+    args: argparse.Namespace,
+    ports: dict[str, int],
+    servers: dict[str, psutil.Process],
+    n: int,
+    slowed: tuple[dict[str, int], dict[str, psutil.Process], tuple[int, int]] | None = None,
+) -> dict:
+    """One round; the targets' order turns round by round so none always goes first. `slowed`: the
+    targets of the slowed scenario (their ports and processes) and the two upstreams' ports."""
     names = list(ports)
     order = names[n % len(names) :] + names[: n % len(names)]
     ttft = await sequential(ports, args.pairs, order)
@@ -262,7 +319,13 @@ async def one_round(
             )
             for name in order
         }
-    return {"seq": seq, "conc": conc, "route": route}
+    slow = {}
+    if slowed is not None:
+        slow_ports, slow_servers, upstreams = slowed
+        slow = {
+            name: await slowed_share(args, slow_ports[name], slow_servers[name], upstreams) for name in order
+        }
+    return {"seq": seq, "conc": conc, "route": route, "slow": slow}
 
 
 def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str:
@@ -273,10 +336,10 @@ def spread(values: list[float], scale: float = 1000, fmt: str = "{:.2f}") -> str
 
 
 # -- orchestration ---------------------------------------------------------------------------------
-def start_upstream(tmp: Path, *, failing: bool = False) -> tuple[subprocess.Popen, int]:
-    if failing:
-        return _start_own(tmp, "failing", "--failing-upstream", str(tmp / "failing.port"))
-    return _start_own(tmp, "upstream", "--upstream", str(tmp / "upstream.port"))
+def start_upstream(tmp: Path, kind: str = "healthy") -> tuple[subprocess.Popen, int]:
+    """The bench upstream of `kind` (upstream_main) in a process of its own."""
+    flag = "--upstream" if kind == "healthy" else f"--{kind}-upstream"
+    return _start_own(tmp, kind, flag, str(tmp / f"{kind}.port"))
 
 
 def start_pipe(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
@@ -295,25 +358,47 @@ def _start_own(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen, int]
     raise RuntimeError(f"the bench {name} did not start")
 
 
+def relay_config(upstream_port: int, failing_port: int) -> str:
+    """The relay's config: `bench-*` models go to the upstream; the failing scenario's (`route-*`)
+    to the failing upstream first, then to the upstream."""
+    return _ai_config(
+        _provider("bench", upstream_port, "bench-*")
+        + _provider("failing", failing_port, "route-*", ", retries: {attempts: 1}")
+        + _provider("healthy", upstream_port, "route-*")
+    )
+
+
+def slowed_relay_config(slowed_port: int, upstream_port: int) -> str:
+    """The slowed scenario's relay config: `slow-*` models on the slowed upstream and the upstream
+    (in that order), the one with the fewest requests in flight first (`routing` is for all models)."""
+    return _ai_config(
+        _provider("slowed", slowed_port, "slow-*") + _provider("healthy", upstream_port, "slow-*"),
+        "least_busy",
+    )
+
+
+def _ai_config(providers: str, routing: str = "") -> str:
+    """`routing` left out: the default, fallback (a baseline checkout may predate the key)."""
+    routing = f"  routing: {routing}\n" if routing else ""
+    return f"ai:\n{routing}  providers:\n{providers}topics: {{}}\n"
+
+
+def _provider(name: str, port: int, models: str, more: str = "") -> str:
+    """One provider of a relay config, on a bench upstream; `more`: further keys."""
+    return (
+        f"    - {{name: {name}, base_url: 'http://127.0.0.1:{port}/v1', models: ['{models}'],"
+        f" include_usage: false, timeouts: {{first_token: 30, idle: 30, total: 120}}{more}}}\n"
+    )
+
+
 def start_relay(
-    tmp: Path, upstream_port: int, failing_port: int, checkout: Path = ROOT
+    tmp: Path, config_text: str, checkout: Path = ROOT, name: str = "relay"
 ) -> tuple[subprocess.Popen, int]:
-    """`dashboard serve` from `checkout` (this one, or a baseline's) in front of the upstream; the
-    routing scenario's models (`route-*`) go to the failing upstream first, then to the upstream."""
-    tmp = tmp / checkout.name
+    """`dashboard serve` from `checkout` (this one, or a baseline's) with `config_text`."""
+    tmp = tmp / f"{checkout.name}-{name}"
     tmp.mkdir(exist_ok=True)
     config = tmp / "config.yaml"
-    timeouts = "timeouts: {first_token: 30, idle: 30, total: 120}"
-    config.write_text(
-        "ai:\n  providers:\n"
-        f"    - {{name: bench, base_url: 'http://127.0.0.1:{upstream_port}/v1', models: ['bench-*'],"
-        f" include_usage: false, {timeouts}}}\n"
-        f"    - {{name: failing, base_url: 'http://127.0.0.1:{failing_port}/v1', models: ['route-*'],"
-        f" include_usage: false, {timeouts}, retries: {{attempts: 1}}}}\n"
-        f"    - {{name: healthy, base_url: 'http://127.0.0.1:{upstream_port}/v1', models: ['route-*'],"
-        f" include_usage: false, {timeouts}}}\n"
-        "topics: {}\n"
-    )
+    config.write_text(config_text)
     log = (tmp / "relay.log").open("wb")
     # In its own folder, where its default broker keeps its file, importing `checkout`'s code.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
@@ -345,26 +430,44 @@ def find_litellm(given: str | None) -> str | None:
     return str(beside) if beside.exists() else shutil.which("litellm")
 
 
+def litellm_config(upstream_port: int, failing_port: int) -> str:
+    """LiteLLM's config, as the relay's: `route-*` models on two deployments, the failing upstream and
+    the upstream (a failure is retried on the other)."""
+    return _litellm_config(
+        [("bench-*", upstream_port), ("route-*", failing_port), ("route-*", upstream_port)],
+        "num_retries: 2\n  allowed_fails: 3\n  cooldown_time: 30",
+    )
+
+
+def slowed_litellm_config(slowed_port: int, upstream_port: int) -> str:
+    """The slowed scenario's LiteLLM config: `slow-*` models on two deployments, the slowed upstream and
+    the upstream, with its least-busy routing strategy."""
+    return _litellm_config(
+        [("slow-*", slowed_port), ("slow-*", upstream_port)], "routing_strategy: least-busy"
+    )
+
+
+def _litellm_config(deployments: list[tuple[str, int]], router_settings: str) -> str:
+    deployment = "  - model_name: '{}'\n    litellm_params:\n      model: 'openai/*'\n"
+    deployment += "      api_base: 'http://127.0.0.1:{}/v1'\n      api_key: 'unused'\n"
+    return (
+        "model_list:\n"
+        + "".join(deployment.format(name, port) for name, port in deployments)
+        + f"router_settings:\n  {router_settings}\n"
+        + f"general_settings:\n  master_key: '{BENCH_KEY}'\n"
+    )
+
+
 def start_litellm(
-    tmp: Path, command_path: str, upstream_port: int, failing_port: int
+    tmp: Path, command_path: str, config_text: str, name: str = "litellm"
 ) -> tuple[subprocess.Popen, int]:
-    """LiteLLM's proxy (one worker) in front of the same upstream, as a peer; `route-*` models on
-    two deployments, the failing upstream and the upstream (a failure is retried on the other)."""
+    """LiteLLM's proxy (one worker) with `config_text`, in front of the same upstreams, as a peer."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = tmp / "litellm.yaml"
-    deployment = "  - model_name: '{name}'\n    litellm_params:\n      model: 'openai/*'\n"
-    deployment += "      api_base: 'http://127.0.0.1:{port}/v1'\n      api_key: 'unused'\n"
-    config.write_text(
-        "model_list:\n"
-        + deployment.format(name="bench-*", port=upstream_port)
-        + deployment.format(name="route-*", port=failing_port)
-        + deployment.format(name="route-*", port=upstream_port)
-        + "router_settings:\n  num_retries: 2\n  allowed_fails: 3\n  cooldown_time: 30\n"
-        + f"general_settings:\n  master_key: '{BENCH_KEY}'\n"
-    )
-    log = (tmp / "litellm.log").open("wb")
+    config = tmp / f"{name}.yaml"
+    config.write_text(config_text)
+    log = (tmp / f"{name}.log").open("wb")
     command = [
         command_path,
         "--config",
@@ -385,7 +488,7 @@ def start_litellm(
             break
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"LiteLLM's proxy did not start:\n{(tmp / 'litellm.log').read_text(errors='replace')}")
+    raise RuntimeError(f"LiteLLM's proxy did not start:\n{(tmp / f'{name}.log').read_text(errors='replace')}")
 
 
 def machine() -> dict:
@@ -424,8 +527,10 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
         f"Each figure: the median of {len(rounds)} rounds, (min-max) over them; targets asked in turn, "
         "the order turning each round; a ratio to the pipe is taken round by round.",
         "",
-        f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart; added = "
-        "the target's time to first token less the upstream's own (direct), in ms:",
+        f"Sequential, {args.pairs} requests per target and round, 6 chunks 5 ms apart, each read to its "
+        f"end and followed by a {QUIET * 1000:.0f} ms pause (the target that answered it is done before "
+        "the next request); added = the target's time to first token less the upstream's own (direct), "
+        "in ms:",
         "",
         "| target | TTFT p50 | TTFT p99 | added p50 | added p99 | TTFT p50 / pipe's |",
         "|---|---|---|---|---|---|",
@@ -439,7 +544,7 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
         to_pipe = spread(ratios([r["seq"] for r in rounds], name, PIPE, lambda f: f[0]), 1, "{:.1f}x")
         lines.append(f"| {name} | {spread(p50)} | {spread(p99)} {added} {to_pipe} |")
     scenarios = [
-        (f"{streams} concurrent streams", lambda r, streams=streams: r["conc"][streams], False)
+        (f"{streams} concurrent streams", lambda r, streams=streams: r["conc"][streams], "")
         for streams in args.streams
     ]
     if args.route_streams:
@@ -450,8 +555,23 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
             "LiteLLM: two deployments, `num_retries: 2`, `allowed_fails: 3`); direct and the pipe go to the "
             "healthy one: the floor. Failed: streams that ended without their answer"
         )
-        scenarios.append((title, lambda r: r["route"], True))
-    for title, scenario, routed in scenarios:
+        scenarios.append((title, lambda r: r["route"], "failing"))
+        title = (
+            f"Routing: {args.route_streams} concurrent streams of a model two upstreams serve, the first "
+            f"of them slowed (its first chunk {SLOWED_FIRST * 1000:.0f} ms late, then streaming as the "
+            "other). The relays send each stream to the upstream with the fewest requests in flight "
+            "(sse-dashboard: `routing: least_busy`; LiteLLM: `routing_strategy: least-busy`; each in a "
+            "process of its own, the setting being for all models); direct and the pipe go to the healthy "
+            "one: the floor. Slowed: the share of the streams the slowed upstream served (information; "
+            "no target)"
+        )
+        scenarios.append((title, lambda r: r["slow"], "slowed"))
+    for title, scenario, routing in scenarios:
+        slowed = routing == "slowed"
+        head = ["target", "gaps over 2x, %", "p99 gap, ms", *(["TTFT p50, ms"] if slowed else [])]
+        head += ["TTFT p99, ms", "TTFT p99 / direct's", "TTFT p99 / pipe's", "client CPU"]
+        head += ["server CPU per chunk, µs", "server CPU / pipe's", *(["failed, %"] if routing else [])]
+        head += ["slowed, %"] if slowed else []
         lines += [
             "",
             f"{title}; {args.chunks} chunks {args.gap} ms apart (target: at most 0.5% of gaps over "
@@ -459,29 +579,32 @@ def report(rounds: list[dict], args: argparse.Namespace, info: dict, load_before
             "core; server CPU: the target process's CPU time per chunk, per-request work included, direct's "
             "being the upstream's own):",
             "",
-            "| target | gaps over 2x, % | p99 gap, ms | TTFT p99, ms | TTFT p99 / direct's "
-            "| TTFT p99 / pipe's | client CPU | server CPU per chunk, µs | server CPU / pipe's |"
-            + (" failed, % |" if routed else ""),
-            "|---" * (10 if routed else 9) + "|",
+            "| " + " | ".join(head) + " |",
+            "|---" * len(head) + "|",
         ]
         figures = [scenario(r) for r in rounds]
         for name in ["direct", *names]:
             res = [f[name] for f in figures]
-            ttft = ratios(figures, name, "direct", lambda f: f["p99_ttft"])
-            ttft_pipe = ratios(figures, name, PIPE, lambda f: f["p99_ttft"])
-            cpu_pipe = ratios(figures, name, PIPE, lambda f: f["server_cpu_per_chunk"])
-            row = (
-                f"| {name} | {spread([x['over_2x'] for x in res], 100, '{:.2f}')} | "
-                f"{spread([x['p99_gap'] for x in res], fmt='{:.1f}')} | "
-                f"{spread([x['p99_ttft'] for x in res], fmt='{:.0f}')} | {spread(ttft, 1, '{:.1f}x')} | "
-                f"{spread(ttft_pipe, 1, '{:.1f}x')} | "
-                f"{spread([x['client_cpu'] for x in res], 100, '{:.0f}%')} | "
-                f"{spread([x['server_cpu_per_chunk'] for x in res], 1e6, '{:.0f}')} | "
-                f"{spread(cpu_pipe, 1, '{:.1f}x')} |"
-            )
-            if routed:
-                row += f" {spread([x['failed'] for x in res], 100, '{:.1f}')} |"
-            lines.append(row)
+            cells = [
+                name,
+                spread([x["over_2x"] for x in res], 100, "{:.2f}"),
+                spread([x["p99_gap"] for x in res], fmt="{:.1f}"),
+            ]
+            if slowed:
+                cells.append(spread([x["p50_ttft"] for x in res], fmt="{:.0f}"))
+            cells += [
+                spread([x["p99_ttft"] for x in res], fmt="{:.0f}"),
+                spread(ratios(figures, name, "direct", lambda f: f["p99_ttft"]), 1, "{:.1f}x"),
+                spread(ratios(figures, name, PIPE, lambda f: f["p99_ttft"]), 1, "{:.1f}x"),
+                spread([x["client_cpu"] for x in res], 100, "{:.0f}%"),
+                spread([x["server_cpu_per_chunk"] for x in res], 1e6, "{:.0f}"),
+                spread(ratios(figures, name, PIPE, lambda f: f["server_cpu_per_chunk"]), 1, "{:.1f}x"),
+            ]
+            if routing:
+                cells.append(spread([x["failed"] for x in res], 100, "{:.1f}"))
+            if slowed:
+                cells.append(spread([x["slowed_share"] for x in res], 100, "{:.0f}"))
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *targets(rounds, args)]
     if note:
         lines += ["", note]
@@ -506,6 +629,16 @@ def targets(rounds: list[dict], args: argparse.Namespace) -> list[str]:
         check(f"{streams} streams: server CPU per chunk / pipe's", cpu, 2, "{:.1f}x")
         check(f"{streams} streams: TTFT p99 / pipe's", ttft, 3, "{:.1f}x")
         check(f"{streams} streams: gaps over 2x, %", [c[OURS]["over_2x"] for c in conc], 0.005, "{:.2f}", 100)
+    if args.route_streams:
+        # No target is set for it beyond measuring ours against LiteLLM in the same run.
+        for name in [n for n in rounds[0]["slow"] if n not in ("direct", PIPE)]:
+            slow = [r["slow"][name] for r in rounds]
+            out.append(
+                f"- slowed upstream, {name} (information): TTFT p50 "
+                f"{spread([s['p50_ttft'] for s in slow], fmt='{:.0f}')} ms, p99 "
+                f"{spread([s['p99_ttft'] for s in slow], fmt='{:.0f}')} ms, served by the slowed upstream "
+                f"{spread([s['slowed_share'] for s in slow], 100, '{:.0f}')}%"
+            )
     return out
 
 
@@ -515,7 +648,7 @@ def write_results(text: str) -> None:
     section = f"## Relay\n\nCommand: `python -m bench.relay`, {time.strftime('%Y-%m-%d')}.\n\n{text}\n"
     pattern = re.compile(r"## Relay\n.*?(?=\n## |\Z)", re.S)
     existing = (
-        pattern.sub(lambda _: section.rstrip("\n"), existing)
+        pattern.sub(lambda _: section.rstrip("\n") + "\n", existing)
         if pattern.search(existing)
         else (existing.rstrip("\n") + "\n\n" + section)
     )
@@ -526,6 +659,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--failing-upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
+    parser.add_argument("--slowed-upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--pipe", metavar="PORTFILE:UPSTREAM_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
     parser.add_argument(
@@ -541,7 +675,8 @@ def main() -> int:
         "--route-streams",
         type=int,
         default=200,
-        help="concurrent streams of the routing scenario (default 200; 0 leaves it out)",
+        help="concurrent streams of each routing scenario, the failing and the slowed upstream "
+        "(default 200; 0 leaves them out)",
     )
     parser.add_argument(
         "--litellm",
@@ -554,7 +689,8 @@ def main() -> int:
         "--baseline",
         type=Path,
         help="another checkout (e.g. `git worktree add` of an earlier commit) relayed beside this one, "
-        "as target sse-dashboard@baseline: an A/B in the same run, the two asked in turn",
+        "as target sse-dashboard@baseline: an A/B in the same run, the two asked in turn (the slowed "
+        "scenario needs one with `ai.routing`; else --route-streams 0)",
     )
     args = parser.parse_args()
     try:
@@ -562,9 +698,11 @@ def main() -> int:
     except ImportError:
         uvloop = None
     runner = uvloop.run if uvloop else asyncio.run
-    if args.upstream or args.failing_upstream:
-        runner(upstream_main(args.upstream or args.failing_upstream, failing=bool(args.failing_upstream)))
-        return 0
+    for kind in ("healthy", "failing", "slowed"):
+        portfile = getattr(args, "upstream" if kind == "healthy" else f"{kind}_upstream")
+        if portfile:
+            runner(upstream_main(portfile, kind))
+            return 0
     if args.pipe:
         runner(pipe_main(args.pipe))
         return 0
@@ -573,23 +711,30 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         procs: list[subprocess.Popen] = []
+
+        def own(target: tuple[subprocess.Popen, int]) -> tuple[subprocess.Popen, int]:
+            procs.append(target[0])  # stopped at the end, whatever happens
+            return target
+
         try:
-            up_proc, up_port = start_upstream(tmp)
-            procs.append(up_proc)
-            failing_proc, failing_port = start_upstream(tmp, failing=True)
-            procs.append(failing_proc)
-            relay_proc, relay_port = start_relay(tmp, up_port, failing_port)
-            procs.append(relay_proc)
-            pipe_proc, pipe_port = start_pipe(tmp, up_port)
-            procs.append(pipe_proc)
-            ports = {"direct": up_port, "python-pipe": pipe_port, "sse-dashboard": relay_port}
-            started = {"direct": up_proc, "python-pipe": pipe_proc, "sse-dashboard": relay_proc}
+            upstream = own(start_upstream(tmp))
+            up_port = upstream[1]
+            failing_port = own(start_upstream(tmp, "failing"))[1]
+            # The targets (process, port) of every scenario but the slowed one, and those of the slowed
+            # one: the relays have processes of their own there (their routing is for all models),
+            # direct and the pipe go to the healthy upstream.
+            started = {"direct": upstream, PIPE: own(start_pipe(tmp, up_port))}
+            slowed = dict(started)
+            if args.route_streams:
+                slowed_port = own(start_upstream(tmp, "slowed"))[1]
+            relays = {OURS: ROOT}
             if args.baseline is not None:
-                base_proc, ports["sse-dashboard@baseline"] = start_relay(
-                    tmp, up_port, failing_port, args.baseline.resolve()
-                )
-                procs.append(base_proc)
-                started["sse-dashboard@baseline"] = base_proc
+                relays[f"{OURS}@baseline"] = args.baseline.resolve()
+            for name, checkout in relays.items():
+                started[name] = own(start_relay(tmp, relay_config(up_port, failing_port), checkout))
+                if args.route_streams:
+                    config = slowed_relay_config(slowed_port, up_port)
+                    slowed[name] = own(start_relay(tmp, config, checkout, "slowed"))
             note = ""
             litellm = find_litellm(args.litellm)
             if litellm is None:
@@ -598,13 +743,22 @@ def main() -> int:
                     "its own if you like, then `--litellm PATH/bin/litellm`)."
                 )
             else:
-                litellm_proc, ports["litellm"] = start_litellm(tmp, litellm, up_port, failing_port)
-                procs.append(litellm_proc)
-                started["litellm"] = litellm_proc
-            servers = {name: psutil.Process(proc.pid) for name, proc in started.items()}
+                started["litellm"] = own(start_litellm(tmp, litellm, litellm_config(up_port, failing_port)))
+                if args.route_streams:
+                    config = slowed_litellm_config(slowed_port, up_port)
+                    slowed["litellm"] = own(start_litellm(tmp, litellm, config, "litellm-slowed"))
+            ports = {name: port for name, (_, port) in started.items()}
+            servers = {name: psutil.Process(proc.pid) for name, (proc, _) in started.items()}
+            slowed_scenario = None
+            if args.route_streams:
+                slowed_scenario = (
+                    {name: port for name, (_, port) in slowed.items()},
+                    {name: psutil.Process(proc.pid) for name, (proc, _) in slowed.items()},
+                    (slowed_port, up_port),
+                )
             rounds = []
             for n in range(args.rounds):
-                rounds.append(runner(one_round(args, ports, servers, n)))
+                rounds.append(runner(one_round(args, ports, servers, n, slowed_scenario)))
                 print(f"round {n + 1} of {args.rounds} done", file=sys.stderr)
         finally:
             for proc in reversed(procs):
