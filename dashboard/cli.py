@@ -331,5 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Nothing of the caller, thread or process is logged: not looked up for each line either (the
+    # logging HOWTO's "Optimization"; a relayed completion logs a line).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     quiet_client_log()
     return args.func(args)
