@@ -363,3 +363,19 @@ def test_a_stream_the_upstream_breaks_off_gives_its_reservation_back(upstream, s
     assert report["keys"]["team-a"]["held_usd"] == 0 and report["last"]["outcome"] == "error", report
     # "[a] Hello from" was relayed before the error: charged as estimated text
     assert report["keys"]["team-a"]["completion_tokens"] == 4, report
+
+
+def test_a_messages_stream_broken_off_is_charged_the_text_it_relayed(upstream, serve):
+    """Anthropic's stream counts usage from its start (one output token in message_start): a stream
+    that breaks off before its end is charged the text relayed, as an OpenAI one is."""
+    keys = f"    - {{name: team-a, token: {TEAM}, daily_usd: 1.0}}\n"
+    server = serve(keys_config(upstream, keys), env={"RELAY_TEST_KEY": KEY})
+    body = {"model": "m-error-mid", "max_tokens": 50, "messages": HI, "stream": True}
+    with server.client() as http:
+        answer = http.post("/v1/messages", json=body, headers={"x-api-key": TEAM})
+    assert answer.status_code == 200 and b"Hello" in answer.content and b"event: error" in answer.content
+    report = spend_when(server, lambda r: used(r, "team-a") == 1)
+    assert report["keys"]["team-a"]["held_usd"] == 0 and report["last"]["outcome"] == "error", report
+    # "[a] Hello from" was relayed before the error: charged as estimated text, not message_start's 1
+    assert report["keys"]["team-a"]["completion_tokens"] == 4, report
+    assert report["keys"]["team-a"]["prompt_tokens"] == 11, "the prompt as the provider counted it"

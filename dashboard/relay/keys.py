@@ -171,6 +171,10 @@ class Keys:
         if measure.usage is not None:
             prompt = measure.usage.get("prompt_tokens", 0)
             completion = measure.usage.get("completion_tokens", 0)
+            if measure.outcome != "ok" and measure.finish_reason is None:
+                # Cut short before its end: what usage came was the start's (Anthropic's
+                # message_start counts one output token), not the answer's; the text relayed counts more.
+                completion = max(completion, estimate_tokens(text_chars))
         elif measure.first_event_in is not None:  # the provider answered: it read the prompt
             prompt, completion = ticket.prompt_tokens, estimate_tokens(text_chars)
         else:
