@@ -10,11 +10,14 @@ import random
 
 import pytest
 
+from dashboard.config import parse_config
 from dashboard.relay import dialects
 from dashboard.relay.forward import Forward
 from dashboard.relay.metrics import Measure
 from dashboard.relay.sse import SSEParser
-from tests.upstream import frame, message_event
+from tests.test_keys import KEY
+from tests.test_relay_forward_anthropic import books, received, relay_once
+from tests.upstream import PREFIXES, frame, message_event, relay_config
 
 SECRET = b"sk-secret-0123456789"
 PLAIN = [
@@ -205,3 +208,22 @@ def test_a_plain_event_with_text_teaches_the_bytes_around_its_text(dialect):
         return sink.shape
 
     assert asyncio.run(go()) == tuple(plain[0].split(b"Hel"))
+
+
+# -- in a stream: the sink takes over only where an event starts -----------------------------------
+@pytest.fixture
+def ai(upstream, monkeypatch):
+    monkeypatch.setenv("RELAY_TEST_KEY", KEY)
+    return parse_config(relay_config(upstream.url, 9, extra="topics: {}")).ai
+
+
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_an_event_line_arriving_alone_is_parsed_with_the_data_after_it(ai, dialect):
+    """`event: error` on its own, then a plain text event: SSE makes them one event, which the parser
+    reads as an error. The sink must not write the text on as a plain event of its own (and leave
+    the parser to put the `event:` on a later event)."""
+    model = f"{PREFIXES[dialect][0]}-event-apart"
+    fast, fast_measure = relay_once(ai, model, client=dialects.get(dialect))
+    slow, slow_measure = relay_once(ai, model, forward=False, client=dialects.get(dialect))
+    assert received(fast) == received(slow), received(fast)
+    assert books(fast_measure) == books(slow_measure)

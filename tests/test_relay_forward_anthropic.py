@@ -14,6 +14,7 @@ import pytest
 
 from dashboard.config import parse_config
 from dashboard.relay import Relay, dialects
+from dashboard.relay.dialects import Dialect
 from dashboard.relay.errors import RelayError
 from dashboard.relay.metrics import Measure
 from dashboard.relay.sse import SSEParser
@@ -70,9 +71,12 @@ def ai(upstream, monkeypatch):
     return parse_config(relay_config(upstream.url, 9, extra="topics: {}")).ai
 
 
-def relay_once(ai, model: str, *, forward: bool = True, text: bool = False) -> tuple[Sent, Measure]:
-    """One streamed completion for a Messages client as the route runs it (dashboard/web/relay.py),
-    with or without the fast path; `text`: the chunks' text is read, as the `ai` feed has it."""
+def relay_once(
+    ai, model: str, *, forward: bool = True, text: bool = False, client: Dialect = ANTHROPIC
+) -> tuple[Sent, Measure]:
+    """One streamed completion for a Messages client (or another `client`) as the route runs it
+    (dashboard/web/relay.py), with or without the fast path; `text`: the chunks' text is read, as
+    the `ai` feed has it."""
 
     async def go() -> tuple[Sent, Measure]:
         relay = Relay(ai)
@@ -85,8 +89,8 @@ def relay_once(ai, model: str, *, forward: bool = True, text: bool = False) -> t
             return True
 
         try:
-            stream = await relay.open_stream(body, measure, ANTHROPIC, text=text)
-            renderer = ANTHROPIC.renderer(stream.provider.dialect, usage=True)
+            stream = await relay.open_stream(body, measure, client, text=text)
+            renderer = client.renderer(stream.provider.dialect, usage=True)
             try:
                 if forward:
                     stream.forward(write)

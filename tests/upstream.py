@@ -604,6 +604,17 @@ class Scenario:
             await self.send(f)
         await self.end()
 
+    async def s_event_apart(self, n: int) -> None:
+        """An `event: error` line at the end of the opening's read, then the answer's text in reads of
+        its own: SSE makes the line and the text one event (an error, with the text's data)."""
+        await self.start_stream()
+        frames = self.frames()
+        opening = self.opening()
+        for f in [*opening[:-1], opening[-1] + b"event: error\n", *frames[len(opening) :]]:
+            await self.send(f)
+            await asyncio.sleep(0.005)  # each arrives alone
+        await self.end()
+
     async def s_reset(self, n: int) -> None:
         await self.start_stream()
         for f in self.partial():

@@ -56,8 +56,9 @@ class SSEParser:
 
     @property
     def pending(self) -> bool:
-        """Whether a partial line or an undispatched event is buffered (a stream cut mid-event)."""
-        return bool(self._buf or self._data)
+        """Whether a partial line or an undispatched event (its data or its type) is buffered: a
+        stream cut mid-event, or bytes to come that continue one."""
+        return bool(self._buf or self._data) or self._event is not None
 
     def _line(self, line: bytes, events: list[SSEEvent]) -> None:
         if not line:
