@@ -284,6 +284,8 @@ def test_openai_plain_events_on_bytes_agree_with_the_lean_read(data):
         b": keepalive\n\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
         b"data: " + PLAIN_TOKENS[0].encode() + b"\n\n\n\ndata: " + PLAIN_TOKENS[0].encode() + b"\n\n",
         b"data:" + PLAIN_TOKENS[0].encode() + b"\n\n",
+        # its text never ends (the closing quote escaped): not JSON, for the parser to refuse
+        b'data: {"choices":[{"finish_reason":null,"delta":{"content":"abc\\"}\n\n',
     ],
 )
 def test_openai_plain_events_leave_every_other_frame_to_the_parser(events):

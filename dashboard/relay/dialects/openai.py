@@ -73,7 +73,10 @@ class OpenAI(Dialect):
             or any(key in data for key in _LEAN_EXCLUDES)
         ):
             return None
-        return Chunk(data, token='"content":""' not in data, chars=_content_length(data.encode(), 1))
+        chars = _content_length(data.encode(), 1)
+        if chars is None:
+            return None
+        return Chunk(data, token='"content":""' not in data, chars=chars)
 
     def plain_events(self, events: bytes) -> tuple[int, int] | None:
         # As lean_event searches one event's text, over the bytes of all at once: each is one
@@ -103,7 +106,10 @@ class OpenAI(Dialect):
         for key in _NOT_PLAIN:
             if key in events:
                 return None
-        return n - events.count(b'"content":""'), _content_length(events, n)
+        chars = _content_length(events, n)
+        if chars is None:
+            return None
+        return n - events.count(b'"content":""'), chars
 
     def parse_completion(self, obj: dict[str, Any]) -> Completion:
         choices = obj.get("choices")
@@ -169,13 +175,16 @@ class OpenAI(Dialect):
         return encode_frame(dumps(self.error_body(error.status, error.message, error.code, error.type)))
 
 
-def _content_length(events: bytes, n: int) -> int:
+def _content_length(events: bytes, n: int) -> int | None:
     """The length of the `content` strings of `n` plain events as written (escapes too): what
-    metering estimates the answer's tokens from when no usage comes."""
+    metering estimates the answer's tokens from when no usage comes. None when one of them does not
+    end (its closing quote escaped): not JSON, for the parser to say so."""
     total = at = 0
     for _ in range(n):
         start = events.find(b'"content":"', at) + 11
         end = string_end(events, start)
+        if end < 0:
+            return None
         total += end - start
         at = end
     return total
