@@ -643,15 +643,16 @@ def targets(rounds: list[dict], args: argparse.Namespace) -> list[str]:
 
 
 def write_results(text: str) -> None:
+    """Add this run to bench/RESULTS.md as the newest entry of its Relay section (which keeps the
+    earlier runs and what was learnt from them), or start that section."""
     path = ROOT / "bench" / "RESULTS.md"
     existing = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"## Relay\n\nCommand: `python -m bench.relay`, {time.strftime('%Y-%m-%d')}.\n\n{text}\n"
-    pattern = re.compile(r"## Relay\n.*?(?=\n## |\Z)", re.S)
-    existing = (
-        pattern.sub(lambda _: section.rstrip("\n") + "\n", existing)
-        if pattern.search(existing)
-        else (existing.rstrip("\n") + "\n\n" + section)
-    )
+    entry = f"### {time.strftime('%Y-%m-%d %H:%M')}: `python -m bench.relay`\n\n{text.strip()}\n\n"
+    heading = "## Relay\n\n"
+    if heading in existing:
+        existing = existing.replace(heading, heading + entry, 1)
+    else:
+        existing = existing.rstrip("\n") + "\n\n" + heading + entry
     path.write_text(existing.rstrip("\n") + "\n")
 
 
@@ -684,7 +685,11 @@ def main() -> int:
         help="LiteLLM's `litellm` command, e.g. in a virtualenv of its own (default: $BENCH_LITELLM, "
         "else the one beside this Python, else on PATH)",
     )
-    parser.add_argument("--write-results", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help="add this run to bench/RESULTS.md (its Relay section, newest first)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
