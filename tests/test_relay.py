@@ -3,12 +3,15 @@ hostile-but-valid upstream streams, usage, errors, models, keys kept secret, acc
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 
 import httpx
 import openai
 import pytest
 
+from dashboard.web.relay import STARTS_PER_TURN
 from tests.support import ServerFactory
 from tests.upstream import answer_text, blackhole, relay_config
 
@@ -208,3 +211,31 @@ def test_wrong_method_is_a_json_error(server):
     with httpx.Client(base_url=server.url) as http:
         response = http.get("/v1/chat/completions")
     assert response.status_code == 405 and "error" in response.json()
+
+
+def test_a_burst_of_streams_arrives_whole_while_it_waits_its_turns(server):
+    """More requests at once than begin in one turn of the event loop (web/relay.py, Turns): every
+    one of them is answered in full, those that waited their turn too."""
+    body = {"model": "t-echo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    async def burst() -> list[bytes]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            answers = await asyncio.gather(
+                *(http.post("/v1/chat/completions", json=body) for _ in range(3 * STARTS_PER_TURN))
+            )
+        assert all(answer.status_code == 200 for answer in answers), [a.status_code for a in answers]
+        return [answer.content for answer in answers]
+
+    for content in asyncio.run(burst()):
+        text = "".join(_contents(content))
+        assert text == answer_text("a") and content.endswith(b"data: [DONE]\n\n"), content[-200:]
+
+
+def _contents(stream: bytes) -> list[str]:
+    out = []
+    for line in stream.split(b"\n"):
+        if line.startswith(b"data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices:
+                out.append(choices[0]["delta"].get("content") or "")
+    return out
