@@ -58,8 +58,29 @@ class Forward:
                 self.held = buf
                 return None
             events = buf[:end]
-        plain = self._same_shape(events) or self._plain(events)
-        if plain is None or not self._clean(events) or not self.write(events):
+        # An event that differs from the last plain one the dialect checked only in its text, a text
+        # that can end neither its JSON string nor its line (no quote, no line end, no trailing
+        # backslash), is plain too: two comparisons instead of the dialect's dozen searches. A
+        # provider writes every token of a stream the same way but for the text, so this is the
+        # common case. (Inline, as the ASCII check below: this runs for every event.)
+        plain = None
+        if (shape := self.shape) is not None:
+            prefix, suffix = shape
+            if (
+                events.startswith(prefix)
+                and events.endswith(suffix)
+                and len(events) >= len(prefix) + len(suffix)
+            ):
+                text = events[len(prefix) : len(events) - len(suffix)]
+                if b'"' not in text and b"\n" not in text and text[-1:] != b"\\":
+                    plain = (1 if text else 0), len(text)
+        if plain is None:
+            plain = self._plain(events)
+        if (
+            plain is None
+            or not ((events.isascii() and not self.secrets) or self._clean(events))  # ASCII: UTF-8
+            or not self.write(events)
+        ):
             self.held = b""
             return buf
         self.held = buf[end:] if end < len(buf) else b""
@@ -71,25 +92,6 @@ class Forward:
             if measure.first_token_out is None:
                 measure.first_token_out = now()
         return None
-
-    def _same_shape(self, events: bytes) -> tuple[int, int] | None:
-        """(tokens, length of the text) when `events` is one event that differs from the last plain
-        one the dialect checked only in its text, and that text can neither end its JSON string nor
-        its line (no quote, no line end, no trailing backslash): then it is plain too, known with
-        two comparisons instead of the dialect's dozen searches. A provider writes every token of a
-        stream the same way but for the text, so this is the common case."""
-        shape = self.shape
-        if shape is None:
-            return None
-        prefix, suffix = shape
-        if not (
-            events.startswith(prefix) and events.endswith(suffix) and len(events) >= len(prefix) + len(suffix)
-        ):
-            return None
-        text = events[len(prefix) : len(events) - len(suffix)]
-        if b'"' in text or b"\n" in text or text[-1:] == b"\\":
-            return None
-        return (1 if text else 0), len(text)
 
     def _plain(self, events: bytes) -> tuple[int, int] | None:
         """The dialect's own check; a single plain event with text teaches its shape."""

@@ -26,7 +26,7 @@ from dashboard.broker import Broker
 from dashboard.errors import BrokerUnavailable, HTTPError
 from dashboard.events import Event
 from dashboard.relay.ledger import DAY, NANO, Ledger, Limits, Refusal, Reservation
-from dashboard.relay.metrics import Measure
+from dashboard.relay.metrics import Measure, labelled
 from dashboard.security import token_in
 from dashboard.tasks import finish_shielded
 
@@ -193,10 +193,10 @@ class Keys:
         except Exception as exc:
             log.warning("key %r: cannot settle a request's spend: %s", res.account, exc)
             return
-        REQUESTS.labels(res.account, measure.outcome).inc()
-        TOKENS.labels(res.account, "prompt").inc(prompt)
-        TOKENS.labels(res.account, "completion").inc(completion)
-        COST.labels(res.account).inc(cost)
+        labelled(REQUESTS, res.account, measure.outcome).inc()
+        labelled(TOKENS, res.account, "prompt").inc(prompt)
+        labelled(TOKENS, res.account, "completion").inc(completion)
+        labelled(COST, res.account).inc(cost)
         if cancelled is not None:
             raise cancelled
         last = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,14 @@ QUEUE_REFUSALS = Counter(
     "Requests refused while waiting for room at a provider: its queue full, or the first_token timeout.",
     ["provider", "reason"],
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: prometheus_client checks the values and takes a
+    lock on every call, which is most of the cost of a completion's metrics. Label values are
+    bounded (configured names, outcomes), and metrics are never removed, so the child stays valid."""
+    return metric.labels(*values)
 
 
 def now() -> float:
@@ -114,9 +123,9 @@ class Measure:
     def record(self) -> None:
         """Into the Prometheus metrics (once, when the completion ends)."""
         provider = self.provider or "none"
-        COMPLETIONS.labels(provider, self.outcome).inc()
+        labelled(COMPLETIONS, provider, self.outcome).inc()
         ttft, overhead = self.ttft(), self.overhead()
         if ttft is not None:
-            TIME_TO_FIRST_TOKEN.labels(provider, self.label or self.model).observe(ttft)
+            labelled(TIME_TO_FIRST_TOKEN, provider, self.label or self.model).observe(ttft)
         if overhead is not None:
-            RELAY_OVERHEAD.labels(provider).observe(overhead)
+            labelled(RELAY_OVERHEAD, provider).observe(overhead)

@@ -85,16 +85,25 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        error = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self.gathered:
-                self._hand_on()
-            self._fail(httpx.RemoteProtocolError(f"invalid HTTP from the server: {exc}"))
+            error = exc
+        gathered = self.gathered
+        if gathered:
+            # The body parts of this read to the sink, together (one write for their events), or
+            # to the reader if it lets go. Inline: this runs for every part of a stream.
+            body = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+            gathered.clear()
+            sink = self.sink
+            rest = body if sink is None else sink.feed(body)
+            if rest is not None:
+                self.sink = None  # it stopped (or there is none): the reader takes it from here
+                self._keep(rest)
+        if error is not None:  # after what came before it was handed on
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP from the server: {error}"))
             self.close()
-            return
-        if self.gathered:
-            self._hand_on()
 
     def eof_received(self) -> None:
         self.connection_lost(None)
@@ -126,20 +135,6 @@ class _Connection(asyncio.Protocol):
             self.gathered.append(body)
         else:
             self._keep(body)
-
-    def _hand_on(self) -> None:
-        """The body parts of one read to the sink, together, or to the reader if it lets go."""
-        gathered = self.gathered
-        body = gathered[0] if len(gathered) == 1 else b"".join(gathered)
-        gathered.clear()
-        sink = self.sink
-        if sink is not None:
-            rest = sink.feed(body)
-            if rest is None:
-                return
-            self.sink = None  # it stopped: the reader takes it from here
-            body = rest
-        self._keep(body)
 
     def _keep(self, body: bytes) -> None:
         self.body.append(body)

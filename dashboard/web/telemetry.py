@@ -24,6 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dashboard.relay.metrics import labelled
+
 if TYPE_CHECKING:
     from dashboard.auth import Access
     from dashboard.broker import Broker
@@ -175,7 +177,7 @@ class Telemetry:
     def count(self, method: str, route: str, status: int) -> None:
         """One request answered: `route` is its template (`/sse/{topic}`), never the raw path."""
         method = method if method in METHODS else "other"  # bounded label values
-        self.http_requests.labels(method, route, str(status)).inc()
+        labelled(self.http_requests, method, route, str(status)).inc()
 
 
 class Metrics:
