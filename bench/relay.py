@@ -342,15 +342,16 @@ def start_upstream(tmp: Path, kind: str = "healthy") -> tuple[subprocess.Popen, 
     return _start_own(tmp, kind, flag, str(tmp / f"{kind}.port"))
 
 
-def start_pipe(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
-    return _start_own(tmp, "pipe", "--pipe", f"{tmp / 'pipe.port'}:{upstream_port}")
+def start_pipe(tmp: Path, upstream_port: int, wrap: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    return _start_own(tmp, "pipe", "--pipe", f"{tmp / 'pipe.port'}:{upstream_port}", wrap=wrap)
 
 
-def _start_own(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen, int]:
-    """This module in a process of its own, as the upstream or the pipe; its port, once it listens."""
+def _start_own(tmp: Path, name: str, *args: str, wrap: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """This module in a process of its own, as the upstream or the pipe; its port, once it listens.
+    `wrap`: a command it runs under (bench.instructions: valgrind), which makes it start slower."""
     portfile = tmp / f"{name}.port"
-    proc = subprocess.Popen([sys.executable, __file__, *args])
-    for _ in range(200):
+    proc = subprocess.Popen([*wrap, sys.executable, __file__, *args])
+    for _ in range(1200 if wrap else 200):
         if portfile.exists() and portfile.read_text():
             return proc, int(portfile.read_text())
         time.sleep(0.05)
@@ -392,9 +393,10 @@ def _provider(name: str, port: int, models: str, more: str = "") -> str:
 
 
 def start_relay(
-    tmp: Path, config_text: str, checkout: Path = ROOT, name: str = "relay"
+    tmp: Path, config_text: str, checkout: Path = ROOT, name: str = "relay", wrap: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
-    """`dashboard serve` from `checkout` (this one, or a baseline's) with `config_text`."""
+    """`dashboard serve` from `checkout` (this one, or a baseline's) with `config_text`; `wrap` as
+    for `_start_own`."""
     tmp = tmp / f"{checkout.name}-{name}"
     tmp.mkdir(exist_ok=True)
     config = tmp / "config.yaml"
@@ -403,13 +405,13 @@ def start_relay(
     # In its own folder, where its default broker keeps its file, importing `checkout`'s code.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard", "serve", "--config", str(config), "--port", "0"],
+        [*wrap, sys.executable, "-m", "dashboard", "serve", "--config", str(config), "--port", "0"],
         cwd=tmp,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    for _ in range(300):
+    for _ in range(1800 if wrap else 300):
         text = (tmp / "relay.log").read_text(errors="replace")
         match = re.search(r"serving on http://\S+:(\d+)", text)
         if match:

@@ -116,6 +116,10 @@ def _finite(text: str) -> float:
     return number
 
 
+# What json.loads(text, parse_constant=..., parse_float=...) would make anew for every body.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def parse_json(body: bytes) -> Any:
     """`body` parsed as JSON; 400 `invalid_json` saying why when it is not JSON or nests too deep.
 
@@ -132,7 +136,7 @@ def parse_json(body: bytes) -> Any:
         message = f"invalid JSON: the body is not UTF-8 (byte 0x{bad} at position {exc.start})"
         raise HTTPError(400, message, "invalid_json") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = _DECODER.decode(text)
     except ValueError as exc:
         raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
     if _SURROGATE_ESCAPE.search(body) and (problem := json_problem(value)) is not None:
