@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -318,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class LineFormatter(logging.Formatter):
+    """logging's own Formatter, its asctime's date and time made once a second (time.strftime is
+    most of a line's formatting, and a relayed completion logs a line)."""
+
+    stamp: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self.stamp[0]:
+            self.stamp = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return self.default_msec_format % (self.stamp[1], record.msecs)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Feeds named by dotted path may live in the folder the command is started from.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -327,10 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.config:
             build_parser().error("give the config either as an argument or with --config, not both")
         args.config = args.config_path
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    before = list(logging.getLogger().handlers)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper())
+    for handler in logging.getLogger().handlers:
+        if handler not in before:  # the one basicConfig made (none when the root has handlers)
+            handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Nothing of the caller, thread or process is logged: not looked up for each line either (the
     # logging HOWTO's "Optimization"; a relayed completion logs a line).
     logging._srcfile = None  # type: ignore[attr-defined]

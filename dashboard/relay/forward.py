@@ -19,6 +19,9 @@ from dashboard.relay.dialects import Dialect
 from dashboard.relay.metrics import Measure, now
 
 MAX_HELD = 1 << 16  # a part of an event held this long goes to the reader instead
+# Single bytes as ints: `34 in data` is a memchr, where `b'"' in data` costs ten times more per call
+# (the bytes argument goes through the buffer protocol), on a path taken for every event.
+CR, LF, QUOTE = ord("\r"), ord("\n"), ord('"')
 
 Write = Callable[[bytes], bool]  # writes bytes to the client now, or returns False (paused, gone)
 
@@ -43,7 +46,7 @@ class Forward:
         held = self.held
         buf = held + data if held else data
         self.last = self.clock()
-        if b"\r" in data:
+        if CR in data:
             self.held = b""
             return buf
         if buf[-2:] == b"\n\n":
@@ -72,7 +75,7 @@ class Forward:
                 and len(events) >= len(prefix) + len(suffix)
             ):
                 text = events[len(prefix) : len(events) - len(suffix)]
-                if b'"' not in text and b"\n" not in text and text[-1:] != b"\\":
+                if QUOTE not in text and LF not in text and text[-1:] != b"\\":
                     plain = (1 if text else 0), len(text)
         if plain is None:
             plain = self._plain(events)

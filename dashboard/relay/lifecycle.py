@@ -133,15 +133,15 @@ class Completion:
     def log(self) -> None:
         """The completion's one line in the server log."""
         measure = self.measure
-        summary = self.summary()
+        ttft, overhead = measure.ttft(), measure.overhead()
         log.info(
             "relay %s model=%s provider=%s attempts=%d ttft_ms=%s overhead_ms=%s tokens=%s duration_ms=%s",
             measure.outcome,
             measure.model,
             measure.provider or "-",
             measure.attempts,
-            summary["ttft_ms"],
-            summary["relay_overhead_ms"],
+            None if ttft is None else round(ttft * 1000, 3),
+            None if overhead is None else round(overhead * 1000, 3),
             (measure.usage or {}).get("completion_tokens", measure.text_chunks),
-            summary["duration_ms"],
+            round(((measure.ended or now()) - measure.started) * 1000, 3),
         )

@@ -59,6 +59,7 @@ class DashboardApp(Starlette):
         self.hosts = hosts
         self.telemetry = telemetry
         self.hot = hot
+        self.static = {route.path: route for route in hot if not route.param_convertors}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
@@ -107,7 +108,9 @@ class DashboardApp(Starlette):
         if refusal is not None:
             self.telemetry.count(scope["method"], UNMATCHED, refusal.status_code)
             return refusal
-        for route in self.hot:
+        # A path without parameters is looked up (the relay's); the others are matched in turn.
+        static = self.static.get(scope["path"])
+        for route in (static,) if static is not None else self.hot:
             match, child = route.matches(scope)
             if match is Match.FULL:
                 scope["route"], scope["path_params"] = route, child["path_params"]

@@ -36,13 +36,15 @@ class HostCheck:
     def __init__(self, hosts: list[str]) -> None:
         self.hosts = [h.lower() for h in hosts]
         self.any = "*" in self.hosts
+        self.names = {h for h in self.hosts if not any(c in h for c in "*?[")}  # matched as they are
 
     def refusal(self, scope: Scope) -> Response | None:
         if self.any:
             return None
         host = next((value for name, value in scope["headers"] if name == b"host"), b"")
         host = host.decode("latin-1").lower()
-        if any(fnmatchcase(host_name(host), pattern) for pattern in self.hosts):
+        name = host_name(host)
+        if name in self.names or any(fnmatchcase(name, pattern) for pattern in self.hosts):
             return None
         shown = host[:100] or "none"
         message = f"this server does not answer for host {shown!r} (server.allowed_hosts)"

@@ -87,7 +87,7 @@ class OpenAI(Dialect):
             if (
                 events[:7] != b"data: {"
                 or events[-3:] != b"}\n\n"  # a whole JSON object, as far as a glance can tell
-                or b"\n" in events[7:-2]
+                or 10 in events[7:-2]  # a line end (as an int: see forward.py)
                 or b'"finish_reason":null' not in events
                 or events.count(b'"finish_reason":') != 1
                 or events.count(b'"content":"') != 1
