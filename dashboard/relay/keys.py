@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from dashboard.broker import Broker
 from dashboard.errors import BrokerUnavailable, HTTPError
 from dashboard.events import Event
-from dashboard.relay.ledger import DAY, NANO, Ledger, Limits, Refusal, Reservation, parse_spend
+from dashboard.relay.ledger import DAY, NANO, Ledger, Limits, Refusal, Reservation
 from dashboard.relay.metrics import Measure, labelled
 from dashboard.security import token_in
 from dashboard.tasks import finish_shielded
@@ -184,7 +184,9 @@ class Keys:
         cancelled: asyncio.CancelledError | None = None
         try:
             # Shielded: a request cancelled now (its client left, the server stops) still settles.
-            counters = await finish_shielded(self.ledger.settle(res, prompt, completion, round(cost * NANO)))
+            # The spend is parsed only for spend feeds (passed by position, as wrappers of settle pass it).
+            settled = self.ledger.settle(res, prompt, completion, round(cost * NANO), bool(self.listeners))
+            spend = await finish_shielded(settled)
         except asyncio.CancelledError as exc:
             if exc.__cause__ is not None:
                 log.warning("key %r: cannot settle a request's spend: %s", res.account, exc.__cause__)
@@ -199,9 +201,8 @@ class Keys:
         labelled(COST, res.account).inc(cost)
         if cancelled is not None:
             raise cancelled
-        if not self.listeners:
+        if spend is None:  # no spend feed to tell
             return
-        spend = parse_spend(counters)
         last = {
             "key": res.account,
             "model": res.model,

@@ -85,17 +85,18 @@ class Ledger:
         return Reservation(account, model, tokens, nusd, held.second, held.day)
 
     async def settle(
-        self, res: Reservation, prompt_tokens: int, completion_tokens: int, nusd: int
-    ) -> dict[str, int]:
-        """Replace a reservation by what the request used; the day's counters after it (parse_spend
-        reads them, when someone wants the spend)."""
-        return await self.books.ledger_settle(
+        self, res: Reservation, prompt_tokens: int, completion_tokens: int, nusd: int, spend: bool = True
+    ) -> Spend | None:
+        """Replace a reservation by what the request used; the day's spend after it (parse_spend),
+        or None when it is not wanted (`spend` false: most settlements have no spend feed to tell)."""
+        counters = await self.books.ledger_settle(
             res.account,
             Hold(res.second, res.day),
             prompt_tokens + completion_tokens - res.tokens,
             spend_increments(res, prompt_tokens, completion_tokens, nusd),
             days=SPEND_DAYS,
         )
+        return parse_spend(counters) if spend else None
 
     async def spend(self, day: int | None = None) -> Spend:
         """A UTC day's spend (default: today), as parse_spend gives it."""
