@@ -164,15 +164,23 @@ class SqliteBroker(MemoryBroker):
         self, account: str, hold: Hold, tokens: int, increments: list[tuple[str, int]], *, days: int
     ) -> dict[str, int]:
         counters = await super().ledger_settle(account, hold, tokens, increments, days=days)
-        await self._save_books(account)
+        # What a settlement moves: its hold's day, and the window of an account held to limits (one
+        # with none has no window); it drops no day.
+        if account in self.books.windows:
+            self._save_window(account)
+        self.store.write(tables.SAVE_DAY, (hold.day, json.dumps(counters)), key=("day", hold.day))
+        await asyncio.shield(self.store.commit())
         return counters
 
     async def _save_books(self, account: str) -> None:
         """Write what a ledger step changed (the account's window, the days) and wait for it."""
-        buckets = self.books.windows.get(account, {})
-        self.store.write(tables.SAVE_WINDOW, (account, json.dumps(buckets)), key=("window", account))
+        self._save_window(account)
         self._save_days()
         await asyncio.shield(self.store.commit())
+
+    def _save_window(self, account: str) -> None:
+        buckets = self.books.windows.get(account, {})
+        self.store.write(tables.SAVE_WINDOW, (account, json.dumps(buckets)), key=("window", account))
 
     def _save_days(self) -> None:
         for day, counters in self.books.days.items():
