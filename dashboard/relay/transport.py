@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import types
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -57,7 +58,16 @@ class _Connection(asyncio.Protocol):
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.gathered: list[bytes] = []  # the body parts of one read (see data_received)
+        # httptools takes its callbacks once, here: each body part goes to the list as it is (a call
+        # into C, not a Python function, for each part of a stream).
+        callbacks = types.SimpleNamespace(
+            on_header=self.on_header,
+            on_headers_complete=self.on_headers_complete,
+            on_body=self.gathered.append,
+            on_message_complete=self.on_message_complete,
+        )
+        self.parser = httptools.HttpResponseParser(callbacks)
         self.closed = False
         self.idle_since = 0.0
         self._reset()
@@ -66,7 +76,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.body: list[bytes] = []
-        self.gathered: list[bytes] = []  # the body parts of one read, for the sink
+        self.gathered.clear()
         self.buffered = 0
         self.received = False  # any byte of the answer
         self.complete = False
@@ -92,8 +102,8 @@ class _Connection(asyncio.Protocol):
             error = exc
         gathered = self.gathered
         if gathered:
-            # The body parts of this read to the sink, together (one write for their events), or
-            # to the reader if it lets go. Inline: this runs for every part of a stream.
+            # The body parts of this read, together: to the sink if one is waiting (one write for
+            # their events), else or if it lets go to the reader. Inline: this runs for every read.
             body = gathered[0] if len(gathered) == 1 else b"".join(gathered)
             gathered.clear()
             sink = self.sink
@@ -129,12 +139,6 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if not self.head.done():
             self.head.set_result(self.parser.get_status_code())
-
-    def on_body(self, body: bytes) -> None:
-        if self.sink is not None:  # handed on once the read is parsed: one write for its events
-            self.gathered.append(body)
-        else:
-            self._keep(body)
 
     def _keep(self, body: bytes) -> None:
         self.body.append(body)
