@@ -711,7 +711,8 @@ def main() -> int:
             runner(upstream_main(portfile, kind))
             return 0
     if args.pipe:
-        runner(pipe_main(args.pipe))
+        with contextlib.suppress(KeyboardInterrupt):  # how bench.instructions stops it
+            runner(pipe_main(args.pipe))
         return 0
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)

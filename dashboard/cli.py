@@ -328,10 +328,10 @@ class LineFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self.stamp[0]:
-            self.stamp = (second, time.strftime(self.default_time_format, self.converter(record.created)))
-        return self.default_msec_format % (self.stamp[1], record.msecs)
+        second, stamp = int(record.created), self.stamp  # read once: the handler's lock is not ours
+        if second != stamp[0]:
+            stamp = self.stamp = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return self.default_msec_format % (stamp[1], record.msecs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,10 @@ import openai
 import pytest
 
 from dashboard.broker import Broker, from_url
+from dashboard.broker.sqlite import store
+from dashboard.errors import BrokerUnavailable
 from dashboard.events import Event
-from dashboard.relay.ledger import Ledger, Limits, Reservation
+from dashboard.relay.ledger import DAY, Ledger, Limits, Reservation
 from dashboard.web.sink import StreamSink
 from tests.support import ROOT, read_events, sse_stream
 from tests.test_alerts import HOOK_SECRET, Receiver, receiving
@@ -212,6 +214,45 @@ def test_what_requests_in_flight_held_when_the_process_stopped_is_counted_as_spe
             await again.disconnect()
 
     assert asyncio.run(scenario()) == {"nusd": 40, "reserved": 0}
+
+
+def test_a_settlement_whose_write_failed_is_on_disk_once_a_later_one_is_written(tmp_path, monkeypatch):
+    """A settlement writes only its own day: after one whose write failed (the disk full, say), the
+    next writes every day again, so the file catches up, even when that next one is on another day
+    (past midnight) and the key has no limits (it never reserves, which writes them all too)."""
+    real, failing = store._transaction, [True]
+
+    def once_failing(db, statements):
+        if failing[0]:
+            failing[0] = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(db, statements)
+
+    monkeypatch.setattr(store, "_transaction", once_failing)
+    today = 20000
+
+    def settled(day: int) -> Reservation:  # a key with no limits: settled without a reservation
+        return Reservation("team", "m", 0, 0, day * DAY, day)
+
+    async def scenario() -> tuple[dict, dict]:
+        url = f"sqlite:///{tmp_path}/ledger.db"
+        broker = from_url(url)
+        await broker.connect()
+        ledger = Ledger(broker)
+        with pytest.raises(BrokerUnavailable):
+            await ledger.settle(settled(today), 10, 20, 1000)  # counted, not written
+        await ledger.settle(settled(today + 1), 1, 1, 1)
+        in_memory = {day: dict(counters) for day, counters in broker.books.days.items()}
+        await broker.disconnect()
+        again = from_url(url)
+        await again.connect()
+        try:
+            return in_memory, {day: dict(counters) for day, counters in again.books.days.items()}
+        finally:
+            await again.disconnect()
+
+    in_memory, on_disk = asyncio.run(scenario())
+    assert on_disk == in_memory and on_disk[today]["k|team|nusd"] == 1000, on_disk
 
 
 def test_a_topic_dropped_at_a_start_and_configured_again_tells_a_resuming_reader_it_lost_events(tmp_path):

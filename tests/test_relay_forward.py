@@ -53,9 +53,14 @@ COUNTS = [(1, 3), (0, 0), (1, 5)]  # each plain event's: tokens, and its text's 
 
 
 def run(
-    parts: list[bytes], *, writable: bool = True, dialect: str = "openai"
+    parts: list[bytes],
+    *,
+    writable: bool = True,
+    dialect: str = "openai",
+    secrets: tuple[bytes, ...] = (SECRET,),
 ) -> tuple[bytes, bytes, Measure]:
-    """Feed `parts` as a connection would: (what was written, what the reader got, the measure)."""
+    """Feed `parts` as a connection would: (what was written, what the reader got, the measure);
+    `secrets`: the provider's, to redact (none: a provider configured without a key)."""
 
     async def go() -> tuple[bytes, bytes, Measure]:
         written: list[bytes] = []
@@ -66,7 +71,7 @@ def run(
                 written.append(data)
             return writable
 
-        sink = Forward(write, dialects.get(dialect), [SECRET], measure)
+        sink = Forward(write, dialects.get(dialect), list(secrets), measure)
         reader: list[bytes] = []
         for part in parts:
             if reader:  # the sink let go: the rest goes to the reader
@@ -86,14 +91,15 @@ def cuts(data: bytes, step: int) -> list[bytes]:
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
+@pytest.mark.parametrize("secrets", [(SECRET,), ()], ids=["secrets", "no-secrets"])
 @pytest.mark.parametrize("dialect", sorted(STREAMS))
 @pytest.mark.parametrize("step", [1, 2, 7, 50, 10_000])
-def test_plain_events_are_written_whole_in_order_however_cut(dialect, step):
+def test_plain_events_are_written_whole_in_order_however_cut(dialect, step, secrets):
     """Step 1 and 2 cut inside every character of two bytes, and between Anthropic's `event:` and
     `data:` lines."""
     plain, finish = STREAMS[dialect]
     stream = b"".join(plain) + finish
-    written, rest, measure = run(cuts(stream, step), dialect=dialect)
+    written, rest, measure = run(cuts(stream, step), dialect=dialect, secrets=secrets)
     assert written + rest == stream, "every byte once, in order"
     # Whole plain events only; those that arrive with the finish go to the reader with it.
     sent = [e for e in plain if e in written]
@@ -148,6 +154,15 @@ def test_any_other_event_goes_to_the_reader_with_all_after_it(dialect, other):
     assert written == plain[0]
     assert rest == other + plain[1]
     assert written + rest == stream
+
+
+@pytest.mark.parametrize(("dialect", "other"), [(d, o) for d, o in OTHERS if SECRET not in o])
+def test_with_no_secrets_configured_any_other_event_still_goes_to_the_reader(dialect, other):
+    """Bytes that are not UTF-8, above all: a provider configured without a key has no secret to
+    look for, and only the check for plain ASCII is left before the write."""
+    plain = STREAMS[dialect][0]
+    written, rest, _ = run([plain[0], other + plain[1]], dialect=dialect, secrets=())
+    assert written == plain[0] and rest == other + plain[1]
 
 
 @pytest.mark.parametrize("dialect", sorted(STREAMS))

@@ -136,6 +136,8 @@ def parse_json(body: bytes) -> Any:
         message = f"invalid JSON: the body is not UTF-8 (byte 0x{bad} at position {exc.start})"
         raise HTTPError(400, message, "invalid_json") from None
     try:
+        if text.startswith("\ufeff"):  # a second BOM: what json.loads says of it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         value = _DECODER.decode(text)
     except ValueError as exc:
         raise HTTPError(400, f"invalid JSON: {exc}", "invalid_json") from None
