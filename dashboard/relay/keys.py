@@ -184,7 +184,8 @@ class Keys:
         cancelled: asyncio.CancelledError | None = None
         try:
             # Shielded: a request cancelled now (its client left, the server stops) still settles.
-            # The spend is parsed only for spend feeds (passed by position, as wrappers of settle pass it).
+            # The day's spend is parsed only for spend feeds (the flag by position: a wrapper of
+            # Ledger.settle taking *args passes it on).
             settled = self.ledger.settle(res, prompt, completion, round(cost * NANO), bool(self.listeners))
             spend = await finish_shielded(settled)
         except asyncio.CancelledError as exc:
