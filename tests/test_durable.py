@@ -217,9 +217,9 @@ def test_what_requests_in_flight_held_when_the_process_stopped_is_counted_as_spe
 
 
 def test_a_settlement_whose_write_failed_is_on_disk_once_a_later_one_is_written(tmp_path, monkeypatch):
-    """A settlement writes only its own day: after one whose write failed (the disk full, say), the
-    next writes every day again, so the file catches up, even when that next one is on another day
-    (past midnight) and the key has no limits (it never reserves, which writes them all too)."""
+    """A settlement writes only its own day: one whose write failed (the disk full, say) is written
+    with the next write, so the file catches up, even when the next settlement is on another day
+    (past midnight) and the key has no limits (it never reserves, which writes every day)."""
     real, failing = store._transaction, [True]
 
     def once_failing(db, statements):

@@ -37,7 +37,7 @@ from dashboard.broker.contract import MAX_CLAIMS, Hold, Limits, Refusal
 from dashboard.broker.memory import MemoryBroker
 from dashboard.broker.sqlite import tables
 from dashboard.broker.sqlite.store import Store
-from dashboard.errors import BrokerConfigError, BrokerUnavailable
+from dashboard.errors import BrokerConfigError
 from dashboard.events import Event, Message
 
 log = logging.getLogger("dashboard.broker.sqlite")
@@ -68,7 +68,6 @@ class SqliteBroker(MemoryBroker):
         super().__init__(**kwargs)
         self.path = path
         self.store = Store(path)  # opened and locked now: a file that cannot be used stops the start
-        self._books_behind = False  # a ledger step's write failed: the file lacks what it changed
 
     def describe(self) -> str:
         return f"in {self.path} (kept across restarts)"
@@ -171,9 +170,9 @@ class SqliteBroker(MemoryBroker):
     async def _save_books(self, account: str, settled: int | None = None) -> None:
         """Write what a ledger step changed and wait for it: the account's window and the days. A
         settlement (`settled`: its day) moves only its day, and the window of an account held to
-        limits (one with none has no window). After a ledger write failed, each step writes all
-        of them again until one is written, so that the file catches up with what it missed."""
-        whole = settled is None or self._books_behind or not self.store.healthy
+        limits (one with none has no window). A write that failed goes again with the next (see
+        Store.write)."""
+        whole = settled is None
         if whole or account in self.books.windows:
             buckets = self.books.windows.get(account, {})
             self.store.write(tables.SAVE_WINDOW, (account, json.dumps(buckets)), key=("window", account))
@@ -182,13 +181,7 @@ class SqliteBroker(MemoryBroker):
         else:
             counters = self.books.days.get(settled, {})
             self.store.write(tables.SAVE_DAY, (settled, json.dumps(counters)), key=("day", settled))
-        try:
-            await asyncio.shield(self.store.commit())
-        except BrokerUnavailable:
-            self._books_behind = True
-            raise
-        if whole:
-            self._books_behind = False
+        await asyncio.shield(self.store.commit())
 
     def _save_days(self) -> None:
         for day, counters in self.books.days.items():

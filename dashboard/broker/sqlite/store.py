@@ -130,7 +130,10 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
     def write(self, sql: str, params: Sequence[Any], *, key: Hashable | None = None) -> None:
         """Queue a statement in the open batch; a later one with the same `key` replaces it. It is
-        written with the next batch that is committed or flushed."""
+        written with the next batch that is committed or flushed. A keyed statement saves a state
+        (its newest snapshot, or an idempotent trim): when its batch fails, it goes again with the
+        next one, so that the file catches up once a write succeeds. (A key is never an int: those
+        number the statements written without one.)"""
         self._open.statements[next(self._numbers) if key is None else key] = (sql, params)
 
     def then(self, callback: Callable[[], None]) -> None:
@@ -161,6 +164,11 @@ class Store:
             _transaction(self._db, batch.statements.values())
         except (sqlite3.Error, OSError) as exc:
             self.healthy = False
+            # The keyed statements go again with the next batch, where anything newer of the same
+            # key written since replaces them.
+            again = {key: st for key, st in batch.statements.items() if not isinstance(key, int)}
+            again.update(self._open.statements)
+            self._open.statements = again
             if batch.done is not None:
                 batch.done.set_exception(BrokerUnavailable(f"cannot write {self.path}: {exc}"))
                 batch.done.exception()  # retrieved: its waiters may all have left
