@@ -72,9 +72,9 @@ def counted(tmp: Path, target: str, checkout: Path, up_port: int, streams: int, 
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    match = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
+    match = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE) if out.exists() else None
     if match is None:
-        raise RuntimeError(f"{target}: callgrind wrote no count")
+        raise RuntimeError(f"{target}: callgrind wrote no count (valgrind's exit code {proc.returncode})")
     return int(match.group(1))
 
 
