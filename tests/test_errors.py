@@ -37,3 +37,13 @@ def test_an_unknown_topic_is_answered_with_its_own_status_and_code(serve):
         response = client.get("/sse/nope")
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "unknown_topic"
+
+
+def test_nesting_is_measured_the_same_whether_or_not_a_body_has_more_openings_than_the_bound():
+    """Bodies with no more `[` and `{` than the bound pass at once; the others are measured."""
+    assert web_errors.json_nesting_problem(b"[" * 64 + b"]" * 64) is None
+    assert web_errors.json_nesting_problem(b'{"a":' * 65 + b"1" + b"}" * 65) == (
+        "arrays and objects are nested deeper than 64 levels"
+    )
+    assert web_errors.json_nesting_problem(b'["' + b"[{" * 100 + b'", [1]]') is None, "brackets in strings"
+    assert web_errors.json_nesting_problem(b"[" * 65) is not None, "unclosed brackets count too"

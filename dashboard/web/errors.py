@@ -91,6 +91,8 @@ def json_nesting_problem(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None
     the brackets left: each pass deletes every innermost pair, so a document nested `d` deep is
     emptied in `d` passes of C-speed `replace`. Unmatched brackets (invalid JSON, which the
     parser then reports) count as levels too."""
+    if body.count(b"[") + body.count(b"{") <= limit:  # no deeper than it has openings (most bodies)
+        return None
     brackets = _JSON_STRING.sub(b"", body).translate(_OPEN_CLOSE, _NOT_BRACKETS)
     for depth in range(limit + 1):
         shorter = brackets.replace(b"[]", b"")
