@@ -435,7 +435,10 @@ def find_litellm(given: str | None) -> str | None:
     """LiteLLM's `litellm` command: `given` (--litellm, or $BENCH_LITELLM), else the one beside this
     Python (its virtual environment's bin), else one on PATH; None when there is none."""
     if given:
-        return given
+        found = shutil.which(given)
+        if found is None:
+            raise SystemExit(f"--litellm {given}: no such command (leave it out, or '', to go without)")
+        return found
     beside = Path(sys.executable).parent / "litellm"
     return str(beside) if beside.exists() else shutil.which("litellm")
 
