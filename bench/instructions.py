@@ -35,7 +35,6 @@ from bench.relay import (
     OURS,
     PIPE,
     ROOT,
-    hot_path,
     machine,
     one_stream,
     relay_config,
@@ -45,7 +44,6 @@ from bench.relay import (
 )
 
 FEW, MANY = 10, 60  # streams served in the two runs of each target
-ran: dict[str, str] = {}  # how each relay target ran its hot path (bench.relay.hot_path)
 GAP_MS = 2  # the upstream's gap between chunks
 
 
@@ -60,7 +58,6 @@ def counted(tmp: Path, target: str, checkout: Path, up_port: int, streams: int, 
         proc, port = start_pipe(run, up_port, wrap)
     else:
         proc, port = start_relay(run, relay_config(up_port, up_port), checkout, "relay", wrap)
-        ran[target] = hot_path(run, checkout)
     try:
 
         async def serve() -> None:
@@ -125,9 +122,7 @@ def main() -> int:
     lines = [
         f"Machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; instructions in user space,"
         f" counted by callgrind (the kernel's work for system calls is not in them); streams of 1 and of"
-        f" {args.chunks} chunks, {MANY - FEW} streams counted per figure. Hot path: "
-        + ", ".join(f"{target} {how}" for target, how in ran.items())
-        + ".",
+        f" {args.chunks} chunks, {MANY - FEW} streams counted per figure:",
         "",
         "| target | per request | per chunk | per stream of "
         f"{args.chunks} chunks | request / pipe's | chunk / pipe's | stream / pipe's |",

@@ -392,14 +392,6 @@ def _provider(name: str, port: int, models: str, more: str = "") -> str:
     )
 
 
-def hot_path(tmp: Path, checkout: Path = ROOT, name: str = "relay") -> str:
-    """How the relay that start_relay started from `checkout` runs its hot path, from its startup
-    line: compiled, or as Python (where it was not built: a worktree is not, until `pip install -e`
-    or `python setup.py build_ext --inplace` there; or one older than the compiled hot path)."""
-    text = (tmp / f"{checkout.name}-{name}" / "relay.log").read_text(errors="replace")
-    return "compiled" if "hot path compiled" in text else "Python"
-
-
 def start_relay(
     tmp: Path, config_text: str, checkout: Path = ROOT, name: str = "relay", wrap: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
@@ -754,13 +746,12 @@ def main() -> int:
                 if args.route_streams:
                     config = slowed_relay_config(slowed_port, up_port)
                     slowed[name] = own(start_relay(tmp, config, checkout, "slowed"))
-            ran = [f"{name} {hot_path(tmp, checkout)}" for name, checkout in relays.items()]
-            note = f"Hot path: {', '.join(ran)}."
+            note = ""
             litellm = find_litellm(args.litellm)
             if litellm is None:
-                note += (
-                    "\n\nLiteLLM's proxy: skipped, not found (`pip install 'litellm[proxy]'`, in a virtualenv"
-                    " of its own if you like, then `--litellm PATH/bin/litellm`)."
+                note = (
+                    "LiteLLM's proxy: skipped, not found (`pip install 'litellm[proxy]'`, in a virtualenv of "
+                    "its own if you like, then `--litellm PATH/bin/litellm`)."
                 )
             else:
                 started["litellm"] = own(start_litellm(tmp, litellm, litellm_config(up_port, failing_port)))

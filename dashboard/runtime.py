@@ -18,7 +18,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from dashboard import broker as brokers
-from dashboard import hotpath
 from dashboard.alerts import Alerts
 from dashboard.auth import Access
 from dashboard.auth.exposure import network_problems
@@ -289,7 +288,6 @@ class Runtime:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("uvicorn.access").addFilter(HIDE_TOKENS)  # once uvicorn set up its logging
         direct.log_fast_path()
-        hotpath.log_hot_path()
         log.info("instance %s: config %s, generation %d", self.instance, self.config.source, self.generation)
         await self.broker.connect()
         self.supervisor.start()

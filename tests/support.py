@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import resource
@@ -18,26 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
 ROOT = Path(__file__).resolve().parent.parent
 _URL_LINE = re.compile(r"serving on (http://\S+)")
-
-
-def from_source(name: str) -> ModuleType:
-    """Module `name` run from its Python source, beside the one imported (compiled, for the hot
-    path's modules, where setup.py built them): the path that runs where there is no C compiler."""
-    imported = importlib.util.find_spec(name)
-    assert imported is not None and imported.origin is not None, name
-    path = Path(imported.origin).with_name(name.rsplit(".", 1)[1] + ".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ LAYERS: list[tuple[str, ...]] = [
         "dashboard.security",
         "dashboard.plugins",
         "dashboard.tasks",
-        "dashboard.hotpath",  # which of the hot path's modules run compiled (importlib, not an import)
     ),
     ("dashboard.broker", "dashboard.feed", "dashboard.views"),  # storage and fan-out; what a feed is
     ("dashboard.config",),  # the schema, its YAML source and its checks

@@ -1,14 +1,12 @@
 """The relay's fast path for same-dialect streams (dashboard/relay/forward.py) on hostile input, for
 each dialect that has one: the provider's plain events are written as they are, whole and in order,
 however the bytes are cut; any other event, and everything after it, is handed to the stream's
-parser untouched. Each test runs twice: with the forwarder as imported (compiled, where setup.py
-built it) and from its Python source."""
+parser untouched."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sys
 
 import pytest
 
@@ -17,7 +15,6 @@ from dashboard.relay import dialects
 from dashboard.relay.forward import Forward
 from dashboard.relay.metrics import Measure
 from dashboard.relay.sse import SSEParser
-from tests.support import from_source
 from tests.test_keys import KEY
 from tests.test_relay_forward_anthropic import books, received, relay_once
 from tests.upstream import PREFIXES, frame, message_event, relay_config
@@ -52,15 +49,6 @@ ANTHROPIC_FINISH = b"".join(
     ]
 )
 STREAMS = {"openai": (PLAIN, FINISH), "anthropic": (ANTHROPIC_PLAIN, ANTHROPIC_FINISH)}
-FORWARDS = {"as-imported": Forward, "from-source": from_source("dashboard.relay.forward").Forward}
-
-
-@pytest.fixture(params=sorted(FORWARDS), autouse=True)
-def forward_class(request, monkeypatch):
-    """Forward, as imported or from its source, for the tests here that make one."""
-    monkeypatch.setattr(sys.modules[__name__], "Forward", FORWARDS[request.param])
-
-
 COUNTS = [(1, 3), (0, 0), (1, 5)]  # each plain event's: tokens, and its text's length as written
 
 

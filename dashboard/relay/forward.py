@@ -29,6 +29,8 @@ Write = Callable[[bytes], bool]  # writes bytes to the client now, or returns Fa
 class Forward:
     """A `transport.Sink` writing a same-dialect stream's plain events to the client."""
 
+    __slots__ = ("clock", "held", "key", "last", "measure", "plain", "secrets", "shape", "write")
+
     def __init__(self, write: Write, dialect: Dialect, secrets: list[bytes], measure: Measure) -> None:
         self.write = write
         self.plain = dialect.plain_events
