@@ -5,11 +5,14 @@
 CPU time on a shared machine moves by tens of percent from run to run (bench.relay reports medians
 and spreads for that reason), which hides a change of a few percent. Instructions executed do not
 move: each target runs under valgrind's callgrind, which counts the instructions its process
-executes in user space (not the kernel's work for its system calls, nor waiting), whatever else the
-machine is doing. The same streams as bench.relay's, one at a time, from its upstream: each target
-is run twice, serving a few streams and then many more, and the difference, divided by the streams
-between, is its cost per stream with start-up taken out. Streams of one chunk give the cost of a
-request; streams of `--chunks` chunks, less that, the cost of a chunk.
+executes in user space (not the kernel's work for its system calls, nor waiting), with other work on
+the machine too; not under a load that takes a core from it for minutes (a test suite beside it
+moved the count per chunk by 5%: the relay, run fifty times slower, then reads more chunks together,
+and reads of several events take the dialect's longer check). The same streams as bench.relay's, one
+at a time, from its upstream: each target is run twice, serving a few streams and then many more,
+and the difference, divided by the streams between, is its cost per stream with start-up taken out.
+Streams of one chunk give the cost of a request; streams of `--chunks` chunks, less that, the cost
+of a chunk.
 
 Targets: the relay (`dashboard serve`, as bench.relay configures it), the python-pipe (bench.relay's
 floor: a bare uvloop TCP pipe), and with `--baseline` another checkout's relay, for an A/B.
