@@ -212,6 +212,49 @@ def test_a_learned_shape_lets_through_only_what_the_dialect_would(dialect):
 
 
 @pytest.mark.parametrize("dialect", sorted(STREAMS))
+def test_events_read_together_are_taken_by_their_shape_only_as_the_dialect_would(dialect):
+    """Two to four events in one read (the relay fell behind): each checked against the learnt
+    shape, the read taken only when the dialect's check of all of them takes it, with its counts."""
+    plain = STREAMS[dialect][0]
+    check = dialects.get(dialect).plain_events
+    prefix, suffix = plain[0].split(b"Hel")
+    pieces = [b"a", b"\xc3\xa9", b'"', b"\\", b"\n", b"}", b"", b" ", b'"finish_reason":"stop']
+    pieces += [suffix, prefix]
+    rng = random.Random(11)
+    taken = 0
+    for _ in range(1500):
+        events = []
+        for _ in range(rng.randint(2, 4)):
+            text = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 3)))
+            event = prefix + text + suffix
+            events.append(event.replace(*AROUND[dialect]) if rng.random() < 0.05 else event)
+        read = b"".join(events)
+        written, rest, measure = run([plain[0], read], dialect=dialect, secrets=())
+        if written == plain[0] + read:
+            taken += 1
+            assert check(read) == (measure.text_chunks - 1, measure.text_chars - 3), read
+        else:
+            assert written == plain[0] and rest == read and check(read) is None, read
+    assert taken > 100, "reads of plain events are taken"
+
+    async def checks_made() -> int:  # reads of plain events taken by their shape: no dialect check
+        calls = []
+
+        def counted(events: bytes) -> tuple[int, int] | None:
+            calls.append(events)
+            return check(events)
+
+        sink = Forward(lambda data: True, dialects.get(dialect), [], Measure(model="m"))
+        sink.plain = counted
+        assert sink.feed(plain[0]) is None and len(calls) == 1  # the shape learnt
+        assert sink.feed(plain[0] * 3) is None
+        assert sink.feed(plain[0] + plain[1]) is None
+        return len(calls)
+
+    assert asyncio.run(checks_made()) == 1
+
+
+@pytest.mark.parametrize("dialect", sorted(STREAMS))
 def test_a_plain_event_with_text_teaches_the_bytes_around_its_text(dialect):
     plain = STREAMS[dialect][0]
 
