@@ -15,7 +15,9 @@ Streams of one chunk give the cost of a request; streams of `--chunks` chunks, l
 of a chunk.
 
 Targets: the relay (`dashboard serve`, as bench.relay configures it), the python-pipe (bench.relay's
-floor: a bare uvloop TCP pipe), and with `--baseline` another checkout's relay, for an A/B.
+floor: a bare uvloop TCP pipe), and with `--baseline` another checkout's relay, for an A/B. Then, per
+request only, uvicorn alone: a bare ASGI app under uvicorn reading the same request and answering
+one token chunk, the part of a request's cost that is the server's, not the relay's.
 Needs valgrind (Debian: `apt-get install valgrind`). Takes a few minutes: under callgrind a
 process runs some fifty times slower, and two targets run at a time.
 """
@@ -41,12 +43,14 @@ from bench.relay import (
     machine,
     one_stream,
     relay_config,
+    start_bare_asgi,
     start_pipe,
     start_relay,
     start_upstream,
 )
 
 FEW, MANY = 10, 60  # streams served in the two runs of each target
+BARE = "uvicorn-alone"  # a bare ASGI app under uvicorn answering the request: uvicorn's own share
 GAP_MS = 2  # the upstream's gap between chunks
 
 
@@ -59,6 +63,8 @@ def counted(tmp: Path, target: str, checkout: Path, up_port: int, streams: int, 
     wrap = ("valgrind", "--quiet", "--tool=callgrind", f"--callgrind-out-file={out}")
     if target == PIPE:
         proc, port = start_pipe(run, up_port, wrap)
+    elif target == BARE:
+        proc, port = start_bare_asgi(run, wrap)
     else:
         proc, port = start_relay(run, relay_config(up_port, up_port), checkout, "relay", wrap)
     try:
@@ -117,6 +123,7 @@ def main() -> int:
                 stream = per_stream(tmp, target, checkout, up_port, args.chunks)
                 figures[target] = (request, (stream - request) / (args.chunks - 1))
                 print(f"{target}: counted", file=sys.stderr)
+            bare = per_stream(tmp, BARE, ROOT, up_port, 1)
         finally:
             upstream.terminate()
             upstream.wait(10)
@@ -138,6 +145,12 @@ def main() -> int:
             f"| {target} | {request:,.0f} | {chunk:,.0f} | {stream:,.0f} | {request / pipe_request:.1f}x"
             f" | {chunk / pipe_chunk:.1f}x | {stream / pipe_stream:.1f}x |"
         )
+    ours = figures[OURS][0]
+    lines += [
+        "",
+        f"{BARE} (uvicorn serving a bare ASGI app that reads the same request and answers one token"
+        f" chunk): {bare:,.0f} instructions per request, {bare / ours:.0%} of {OURS}'s.",
+    ]
     print("\n".join(lines))
     return 0
 

@@ -158,6 +158,31 @@ async def pipe_main(spec: str) -> None:
         await server.serve_forever()
 
 
+async def bare_asgi_main(portfile: str) -> None:
+    """uvicorn (uvloop, httptools) serving a bare ASGI app that answers a completion request with one
+    token chunk and nothing else: what uvicorn itself costs a request (bench.instructions)."""
+    import uvicorn
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b'data: {"delta":{"content":"tok0"}}\n\n'})
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http="httptools", lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    Path(portfile).write_text(str(server.servers[0].sockets[0].getsockname()[1]))
+    await serving
+
+
 # -- the client ------------------------------------------------------------------------------------
 TOKEN = b'"content":"tok'
 LAST_CHUNK = b"\r\n0\r\n\r\n"  # the chunk of length zero that ends a chunked response
@@ -340,6 +365,10 @@ def start_upstream(tmp: Path, kind: str = "healthy") -> tuple[subprocess.Popen, 
     """The bench upstream of `kind` (upstream_main) in a process of its own."""
     flag = "--upstream" if kind == "healthy" else f"--{kind}-upstream"
     return _start_own(tmp, kind, flag, str(tmp / f"{kind}.port"))
+
+
+def start_bare_asgi(tmp: Path, wrap: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    return _start_own(tmp, "bare", "--bare-asgi", str(tmp / "bare.port"), wrap=wrap)
 
 
 def start_pipe(tmp: Path, upstream_port: int, wrap: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
@@ -667,6 +696,7 @@ def main() -> int:
     parser.add_argument("--failing-upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--slowed-upstream", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--pipe", metavar="PORTFILE:UPSTREAM_PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-asgi", metavar="PORTFILE", help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=400, help="sequential requests per target (default 400)")
     parser.add_argument(
         "--streams",
@@ -713,9 +743,9 @@ def main() -> int:
         if portfile:
             runner(upstream_main(portfile, kind))
             return 0
-    if args.pipe:
-        with contextlib.suppress(KeyboardInterrupt):  # how bench.instructions stops it
-            runner(pipe_main(args.pipe))
+    if args.pipe or args.bare_asgi:
+        with contextlib.suppress(KeyboardInterrupt):  # how bench.instructions stops them
+            runner(pipe_main(args.pipe) if args.pipe else bare_asgi_main(args.bare_asgi))
         return 0
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
