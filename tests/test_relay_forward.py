@@ -252,6 +252,9 @@ def test_events_read_together_are_taken_by_their_shape_only_as_the_dialect_would
         return len(calls)
 
     assert asyncio.run(checks_made()) == 1
+    for extra in (plain[0] + b"\n", plain[0] * 2 + b"\n"):  # a line end after the blank line
+        written, rest, _ = run([plain[0], extra], dialect=dialect, secrets=())
+        assert written == plain[0] and rest == extra and check(extra) is None, extra
 
 
 @pytest.mark.parametrize("dialect", sorted(STREAMS))

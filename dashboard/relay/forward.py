@@ -118,7 +118,10 @@ class Forward:
         after = suffix[:-2]  # the bytes after the text, less the blank line that ends the event
         least = len(prefix) + len(after)
         tokens = chars = 0
-        for event in events.split(b"\n\n")[:-1]:  # whole events: they end in a blank line
+        *whole, after_last = events.split(b"\n\n")
+        if after_last:  # a line end after the last event's blank line: not the shape's
+            return None
+        for event in whole:
             if not (event.startswith(prefix) and event.endswith(after) and len(event) >= least):
                 return None
             text = event[len(prefix) : len(event) - len(after)]
