@@ -43,7 +43,7 @@ def streamed_text(client: openai.OpenAI, model: str, **kwargs) -> tuple[str, lis
     return text, chunks
 
 
-@pytest.mark.parametrize("scenario", ["echo", "bytewise", "crlf", "keepalive"])
+@pytest.mark.parametrize("scenario", ["echo", "bytewise", "crlf", "keepalive", "together"])
 def test_stream_arrives_whole_however_the_upstream_cuts_it(server, upstream, scenario):
     text, chunks = streamed_text(sdk(server), f"t-{scenario}")
     assert text == answer_text("a"), f"{scenario}: got {text!r}"

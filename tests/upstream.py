@@ -552,6 +552,22 @@ class Scenario:
             await self.send(frame(event))
         await self.end()
 
+    async def s_together(self, n: int) -> None:
+        """The first two text events alone (a relay learns from them how the provider writes one),
+        the other text events in one write, as they arrive when a relay fell behind, then the end."""
+        frames = self.frames()
+        apart = (3 if self.anthropic else 1) + 2  # the opening frames and two text events
+        together = apart + len(WORDS) - 2
+        await self.start_stream()
+        for f in frames[:apart]:
+            await self.send(f)
+            await asyncio.sleep(0.005)
+        await self.send(b"".join(frames[apart:together]))
+        await asyncio.sleep(0.005)
+        for f in frames[together:]:
+            await self.send(f)
+        await self.end()
+
     async def s_bytewise(self, n: int) -> None:
         await self.start_stream()
         for f in self.frames():
